@@ -1,0 +1,3 @@
+"""modlisa: train, evaluate and benchmark ModifiedLISA reasoning-segmentation models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,292 @@
+"""TrainingConfig: the one configuration of a run (seed field names), YAML + CLI loading, validation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b")
+TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
+MIXED_PRECISION = ("fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: the message names the field and how to fix it."""
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of a ModifiedLISA run. Field names of the seed's ``scripts/train_new.py`` are kept."""
+
+    # --- data ---
+    data_root: str = "data/demo"
+    queries_per_image: int = 3  # LISA samples up to 3 queries per training image
+    explanatory_prob: float = 0.1  # probability of an explanation answer where one exists
+    augment: bool = False  # photometric jitter + query-aware horizontal flip
+    max_length: int = 512  # token limit of one sequence (before image-token expansion)
+    data_strict: bool = False  # True: stop before training when any data problem is found
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    num_workers: int = 0
+
+    # --- model ---
+    model: str = "tiny"  # preset: tiny | smol | composite | llava | lisa-7b
+    vision_model: str | None = None  # HF id or folder (CLIP / SigLIP vision), composite preset
+    language_model: str | None = None  # HF id or folder (any causal LM), composite preset
+    sam_model: str | None = None  # HF id or folder (SamModel)
+    llava_model: str | None = None  # HF id or folder (LlavaForConditionalGeneration), llava preset
+    img_size: int = 224  # vision-tower input size
+    sam_image_size: int = 1024  # SAM input size (longest side)
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    train_embeddings: str = "seg_row"  # seg_row | full (LISA) | none
+    freeze_image_encoder: bool = True  # vision tower + projector
+    freeze_text_encoder: bool = True  # LM base weights (LoRA / embeddings train on top)
+    freeze_sam: bool = True  # SAM image encoder + prompt encoder (the mask decoder always trains)
+    gradient_checkpointing: bool = False
+    use_quantization: bool = False  # LM in 8-bit / 4-bit through bitsandbytes (CUDA only)
+    quantization_bits: int = 8
+    sam_cache: bool = False  # reuse frozen-SAM image embeddings
+
+    # --- optimisation (SPEC-LISA.md §6) ---
+    num_epochs: int = 10
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    warmup_steps: int = 100
+    lr_schedule: str = "linear"  # linear (warm-up then linear decay to 0) | constant
+    max_grad_norm: float = 1.0
+    steps_per_epoch: int | None = None  # optimizer steps per epoch; None = one pass over the data
+    use_mixed_precision: bool = True
+    mixed_precision: str = "bf16"  # fp16 | bf16 (ignored when use_mixed_precision is False)
+
+    # --- losses (SPEC-LISA.md §4) ---
+    ce_loss_weight: float = 1.0
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+    focal_loss_weight: float = 0.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    # --- run folder, logging, checkpoints ---
+    output_dir: str = "runs/demo"
+    seed: int = 42
+    log_every_steps: int = 10
+    eval_every_steps: int = 0  # 0 = validate at the end of each epoch only
+    save_every_steps: int = 0  # 0 = save checkpoints/last at the end of each epoch only
+    resume_from_checkpoint: str | None = None  # latest | PATH
+    report_to: str | None = None  # tensorboard
+    max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps that stop the run
+    cpu: bool = False  # force CPU even where CUDA exists
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def precision(self) -> str:
+        """Accelerate's mixed_precision value: "no", "fp16" or "bf16"."""
+        return self.mixed_precision if self.use_mixed_precision else "no"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, *, check_paths: bool = True, cuda_available: bool | None = None) -> TrainingConfig:
+        """Raise ConfigError naming the first bad field. Returns self."""
+        validate_config(self, check_paths=check_paths, cuda_available=cuda_available)
+        return self
+
+
+# ---------------------------------------------------------------------- validation
+def _positive(cfg: TrainingConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _non_negative(cfg: TrainingConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_choices(cfg: TrainingConfig) -> None:
+    if cfg.model not in PRESETS:
+        raise ConfigError(f"model must be one of {', '.join(PRESETS)}; got {cfg.model!r}")
+    if cfg.train_embeddings not in TRAIN_EMBEDDINGS:
+        raise ConfigError(f"train_embeddings must be one of {', '.join(TRAIN_EMBEDDINGS)}; got {cfg.train_embeddings!r}")
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be fp16 or bf16, got {cfg.mixed_precision!r}")
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ConfigError(f"lr_schedule must be linear or constant, got {cfg.lr_schedule!r}")
+    if cfg.quantization_bits not in (4, 8):
+        raise ConfigError(f"quantization_bits must be 4 or 8, got {cfg.quantization_bits!r}")
+    if cfg.report_to not in (None, "tensorboard"):
+        raise ConfigError(f"report_to must be tensorboard or empty, got {cfg.report_to!r}")
+
+
+def _check_models(cfg: TrainingConfig) -> None:
+    if cfg.model == "composite" and not (cfg.vision_model and cfg.language_model):
+        raise ConfigError("model=composite needs vision_model and language_model (HF ids or local folders)")
+    if cfg.model == "llava" and not cfg.llava_model:
+        raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
+
+
+def _check_devices(cfg: TrainingConfig, cuda_available: bool) -> None:
+    on_cpu = cfg.cpu or not cuda_available
+    if on_cpu and cfg.use_mixed_precision and cfg.mixed_precision == "fp16":
+        raise ConfigError(
+            "mixed_precision=fp16 needs a CUDA GPU; on CPU use mixed_precision=bf16 or use_mixed_precision=false"
+        )
+    if on_cpu and cfg.use_quantization:
+        raise ConfigError("use_quantization needs a CUDA GPU (bitsandbytes); set use_quantization=false on CPU")
+
+
+def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_available: bool | None = None) -> None:
+    """Check every field; raise ConfigError with one clear line naming the field."""
+    _positive(cfg, "num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "img_size",
+              "sam_image_size", "queries_per_image", "max_length", "log_every_steps", "max_nonfinite_steps",
+              "steps_per_epoch", "max_train_samples", "max_val_samples")
+    _non_negative(cfg, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every_steps", "save_every_steps",
+                  "num_workers", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight", "focal_loss_weight",
+                  "lora_dropout")
+    if cfg.use_lora:
+        _positive(cfg, "lora_r", "lora_alpha")
+    if not 0.0 <= cfg.explanatory_prob <= 1.0:
+        raise ConfigError(f"explanatory_prob must be in [0, 1], got {cfg.explanatory_prob!r}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
+    _check_choices(cfg)
+    _check_models(cfg)
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    _check_devices(cfg, cuda_available)
+    if check_paths and not Path(cfg.data_root).is_dir():
+        raise ConfigError(
+            f"data_root {cfg.data_root!r} is not a folder; generate demo data with "
+            f"`modlisa make-data {cfg.data_root}` or point data_root at a ReasonSeg folder"
+        )
+
+
+# ---------------------------------------------------------------------- loading
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainingConfig)
+    return {f.name: hints[f.name] for f in fields(TrainingConfig)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce_value(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the field type ``tp``; ConfigError otherwise."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} may not be empty")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if typing.get_origin(base) is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [str(v) for v in value]
+    except (TypeError, ValueError):
+        type_name = getattr(base, "__name__", str(base))
+        raise ConfigError(f"{name} must be of type {type_name}, got {value!r}") from None
+    return value
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainingConfig:
+    """Build a TrainingConfig from a mapping; unknown fields raise ConfigError naming them."""
+    types_ = _field_types()
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)} (see `modlisa train --help`)")
+    return TrainingConfig(**{k: coerce_value(k, v, types_[k]) for k, v in values.items()})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict; ConfigError when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of field: value")
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--<field>`` option per TrainingConfig field (values parsed later)."""
+    parser.add_argument("--config", help="YAML config file; command-line options override it")
+    group = parser.add_argument_group("TrainingConfig fields (override the YAML)")
+    for f in fields(TrainingConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        group.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", default=None, metavar="VALUE",
+                           help=f"default: {default}")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """Merge ``--config`` YAML with the per-field command-line overrides."""
+    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    source = args.config or "command line"
+    for name in _field_types():
+        override = getattr(args, f"cfg_{name}", None)
+        if override is not None:
+            values[name] = override
+    return config_from_dict(values, source=source)
+
+
+def save_config(cfg: TrainingConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

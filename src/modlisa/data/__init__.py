@@ -1,0 +1,1 @@
+"""Data layer: ReasonSeg files -> Sample dataclasses -> Batch."""

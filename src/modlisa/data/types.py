@@ -1,0 +1,104 @@
+"""Typed containers passed between the data layer, the collate function and the model.
+
+Shapes use: S = SAM input size (e.g. 1024), V = vision-tower input size (``img_size``),
+B = images in a batch, Q = queries (sequences) in a batch, L = padded token length,
+H, W = original image height and width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass
+class Shape:
+    """One polygon of a ReasonSeg annotation, as read from the JSON (no validation applied)."""
+
+    label: str
+    points: list[list[float]]  # [[x, y], ...] float pixel coordinates of the original image
+    shape_type: str = "polygon"
+
+
+@dataclass
+class Annotation:
+    """One ReasonSeg annotation JSON and the image beside it."""
+
+    json_path: str
+    image_path: str
+    texts: list[str]  # the query and its rephrasings (train: up to 6, val/test: 1)
+    is_sentence: bool  # True = long sentence query, False = short phrase
+    shapes: list[Shape] = field(default_factory=list)
+    explanation: str | None = None  # from explanatory/train.json, when present
+
+
+@dataclass
+class Sample:
+    """One dataset item: one image and its queries (one sequence per query).
+
+    sam_image:    (3, S, S) float32, SAM-normalised, resized longest side to S, zero-padded bottom/right.
+    vision_image: (3, V, V) float32, normalised for the vision tower (resize shortest side + centre crop).
+    masks:        (n_q, H, W) uint8 in {0, 1, 255} at the ORIGINAL image resolution (255 = ignore).
+    """
+
+    image_path: str
+    json_path: str
+    sam_image: torch.Tensor
+    vision_image: torch.Tensor
+    resize_hw: tuple[int, int]  # (h, w) of the image inside sam_image, before padding
+    original_hw: tuple[int, int]  # (H, W) of the original image
+    questions: list[str]  # n_q user turns WITHOUT the image placeholder (prompts.py adds it)
+    answers: list[str]  # n_q assistant answers, each containing "[SEG]" (or several)
+    queries: list[str]  # n_q raw query texts (for predictions files)
+    masks: torch.Tensor
+    is_sentence: bool
+
+
+@dataclass
+class Batch:
+    """A collated batch: B images, Q >= B query sequences.
+
+    sam_images:     (B, 3, S, S) float32
+    vision_images:  (B, 3, V, V) float32
+    input_ids:      (Q, L) int64, right-padded; each row holds exactly one image placeholder token
+    attention_mask: (Q, L) int64, 1 for real tokens
+    labels:         (Q, L) int64, -100 everywhere except the assistant answer tokens
+    offsets:        (B + 1,) int64; the sequences of image b are rows offsets[b]:offsets[b + 1]
+    masks:          list of B tensors (n_b, H_b, W_b) uint8 in {0, 1, 255}, original resolution
+    """
+
+    sam_images: torch.Tensor
+    vision_images: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    offsets: torch.Tensor
+    masks: list[torch.Tensor]
+    resize_hw: list[tuple[int, int]]
+    original_hw: list[tuple[int, int]]
+    image_paths: list[str]
+    queries: list[str]  # Q raw query texts
+    is_sentence: list[bool]  # Q flags
+    sample_ids: list[int] = field(default_factory=list)  # B dataset indices (for exact-once evaluation)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.sam_images.shape[0])
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move every tensor to ``device`` (float tensors keep their dtype)."""
+        return replace(
+            self,
+            sam_images=self.sam_images.to(device),
+            vision_images=self.vision_images.to(device),
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=self.labels.to(device),
+            offsets=self.offsets.to(device),
+            masks=[m.to(device) for m in self.masks],
+        )

@@ -1,0 +1,1 @@
+"""ModifiedLISA model: backbones, [SEG] wiring, adapters, weights I/O."""
