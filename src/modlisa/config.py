@@ -70,6 +70,7 @@ class TrainingConfig:
     lr_schedule: str = "linear"  # linear (warm-up then linear decay to 0) | constant
     max_grad_norm: float = 1.0
     steps_per_epoch: int | None = None  # optimizer steps per epoch; None = one pass over the data
+    stop_after_steps: int | None = None  # end the run early after this many optimizer steps (schedule unchanged)
     use_mixed_precision: bool = True
     mixed_precision: str = "bf16"  # fp16 | bf16 (ignored when use_mixed_precision is False)
 
@@ -158,7 +159,7 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
     """Check every field; raise ConfigError with one clear line naming the field."""
     _positive(cfg, "num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "img_size",
               "sam_image_size", "queries_per_image", "max_length", "log_every_steps", "max_nonfinite_steps",
-              "steps_per_epoch", "max_train_samples", "max_val_samples")
+              "steps_per_epoch", "stop_after_steps", "max_train_samples", "max_val_samples")
     _non_negative(cfg, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every_steps", "save_every_steps",
                   "num_workers", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight", "focal_loss_weight",
                   "lora_dropout")

@@ -53,6 +53,7 @@ class Sample:
     queries: list[str]  # n_q raw query texts (for predictions files)
     masks: torch.Tensor
     is_sentence: bool
+    index: int = -1  # dataset index of this item (Batch.sample_ids, exact-once evaluation); -1 = unknown
 
 
 @dataclass

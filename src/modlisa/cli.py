@@ -1,0 +1,122 @@
+"""`modlisa` command line: make-data | check-data | train | eval (more subcommands are added as they land).
+
+User errors (bad config, bad data, missing files) print one clear line and exit with code 2 (1 for
+`check-data` when the data has errors); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from modlisa.config import ConfigError, add_config_arguments, config_from_args
+
+
+def _cmd_make_data(argv: list[str]) -> int:
+    from modlisa.data.synthetic import main_make_data
+
+    return main_make_data(argv)
+
+
+def _cmd_check_data(argv: list[str]) -> int:
+    from modlisa.data.check import main_check_data
+
+    return main_check_data(argv)
+
+
+def _cmd_train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="modlisa train", description="Train ModifiedLISA (Accelerate).")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args).validate()
+    from modlisa.engine.train import train
+
+    summary = train(cfg)
+    if summary.get("num_processes", 1) == 1 or os.environ.get("RANK", "0") == "0":
+        print(f"\nTraining finished: best val gIoU {summary['best_val_giou']:.4f} at epoch {summary['best_epoch']}")
+        print(f"Run folder: {summary['output_dir']} (metrics in outputs/, checkpoints in checkpoints/)")
+    return 0
+
+
+def _cmd_eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="modlisa eval", description="Evaluate with LISA's protocol.")
+    parser.add_argument("--checkpoint", required=True, help="best_model_epoch_N.pt, checkpoints/last, a run folder "
+                                                              "or an exported folder")
+    parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+    parser.add_argument("--mode", default="teacher", choices=["teacher"],
+                        help="teacher: LISA protocol ([SEG] given, nothing generated)")
+    parser.add_argument("--out", default=None, help="output folder (default: the run's outputs/)")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--max_samples", type=int, default=None)
+    args = parser.parse_args(argv)
+    from modlisa.engine.run_eval import run_eval
+
+    result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples)
+    m = result["metrics"]
+    print(f"{args.split}: gIoU {100 * m['giou']:.2f}  cIoU {100 * m['ciou']:.2f}  ({m['num_queries']} queries)")
+    for name, sub in m.get("subsets", {}).items():
+        if sub["num_queries"]:
+            print(f"  {name}: gIoU {100 * sub['giou']:.2f}  cIoU {100 * sub['ciou']:.2f}  ({sub['num_queries']})")
+    print(f"wrote {result['eval_json']} and {result['predictions']}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "make-data": (_cmd_make_data, "generate the synthetic ReasonSeg-format dataset"),
+    "check-data": (_cmd_check_data, "validate a ReasonSeg-format folder"),
+    "train": (_cmd_train, "train a ModifiedLISA model"),
+    "eval": (_cmd_eval, "evaluate a checkpoint with LISA's protocol"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: modlisa [--debug] COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`modlisa COMMAND --help` shows the options of a command."]
+    return "\n".join(lines)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, NotADirectoryError]
+    try:
+        from modlisa.data.reasonseg import DataError
+
+        types.append(DataError)
+    except ImportError:  # the data layer is optional for `modlisa --help`
+        pass
+    return tuple(types)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"modlisa: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except _user_error_types() as exc:
+        if debug:
+            raise
+        print(f"modlisa {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"modlisa {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

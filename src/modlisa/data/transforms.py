@@ -1,0 +1,184 @@
+"""Image transforms of the two branches (SPEC-LISA.md §2) and training augmentation.
+
+- SAM branch (``SamTransform``): resize the longest side to S with PIL bilinear (what SAM's
+  ``ResizeLongestSide.apply_image`` does through torchvision on a PIL image), normalise with SAM's
+  mean/std on 0-255 RGB, zero-pad bottom/right to S x S.
+- Vision branch (``VisionTransform``): CLIP's preprocessing: resize the shortest side to V with
+  PIL bicubic (long side ``int(V * long / short)``), centre crop V x V (top/left offsets
+  ``(size - V) // 2``), scale to [0, 1], normalise. Same result as transformers'
+  ``CLIPImageProcessorPil``.
+- ``Augmenter``: photometric jitter and a horizontal flip that is skipped for left/right queries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+SAM_MEAN = (123.675, 116.28, 103.53)
+SAM_STD = (58.395, 57.12, 57.375)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# "left"/"right" at the start of a word: left, right, leftmost, rightmost, left-hand, Right, ...
+_LEFT_RIGHT = re.compile(r"\b(?:left|right)", re.IGNORECASE)
+
+
+def _check_rgb_uint8(image: np.ndarray, name: str) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise ValueError(f"{name}: expected an (H, W, 3) uint8 RGB numpy array, got {got}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+
+
+def _normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(H, W, 3) array -> (3, H, W) float32 tensor ``(pixels - mean) / std`` per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def resize_longest_side_shape(h: int, w: int, target: int) -> tuple[int, int]:
+    """SAM's ``get_preprocess_shape``: (h', w') with the longest side scaled to ``target``.
+
+    scale = target / max(h, w); each side is ``int(side * scale + 0.5)``.
+    """
+    if h <= 0 or w <= 0 or target <= 0:
+        raise ValueError(f"resize_longest_side_shape: sizes must be positive, got h={h}, w={w}, target={target}")
+    scale = target * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class SamTransform:
+    """SAM image-encoder input: (H, W, 3) uint8 RGB -> (3, S, S) float32 and the resized (h', w')."""
+
+    def __init__(self, image_size: int = 1024) -> None:
+        if image_size <= 0:
+            raise ValueError(f"SamTransform: image_size must be positive, got {image_size}")
+        self.image_size = image_size
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize longest side to S (PIL bilinear), normalise, zero-pad bottom/right.
+
+        Returns (sam_image (3, S, S) float32, resize_hw (h', w')); pixels outside the resized
+        region are exactly 0.
+        """
+        _check_rgb_uint8(image, "SamTransform")
+        h, w = image.shape[:2]
+        new_h, new_w = resize_longest_side_shape(h, w, self.image_size)
+        if new_h == 0 or new_w == 0:
+            raise ValueError(
+                f"SamTransform: image of {h}x{w} is too elongated for SAM size {self.image_size} "
+                f"(its short side would become 0 pixels)"
+            )
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+        out = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float32)
+        out[:, :new_h, :new_w] = _normalise(resized, SAM_MEAN, SAM_STD)
+        return out, (new_h, new_w)
+
+
+def _shortest_side_shape(h: int, w: int, target: int) -> tuple[int, int]:
+    """transformers' shortest-edge resize: short side = target, long side = int(target * long / short)."""
+    if w <= h:
+        return int(target * h / w), target
+    return target, int(target * w / h)
+
+
+class VisionTransform:
+    """Vision-tower input: (H, W, 3) uint8 RGB -> (3, V, V) float32 (CLIP-style preprocessing)."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        if image_size <= 0:
+            raise ValueError(f"VisionTransform: image_size must be positive, got {image_size}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"VisionTransform: mean and std need 3 values (std > 0), got {mean}, {std}")
+        self.image_size = image_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """Resize shortest side to V (PIL bicubic), centre crop V x V, /255, normalise -> (3, V, V)."""
+        _check_rgb_uint8(image, "VisionTransform")
+        v = self.image_size
+        new_h, new_w = _shortest_side_shape(image.shape[0], image.shape[1], v)
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        top, left = (new_h - v) // 2, (new_w - v) // 2
+        crop = resized[top : top + v, left : left + v].astype(np.float32) / 255.0
+        return _normalise(crop, self.mean, self.std)
+
+
+def mentions_left_or_right(text: str) -> bool:
+    """True when a word of ``text`` starts with "left" or "right" (case-insensitive)."""
+    return _LEFT_RIGHT.search(text) is not None
+
+
+_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+
+class Augmenter:
+    """Training augmentation: brightness/contrast/saturation jitter and a left/right-safe flip.
+
+    Hue is never changed (queries name colours). The horizontal flip (p = 0.5) moves the image
+    and its masks together and is skipped when any query mentions left or right.
+    """
+
+    def __init__(self, hflip: bool = True, color_jitter: float = 0.2) -> None:
+        if not 0.0 <= color_jitter < 1.0:
+            raise ValueError(f"Augmenter: color_jitter must be in [0, 1), got {color_jitter}")
+        self.hflip = hflip
+        self.color_jitter = color_jitter
+
+    def _jitter(self, image: np.ndarray, factors: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """Apply brightness, contrast and saturation (PIL ImageEnhance) in ``order`` with ``factors``."""
+        pil = Image.fromarray(image)
+        for k in order:
+            pil = _ENHANCERS[k](pil).enhance(float(factors[k]))
+        return np.asarray(pil).copy()
+
+    def __call__(
+        self, image: np.ndarray, masks: np.ndarray, queries: list[str], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one training image.
+
+        image: (H, W, 3) uint8 RGB; masks: (n, H, W) integer masks of the same image; queries: the
+        texts trained on this image. Returns new (image, masks) arrays; the inputs are not changed.
+        The same ``rng`` draws are consumed whatever the inputs, so results are deterministic.
+        """
+        _check_rgb_uint8(image, "Augmenter")
+        if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+            raise ValueError(f"Augmenter: masks must be (n, H, W) with (H, W) = {image.shape[:2]}, got {masks.shape}")
+        flip_draw = rng.random()
+        factors = rng.uniform(1.0 - self.color_jitter, 1.0 + self.color_jitter, size=3)
+        order = rng.permutation(3)
+        out_image = self._jitter(image, factors, order) if self.color_jitter > 0 else image.copy()
+        out_masks = masks.copy()
+        if self.hflip and flip_draw < 0.5 and not any(mentions_left_or_right(q) for q in queries):
+            out_image = np.ascontiguousarray(out_image[:, ::-1])
+            out_masks = np.ascontiguousarray(out_masks[:, :, ::-1])
+        return out_image, out_masks
+
+
+@dataclass
+class ImageProcessors:
+    """The transforms of one model: SAM branch, vision branch, optional training augmentation."""
+
+    sam: SamTransform
+    vision: VisionTransform
+    augmenter: Augmenter | None = None
+
+    @property
+    def geometric_augmentation(self) -> bool:
+        """True when augmentation moves pixels (flips): cached SAM embeddings would then be wrong."""
+        return self.augmenter is not None and self.augmenter.hflip

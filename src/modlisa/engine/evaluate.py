@@ -1,0 +1,120 @@
+"""One evaluation loop (LISA protocol, teacher-forced) for validation during training and `modlisa eval`.
+
+Protocol (SPEC-LISA.md §5): one query per image (its first text), fixed prompt, the answer "[SEG]."
+given in the input; prediction = mask logits > 0 at the original resolution; ignore pixels (255)
+removed from prediction and ground truth; gIoU = mean per-query IoU, cIoU = ΣI / ΣU.
+With several processes each rank evaluates a disjoint shard (EvalShardSampler) and the per-query
+records are gathered and de-duplicated by (dataset index, query), so every sample counts exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from modlisa.data.types import Batch
+from modlisa.losses import LossWeights, compute_losses
+from modlisa.metrics import IoUAccumulator
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = {"name": "lisa-reasonseg", "version": 1, "mode": "teacher",
+            "prompt": "first text, first template", "threshold": "logits > 0",
+            "ignore": "255 removed from prediction and ground truth"}
+
+
+@dataclass
+class EvalResult:
+    """metrics: giou, ciou, loss, num_queries, subsets{short,long}; records: one dict per query."""
+
+    metrics: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def subset_of(is_sentence: bool) -> str:
+    return "long" if is_sentence else "short"
+
+
+def query_records(batch: Batch, pred_masks: list[torch.Tensor], acc: IoUAccumulator) -> list[dict[str, Any]]:
+    """Score each query of the batch (one [SEG] per query) and return its record.
+
+    pred_masks: B tensors (n_b, H_b, W_b) of mask logits; batch.masks: B tensors (n_b, H_b, W_b) uint8.
+    """
+    records = []
+    for b in range(batch.num_images):
+        start = int(batch.offsets[b])
+        logits, gts = pred_masks[b], batch.masks[b]
+        if logits.shape[0] != gts.shape[0]:
+            raise RuntimeError(
+                f"{batch.image_paths[b]}: {logits.shape[0]} predicted masks for {gts.shape[0]} queries "
+                "(each query must contain exactly one [SEG])"
+            )
+        for q in range(gts.shape[0]):
+            is_sentence = bool(batch.is_sentence[start + q])
+            i, u, iou = acc.update(logits[q] > 0, gts[q], subset=subset_of(is_sentence))
+            records.append({
+                "index": batch.sample_ids[b] if batch.sample_ids else -1,
+                "query_index": q,
+                "file": batch.image_paths[b],
+                "query": batch.queries[start + q],
+                "is_sentence": is_sentence,
+                "I": int(i), "U": int(u), "IoU": float(iou),
+            })
+    return records
+
+
+def metrics_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """gIoU / cIoU overall and per subset, recomputed from per-query records."""
+    acc = IoUAccumulator(subsets=("short", "long"))
+    for r in records:
+        acc.add(r["I"], r["U"], subset=subset_of(r["is_sentence"]))
+    return acc.compute()
+
+
+def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        key = (r["index"], r["query_index"]) if r["index"] >= 0 else (r["file"], r["query_index"], r["query"])
+        seen.setdefault(key, r)
+    return sorted(seen.values(), key=lambda r: (r["index"], r["query_index"], r["file"]))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accelerator: Any = None,
+             loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True) -> EvalResult:
+    """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop)."""
+    was_training = model.training
+    model.eval()
+    acc = IoUAccumulator(subsets=("short", "long"))
+    records: list[dict[str, Any]] = []
+    loss_sum, loss_count = 0.0, 0
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    show = progress and (accelerator is None or accelerator.is_main_process)
+    with autocast:
+        for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
+            batch = batch.to(device)
+            out = model(batch)
+            if loss_weights is not None:
+                losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, loss_weights)
+                loss_sum += float(losses["loss"]) * batch.num_images
+                loss_count += batch.num_images
+            records.extend(query_records(batch, out.pred_masks, acc))
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        records = gather_object(records)
+        totals = accelerator.reduce(torch.tensor([loss_sum, loss_count], device=device, dtype=torch.float64),
+                                    reduction="sum")
+        loss_sum, loss_count = float(totals[0]), int(totals[1])
+    records = _dedupe(records)
+    metrics = metrics_from_records(records)
+    metrics["loss"] = loss_sum / loss_count if loss_count else None
+    metrics["protocol"] = PROTOCOL
+    if was_training:
+        model.train()
+    return EvalResult(metrics=metrics, records=records)

@@ -1,0 +1,428 @@
+"""The Accelerate training loop: build, (resume), train epochs, validate, checkpoint, write the run folder.
+
+Reads like a table of contents: ``train(cfg)`` -> ``_setup`` -> per epoch ``_train_epoch`` ->
+``evaluate`` -> ``_end_epoch`` (metrics JSON, best and last checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modlisa.config import TrainingConfig, save_config
+from modlisa.data.collate import make_collate_fn
+from modlisa.data.dataset import ReasonSegDataset
+from modlisa.engine import checkpoint as ckpt
+from modlisa.engine.evaluate import evaluate, subset_of
+from modlisa.engine.meters import ThroughputMeter, peak_memory
+from modlisa.engine.sampling import EvalShardSampler, TrainSampler
+from modlisa.engine.schedule import lr_lambda
+from modlisa.losses import LossWeights, compute_losses
+from modlisa.metrics import IoUAccumulator
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when K consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def make(self) -> None:
+        self.outputs.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class Components:
+    """Everything ``_setup`` builds for a run."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (possibly DDP-wrapped)
+    unwrapped: torch.nn.Module
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    train_set: ReasonSegDataset
+    train_sampler: TrainSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    steps_per_epoch: int
+    total_steps: int
+    paths: RunPaths
+    loss_weights: LossWeights
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpochStats:
+    """Running sums of one epoch's training figures (saved inside mid-epoch checkpoints)."""
+
+    loss_sum: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+    micro_batches: int = 0
+    acc_state: list[float] | None = None
+
+
+# ---------------------------------------------------------------------- setup
+def make_accelerator(cfg: TrainingConfig) -> Accelerator:
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    kwargs: dict[str, Any] = {}
+    if cfg.report_to:
+        kwargs = {"log_with": cfg.report_to, "project_dir": str(Path(cfg.output_dir) / "outputs")}
+    return Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, kwargs_handlers=[ddp], **kwargs)
+
+
+def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=cfg.num_workers, persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # never consume the global RNG (exact resume)
+    )
+
+
+def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
+    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict}
+    train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
+                                 queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
+                                 augmenter=processors.augmenter if cfg.augment else None,
+                                 max_samples=cfg.max_train_samples, **common)
+    try:
+        val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
+    except FileNotFoundError:
+        logger.warning("no val split under %s: training without validation", cfg.data_root)
+        val_set = None
+    return train_set, val_set
+
+
+def _setup(cfg: TrainingConfig) -> Components:
+    from modlisa.model.factory import build_model
+
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    paths = RunPaths(Path(cfg.output_dir))
+    if accelerator.is_main_process:
+        paths.make()
+        save_config(cfg, paths.outputs / "config.yaml")
+    model, tokenizer, processors = build_model(cfg)
+    train_set, val_set = build_datasets(cfg, processors)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    accum = cfg.gradient_accumulation_steps
+    steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))
+    train_sampler = TrainSampler(len(train_set), steps_per_epoch * accum * cfg.batch_size, seed=cfg.seed,
+                                 rank=rank, world_size=world)
+    collate = make_collate_fn(tokenizer, cfg.max_length)
+    train_loader = _loader(train_set, train_sampler, cfg, collate, cfg.seed)
+    val_loader = None
+    if val_set is not None:
+        val_loader = _loader(val_set, EvalShardSampler(len(val_set), rank=rank, world_size=world), cfg, collate,
+                             cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    # The scheduler is NOT prepared: Accelerate would step it once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.lr_schedule))
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    ckpt.register_trainable_only_hooks(accelerator, model)
+    data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
+                           "problems": [asdict(p) if hasattr(p, "__dataclass_fields__") else str(p)
+                                        for p in ds.problems]}
+                   for split, ds in (("train", train_set), ("val", val_set)) if ds is not None}
+    weights = LossWeights(ce=cfg.ce_loss_weight, bce=cfg.bce_loss_weight, dice=cfg.dice_loss_weight,
+                          focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
+    return Components(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
+                      train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
+                      data_report)
+
+
+# ---------------------------------------------------------------------- one optimizer step
+def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccumulator,
+                 stats: EpochStats) -> None:
+    """Forward + backward of one micro-batch; gradients are scaled by 1/accum."""
+    batch = batch.to(c.accelerator.device)
+    context = c.accelerator.no_sync(c.model) if not sync else _null()
+    with context:
+        out = c.model(batch)
+        losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
+        c.accelerator.backward(losses["loss"] / accum)
+    stats.loss_sum += float(losses["loss"].detach())
+    for k, v in losses.items():
+        if k != "loss":
+            stats.terms[k] = stats.terms.get(k, 0.0) + float(v.detach())
+    stats.micro_batches += 1
+    with torch.no_grad():
+        for b in range(batch.num_images):
+            start = int(batch.offsets[b])
+            for q in range(batch.masks[b].shape[0]):
+                acc.update(out.pred_masks[b][q].detach() > 0, batch.masks[b][q],
+                           subset=subset_of(batch.is_sentence[start + q]))
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int]) -> float:
+    """Clip, check finiteness, step optimizer + scheduler. Returns the gradient norm (may be nan/inf)."""
+    params = [p for p in c.unwrapped.parameters() if p.requires_grad]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(c.accelerator.clip_grad_norm_(params, max_norm))
+    fp16 = cfg.precision == "fp16"
+    if not math.isfinite(grad_norm) and not fp16:
+        c.optimizer.zero_grad(set_to_none=True)
+        state.skipped_nonfinite_steps += 1
+        streak[0] += 1
+        logger.warning("step %d: non-finite gradient norm (%s); optimizer step skipped (%d in a row)",
+                       state.global_step + 1, grad_norm, streak[0])
+        if streak[0] >= cfg.max_nonfinite_steps:
+            raise TrainingStopped(
+                f"stopped at step {state.global_step + 1}: {streak[0]} consecutive non-finite losses/gradients "
+                f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); last good checkpoint: "
+                f"{c.paths.checkpoints / ckpt.LAST}. Lower learning_rate or use bf16/fp32."
+            )
+    else:
+        c.optimizer.step()
+        if fp16 and c.accelerator.optimizer_step_was_skipped:
+            state.skipped_nonfinite_steps += 1
+            logger.warning("step %d: fp16 loss-scale overflow, optimizer step skipped by the grad scaler",
+                           state.global_step + 1)
+        streak[0] = 0
+        c.optimizer.zero_grad(set_to_none=True)
+    c.scheduler.step()
+    state.global_step += 1
+    state.step_in_epoch += 1
+    return grad_norm
+
+
+# ---------------------------------------------------------------------- one epoch
+def _live_line(step: int, total: int, stats: EpochStats, acc: IoUAccumulator, meter: ThroughputMeter) -> str:
+    m = acc.compute()
+    mem, _ = peak_memory(meter.device)
+    loss = stats.loss_sum / max(1, stats.micro_batches)
+    return (f"Step {step}/{total} | Loss: {loss:.4f} | IoU: {m['ciou']:.4f} | gIoU: {m['giou']:.4f} | "
+            f"Iter/s: {meter.iter_per_sec:.2f} | Mem: {mem:.2f}GB")
+
+
+def _log_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _restore_stats(state: ckpt.TrainerState, partial: dict | None, acc: IoUAccumulator) -> EpochStats:
+    if not partial:
+        return EpochStats()
+    stats = EpochStats(loss_sum=partial["loss_sum"], terms=partial["terms"], micro_batches=partial["micro_batches"])
+    acc.load_state_tensor(torch.tensor(partial["acc_state"], dtype=torch.float64))
+    return stats
+
+
+def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, partial: dict | None,
+                 streak: list[int]) -> dict[str, Any] | None:
+    """Train the rest of epoch ``state.epoch``. Returns the epoch's train metrics, None if stopped early."""
+    acc = IoUAccumulator(subsets=("short", "long"))
+    stats = _restore_stats(state, partial, acc)
+    accum, main = cfg.gradient_accumulation_steps, c.accelerator.is_main_process
+    c.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * accum * cfg.batch_size)
+    c.train_set.set_epoch(state.epoch)
+    meter = ThroughputMeter(c.accelerator.device)
+    meter.start()
+    c.model.train()
+    bar = tqdm(total=c.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}",
+               disable=not main, dynamic_ncols=True, leave=False)
+    images_in_step, micro = 0, 0
+    for batch in c.train_loader:
+        micro += 1
+        _micro_batch(c, batch, accum, sync=micro % accum == 0, acc=acc, stats=stats)
+        images_in_step += batch.num_images
+        if micro % accum:
+            continue
+        grad_norm = _optimizer_step(c, cfg, state, streak)
+        meter.step(images_in_step * c.accelerator.num_processes)
+        images_in_step = 0
+        bar.update(1)
+        _after_step(c, cfg, state, stats, acc, meter, grad_norm, bar)
+        if cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps:
+            _save_last(c, state, stats, acc)
+            bar.close()
+            return None
+    bar.close()
+    return _epoch_train_metrics(c, stats, acc, meter)
+
+
+def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, stats: EpochStats,
+                acc: IoUAccumulator, meter: ThroughputMeter, grad_norm: float, bar: Any) -> None:
+    main = c.accelerator.is_main_process
+    if main and (state.step_in_epoch % cfg.log_every_steps == 0 or state.step_in_epoch == c.steps_per_epoch):
+        line = _live_line(state.step_in_epoch, c.steps_per_epoch, stats, acc, meter)
+        bar.write(line)
+        m = acc.compute()
+        _log_jsonl(c.paths.outputs / "train_log.jsonl", {
+            "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
+            "loss": stats.loss_sum / max(1, stats.micro_batches),
+            **{k: v / max(1, stats.micro_batches) for k, v in stats.terms.items()},
+            "giou": m["giou"], "ciou": m["ciou"], "lr": c.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
+            "peak_memory_gb": peak_memory(meter.device)[0], "time": time.time(),
+        })
+    if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and c.val_loader is not None:
+        result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
+                          loss_weights=c.loss_weights, desc="val", progress=False)
+        if main:
+            _log_jsonl(c.paths.outputs / "train_log.jsonl", {"global_step": state.global_step, "val": _brief(result.metrics)})
+        c.model.train()
+    if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and state.step_in_epoch < c.steps_per_epoch:
+        _save_last(c, state, stats, acc)
+
+
+def _save_last(c: Components, state: ckpt.TrainerState, stats: EpochStats, acc: IoUAccumulator) -> None:
+    state.partial = {"loss_sum": stats.loss_sum, "terms": stats.terms, "micro_batches": stats.micro_batches,
+                     "acc_state": acc.state_tensor().tolist()}
+    ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
+    state.partial = None
+
+
+def _reduce_stats(c: Components, stats: EpochStats, acc: IoUAccumulator) -> EpochStats:
+    if c.accelerator.num_processes == 1:
+        return stats
+    acc.all_reduce(lambda t: c.accelerator.reduce(t.to(c.accelerator.device), reduction="sum").cpu())
+    keys = sorted(stats.terms)
+    t = torch.tensor([stats.loss_sum, stats.micro_batches, *[stats.terms[k] for k in keys]],
+                     dtype=torch.float64, device=c.accelerator.device)
+    t = c.accelerator.reduce(t, reduction="sum").cpu().tolist()
+    return EpochStats(loss_sum=t[0], micro_batches=int(t[1]), terms=dict(zip(keys, t[2:])))
+
+
+def _epoch_train_metrics(c: Components, stats: EpochStats, acc: IoUAccumulator, meter: ThroughputMeter) -> dict:
+    stats = _reduce_stats(c, stats, acc)
+    m = acc.compute()
+    n = max(1, stats.micro_batches)
+    return {
+        "loss": stats.loss_sum / n, **{k: v / n for k, v in stats.terms.items()},
+        "iou": m["giou"], "giou": m["giou"], "ciou": m["ciou"], "num_queries": m["num_queries"],
+        **meter.summary(),
+    }
+
+
+# ---------------------------------------------------------------------- end of epoch
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "protocol"}
+
+
+def _print_block(title: str, metrics: dict[str, Any]) -> None:
+    names = [("loss", "Loss"), ("iou", "IoU"), ("giou", "gIoU"), ("ciou", "cIoU"), ("iter_per_sec", "Iter/s"),
+             ("avg_iter_time", "Avg iter time (s)"), ("epoch_time", "Epoch time (s)"),
+             ("samples_per_sec", "Samples/s"), ("peak_memory_gb", "Peak memory (GB)")]
+    print(f"{title}:")
+    for key, label in names:
+        if metrics.get(key) is not None:
+            print(f"  {label}: {metrics[key]:.4f}")
+
+
+def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, train_metrics: dict) -> dict:
+    val = None
+    if c.val_loader is not None:
+        result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
+                          loss_weights=c.loss_weights, desc="val")
+        val = _brief(result.metrics)
+        val["iou"] = val["giou"]
+    epoch = state.epoch + 1
+    record = {"epoch": epoch, "global_step": state.global_step, "train": train_metrics, "val": val,
+              "lr": c.scheduler.get_last_lr()[0], "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+              "data": {k: {"usable": v["usable"], "skipped": v["skipped"]} for k, v in c.data_report.items()}}
+    state.epoch, state.step_in_epoch = epoch, 0
+    if val is not None and val["giou"] > state.best_giou and c.accelerator.is_main_process:
+        state.best_path = ckpt.save_best(c.paths.checkpoints, epoch, c.unwrapped, c.optimizer, val["giou"], record,
+                                         cfg.to_dict(), state.best_path)
+        state.best_giou, state.best_epoch = val["giou"], epoch
+    state_list = [state.best_giou, state.best_epoch]
+    state.best_giou, state.best_epoch = _broadcast(c, state_list)
+    if c.accelerator.is_main_process:
+        ckpt.atomic_write_text(c.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
+        print(f"\nEpoch {epoch}/{cfg.num_epochs}")
+        _print_block("Training Metrics", train_metrics)
+        if val is not None:
+            _print_block("Validation Metrics", val)
+        if c.accelerator.trackers:
+            c.accelerator.log({"train/loss": train_metrics["loss"], "train/giou": train_metrics["giou"],
+                               **({"val/giou": val["giou"], "val/ciou": val["ciou"]} if val else {})}, step=epoch)
+    ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
+    return record
+
+
+def _broadcast(c: Components, values: list[float]) -> tuple[float, int]:
+    if c.accelerator.num_processes == 1:
+        return values[0], int(values[1])
+    from accelerate.utils import broadcast_object_list
+
+    out = broadcast_object_list(list(values), from_process=0)
+    return float(out[0]), int(out[1])
+
+
+# ---------------------------------------------------------------------- entry point
+def _resume(c: Components, cfg: TrainingConfig) -> tuple[ckpt.TrainerState, dict | None]:
+    if not cfg.resume_from_checkpoint:
+        return ckpt.TrainerState(), None
+    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, c.paths.checkpoints)
+    if folder is None:
+        logger.info("resume_from_checkpoint=latest: no checkpoint yet, starting fresh")
+        return ckpt.TrainerState(), None
+    c.accelerator.load_state(str(folder))
+    state = ckpt.read_trainer_state(folder)
+    partial, state.partial = state.partial, None
+    if c.accelerator.is_main_process:
+        print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
+              f"(global step {state.global_step})")
+    return state, partial
+
+
+def train(cfg: TrainingConfig) -> dict[str, Any]:
+    """Run training as configured; returns a summary (best gIoU, paths, per-epoch records)."""
+    c = _setup(cfg)
+    state, partial = _resume(c, cfg)
+    if cfg.report_to and c.accelerator.is_main_process:
+        c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
+                                                       if isinstance(v, (int, float, str, bool))})
+    records, streak, stopped = [], [0], False
+    while state.epoch < cfg.num_epochs:
+        train_metrics = _train_epoch(c, cfg, state, partial, streak)
+        partial = None
+        if train_metrics is None:
+            stopped = True
+            break
+        records.append(_end_epoch(c, cfg, state, train_metrics))
+    c.accelerator.end_training()
+    summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
+               "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
+               "skipped_nonfinite_steps": state.skipped_nonfinite_steps, "epochs": records,
+               "num_processes": c.accelerator.num_processes}
+    if c.accelerator.is_main_process:
+        ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
