@@ -105,6 +105,8 @@ def find_image(json_path: str | Path) -> Path | None:
 
 def _parse_texts(data: dict, path: Path) -> list[str]:
     texts = data.get("text")
+    if texts is None:
+        raise DataError(path, "field 'text' is missing: no query")
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
@@ -203,13 +205,22 @@ def mask_from_shapes(shapes: Sequence[Shape], hw: tuple[int, int]) -> np.ndarray
     first of them in the file ends on top.
     """
     height, width = int(hw[0]), int(hw[1])
-    kept = [(shape, value) for shape in shapes if (value := label_value(shape.label)) is not None]
-    polygons = [polygon_int32(shape.points) for shape, _ in kept]
+    polygons: list[np.ndarray] = []
+    values: list[int] = []
+    for i, shape in enumerate(shapes):
+        value = label_value(shape.label)
+        if value is None:
+            continue
+        try:
+            polygons.append(polygon_int32(shape.points))
+        except ValueError as err:
+            raise ValueError(f"shapes[{i}] ('{shape.label}'): {err}") from err
+        values.append(value)
     areas = np.array([polygon_area(poly, (height, width)) for poly in polygons], dtype=np.int64)
     order = np.argsort(areas, kind="stable")[::-1]
     mask = np.zeros((height, width), dtype=np.uint8)
     for idx in order:
-        _draw(mask, polygons[idx], kept[idx][1])
+        _draw(mask, polygons[idx], values[idx])
     return mask
 
 
@@ -377,7 +388,7 @@ def check_shapes(ann: Annotation, hw: tuple[int, int], for_training: bool) -> li
             kind, severity, message = issue
             problems.append(Problem(ann.json_path, kind, f"{where}: {message}", severity))
         has_target = has_target or (value == 1 and issue is None)
-    if not has_target:
+    if not has_target and not any(p.is_error for p in problems):
         severity = "error" if for_training else "warning"
         note = "nothing to train on" if for_training else "the ground-truth mask is empty (LISA still evaluates it)"
         problems.append(Problem(ann.json_path, "no_target", f"no usable target polygon: {note}", severity))
@@ -425,7 +436,7 @@ def _explanations_for_scan(root: Path) -> tuple[dict[str, str], list[Problem]]:
 def scan_split(
     root: str | Path, split: str, *, for_training: bool | None = None
 ) -> tuple[list[Annotation], list[Problem]]:
-    """Every ``*.json`` of a split (sorted by name) with its image, explanations attached.
+    """Every ``*.json`` of a split (sorted by name) with its image, explanations attached (training).
 
     Returns the usable annotations and ALL problems found. Error kinds: missing_image, unreadable_image,
     malformed_json, no_text, bad_field, bad_points, few_points (0 points), nonfinite_points,
@@ -437,7 +448,7 @@ def scan_split(
     root = Path(root)
     split_dir = resolve_split_dir(root, split)
     for_training = split == "train" if for_training is None else for_training
-    explanations, problems = _explanations_for_scan(root)
+    explanations, problems = _explanations_for_scan(root) if for_training else ({}, [])
     json_paths = sorted(split_dir.glob("*.json"), key=lambda p: p.name)
     if not json_paths:
         problems.append(Problem(str(split_dir), "empty_split", "no annotation *.json files in the split folder"))

@@ -403,6 +403,16 @@ def _resume(c: Components, cfg: TrainingConfig) -> tuple[ckpt.TrainerState, dict
     return state, partial
 
 
+def _rank_checksums(c: Components) -> list[float]:
+    """One checksum of the trainable weights per rank (equal on all ranks when DDP kept them in sync)."""
+    from accelerate.utils import gather_object
+
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in c.unwrapped.parameters()
+                    if p.requires_grad)
+    return [float(x) for x in gather_object([total])] if c.accelerator.num_processes > 1 else [total]
+
+
 def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records)."""
     c = _setup(cfg)
@@ -419,10 +429,11 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
             break
         records.append(_end_epoch(c, cfg, state, train_metrics))
     c.accelerator.end_training()
+    checksums = _rank_checksums(c)
     summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
                "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
                "skipped_nonfinite_steps": state.skipped_nonfinite_steps, "epochs": records,
-               "num_processes": c.accelerator.num_processes}
+               "num_processes": c.accelerator.num_processes, "rank_param_checksums": checksums}
     if c.accelerator.is_main_process:
         ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
     return summary

@@ -1,0 +1,117 @@
+"""Batching: tokenise each query's conversation, mask the labels, pad, stack the images.
+
+Each query of each Sample becomes one token row ``prompt + answer + end-of-turn`` (prompts.format_conversation);
+labels are -100 on the prompt and on padding, so only the assistant answer is learned (SPEC-LISA.md §3).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from modlisa.data import prompts
+from modlisa.data.types import Batch, Sample
+
+IGNORE_INDEX = -100
+
+
+def _encode(text: str, tokenizer: Any) -> list[int]:
+    """Token ids of ``text`` with the tokenizer's usual special tokens (its BOS), unless the text
+    already starts with the BOS string (chat templates often write it), which would double it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def encode_query(
+    question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation, truncated from the right to ``max_length``.
+
+    Raises ValueError naming the query when the prompt is not a token prefix of the full text,
+    when the row does not hold exactly one image token, or when truncation would cut the image
+    token, every answer token or any [SEG] token.
+    """
+    prompt, full = prompts.format_conversation(question, answer, tokenizer)
+    ids, prompt_ids = _encode(full, tokenizer), _encode(prompt, tokenizer)
+    name = f"query {query or question!r}"
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"{name}: the tokenised prompt is not a prefix of the tokenised conversation; "
+                         "this tokenizer merges tokens across the prompt/answer boundary")
+    image_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
+    seg_id = tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
+    if ids.count(image_id) != 1:
+        raise ValueError(f"{name}: expected exactly one {prompts.IMAGE_TOKEN} token, found {ids.count(image_id)}")
+    if len(ids) > max_length:
+        if len(prompt_ids) >= max_length or ids[max_length:].count(seg_id) > 0:
+            raise ValueError(f"{name}: {len(ids)} tokens (prompt {len(prompt_ids)}) do not fit max_length="
+                             f"{max_length} without cutting the answer or its {prompts.SEG_TOKEN}; "
+                             "raise max_length or shorten the query")
+        ids = ids[:max_length]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+    return ids, labels
+
+
+def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
+    """(len(rows), L) int64, right-padded with ``value``."""
+    length = max(len(r) for r in rows)
+    out = torch.full((len(rows), length), value, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+    return out
+
+
+def _stack_images(samples: Sequence[Sample], attr: str) -> torch.Tensor:
+    shapes = {tuple(getattr(s, attr).shape) for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot batch {attr}: samples have different shapes {sorted(shapes)}")
+    return torch.stack([getattr(s, attr) for s in samples])
+
+
+def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512) -> Batch:
+    """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes."""
+    if not samples:
+        raise ValueError("collate_samples: empty list of samples")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("collate_samples: the tokenizer has no pad token (see model.tokenizer.add_special_tokens)")
+    ids_rows: list[list[int]] = []
+    label_rows: list[list[int]] = []
+    queries: list[str] = []
+    is_sentence: list[bool] = []
+    offsets = [0]
+    for sample in samples:
+        if not len(sample.questions) == len(sample.answers) == len(sample.queries) == sample.masks.shape[0]:
+            raise ValueError(f"{sample.json_path}: questions, answers, queries and masks differ in number")
+        for question, answer, query in zip(sample.questions, sample.answers, sample.queries):
+            ids, labels = encode_query(question, answer, tokenizer, max_length, query)
+            ids_rows.append(ids)
+            label_rows.append(labels)
+            queries.append(query)
+            is_sentence.append(sample.is_sentence)
+        offsets.append(len(ids_rows))
+    input_ids = _pad(ids_rows, int(tokenizer.pad_token_id))
+    attention_mask = _pad([[1] * len(r) for r in ids_rows], 0)
+    indices = [s.index for s in samples]
+    return Batch(
+        sam_images=_stack_images(samples, "sam_image"),
+        vision_images=_stack_images(samples, "vision_image"),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=_pad(label_rows, IGNORE_INDEX),
+        offsets=torch.tensor(offsets, dtype=torch.int64),
+        masks=[s.masks for s in samples],
+        resize_hw=[s.resize_hw for s in samples],
+        original_hw=[s.original_hw for s in samples],
+        image_paths=[s.image_path for s in samples],
+        queries=queries,
+        is_sentence=is_sentence,
+        sample_ids=indices if all(i >= 0 for i in indices) else [],
+    )
+
+
+def make_collate_fn(tokenizer: Any, max_length: int = 512) -> Callable[[list[Sample]], Batch]:
+    """A picklable ``collate_fn`` for DataLoader (workers included)."""
+    return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length)

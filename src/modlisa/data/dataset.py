@@ -1,0 +1,170 @@
+"""``ReasonSegDataset``: one ReasonSeg split as ``Sample`` items (image, queries, LISA masks).
+
+Training items sample up to ``queries_per_image`` distinct query texts with random LISA templates;
+evaluation items follow LISA's protocol (first text, fixed prompt, answer "[SEG]."). Every random
+choice comes from generators seeded by (seed, epoch, index), so an item is a pure function of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modlisa.data import prompts
+from modlisa.data.reasonseg import (
+    DataError,
+    Problem,
+    count_annotation_files,
+    load_image_rgb,
+    mask_from_shapes,
+    resolve_split_dir,
+    scan_split,
+)
+from modlisa.data.types import Annotation, Sample
+
+logger = logging.getLogger(__name__)
+
+SamTransformFn = Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]
+VisionTransformFn = Callable[[np.ndarray], torch.Tensor]
+AugmenterFn = Callable[[np.ndarray, np.ndarray, list[str], np.random.Generator], tuple[np.ndarray, np.ndarray]]
+MAX_LISTED_PROBLEMS = 50
+
+
+def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A 64-bit seed that depends only on (seed, epoch, index, stream): stable across processes."""
+    return int(np.random.SeedSequence([seed, epoch, index, stream]).generate_state(1, np.uint64)[0])
+
+
+def problems_error(split_dir: Path, errors: list[Problem]) -> DataError:
+    """One DataError listing every error-level problem (file + reason)."""
+    lines = [f"  {p.file}: {p.kind}: {p.message}" for p in errors[:MAX_LISTED_PROBLEMS]]
+    if len(errors) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_PROBLEMS} more")
+    reason = (f"{len(errors)} data error(s):\n" + "\n".join(lines) +
+              "\nFix the files, or pass strict=False (data.strict: false) to skip them; "
+              "`modlisa check-data` lists every problem.")
+    return DataError(split_dir, reason)
+
+
+class ReasonSegDataset(torch.utils.data.Dataset):
+    """A ReasonSeg split. ``problems`` holds everything ``scan_split`` found; ``num_skipped`` the
+    number of annotation files left out because of errors (only possible with ``strict=False``)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        sam_transform: SamTransformFn,
+        vision_transform: VisionTransformFn,
+        *,
+        train: bool,
+        seed: int = 0,
+        queries_per_image: int = 3,
+        explanatory_prob: float = 0.1,
+        augmenter: AugmenterFn | None = None,
+        strict: bool = True,
+        max_samples: int | None = None,
+    ) -> None:
+        _check_arguments(seed, queries_per_image, explanatory_prob, max_samples)
+        self.root, self.split, self.train = Path(root), split, train
+        self.sam_transform, self.vision_transform, self.augmenter = sam_transform, vision_transform, augmenter
+        self.seed, self.queries_per_image, self.explanatory_prob = seed, queries_per_image, explanatory_prob
+        self.epoch = 0
+        annotations, self.problems = scan_split(root, split, for_training=train)
+        errors = [p for p in self.problems if p.is_error]
+        if errors and strict:
+            raise problems_error(resolve_split_dir(root, split), errors)
+        self.num_skipped = count_annotation_files(root, split) - len(annotations)
+        if errors:
+            logger.warning("%s/%s: skipped %d annotation file(s) with errors (%d problems); run "
+                           "`modlisa check-data %s` for the list", root, split, self.num_skipped, len(errors), root)
+        if not annotations:
+            raise DataError(resolve_split_dir(root, split), "no usable annotation in this split")
+        self.annotations: list[Annotation] = annotations[:max_samples] if max_samples else annotations
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws (queries, templates, augmentation) items use."""
+        self.epoch = int(epoch)
+
+    def _train_dialogue(self, ann: Annotation, rng: random.Random) -> tuple[list[str], list[str], list[str]]:
+        """(questions, answers, query texts) of a training item: k distinct texts, random templates."""
+        k = min(self.queries_per_image, len(ann.texts))
+        chosen = [ann.texts[j] for j in rng.sample(range(len(ann.texts)), k)]
+        explain = bool(ann.explanation) and rng.random() < self.explanatory_prob
+        questions, answers = [], []
+        for j, text in enumerate(chosen):
+            if j == 0 and explain:
+                question, answer = prompts.explanatory_pair(text, ann.explanation or "", rng)
+            else:
+                # LISA lower-cases short phrases in training (class_name=text.lower()).
+                shown = text if ann.is_sentence else text.lower()
+                question, answer = prompts.train_question(shown, ann.is_sentence, rng), prompts.train_answer(rng)
+            questions.append(question)
+            answers.append(answer)
+        return questions, answers, chosen
+
+    @staticmethod
+    def _eval_dialogue(ann: Annotation) -> tuple[list[str], list[str], list[str]]:
+        """LISA's evaluation protocol: the first text only, the fixed prompt, the answer "[SEG]."."""
+        query = ann.texts[0]
+        return [prompts.eval_question(query, ann.is_sentence)], [prompts.EVAL_ANSWER], [query]
+
+    def _load(self, ann: Annotation) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W, 3) uint8 RGB, mask (H, W) uint8 in {0, 1, 255}); DataError naming the file."""
+        image = load_image_rgb(ann.image_path)
+        try:
+            mask = mask_from_shapes(ann.shapes, image.shape[:2])
+        except ValueError as err:
+            raise DataError(ann.json_path, str(err)) from err
+        return image, mask
+
+    def __getitem__(self, index: int) -> Sample:
+        """One image with its n_q queries; masks (n_q, H, W) uint8 at the original resolution."""
+        if not 0 <= index < len(self.annotations):
+            raise IndexError(f"index {index} out of range for {len(self.annotations)} items")
+        ann = self.annotations[index]
+        image, mask = self._load(ann)
+        if self.train:
+            rng = random.Random(item_seed(self.seed, self.epoch, index))
+            questions, answers, queries = self._train_dialogue(ann, rng)
+        else:
+            questions, answers, queries = self._eval_dialogue(ann)
+        masks = np.repeat(mask[None], len(queries), axis=0)
+        if self.train and self.augmenter is not None:
+            aug_rng = np.random.default_rng(item_seed(self.seed, self.epoch, index, stream=1))
+            # The flip rule reads every text the model sees: queries AND answers (explanations name sides).
+            image, masks = self.augmenter(image, masks, [*queries, *answers], aug_rng)
+        sam_image, resize_hw = self.sam_transform(image)
+        return Sample(
+            image_path=ann.image_path,
+            json_path=ann.json_path,
+            sam_image=sam_image,
+            vision_image=self.vision_transform(image),
+            resize_hw=(int(resize_hw[0]), int(resize_hw[1])),
+            original_hw=(int(image.shape[0]), int(image.shape[1])),
+            questions=questions,
+            answers=answers,
+            queries=queries,
+            masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+            is_sentence=ann.is_sentence,
+            index=index,
+        )
+
+
+def _check_arguments(seed: int, queries_per_image: int, explanatory_prob: float, max_samples: int | None) -> None:
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if queries_per_image < 1:
+        raise ValueError(f"queries_per_image must be >= 1, got {queries_per_image}")
+    if not 0.0 <= explanatory_prob <= 1.0:
+        raise ValueError(f"explanatory_prob must be in [0, 1], got {explanatory_prob}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")

