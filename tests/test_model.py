@@ -359,7 +359,7 @@ def _save_llava(folder: Path) -> str:
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=IMG, patch_size=32),
-        text_config=LlamaConfig(**{**LM_SIZES, "vocab_size": len(tokenizer)}),
+        text_config=LlamaConfig(**LM_SIZES),  # 260 rows < len(tokenizer): the view must be resized
         image_token_id=tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN),
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
@@ -378,7 +378,9 @@ def test_llava_from_saved_folder_shares_llava_weights(tmp_path):
     reference = LlavaForConditionalGeneration.from_pretrained(folder)
     lm = unwrap_lm(model.language_model)
     assert type(model.projector).__name__ == "LlavaMultiModalProjector"
-    assert torch.equal(lm.lm_head.weight, reference.lm_head.weight)
+    assert lm.lm_head.weight.shape[0] == lm.model.embed_tokens.weight.shape[0] == len(tokenizer) == 262
+    assert torch.equal(lm.lm_head.weight[:260], reference.lm_head.weight)
+    assert torch.equal(lm.model.embed_tokens.weight[:260], reference.model.language_model.embed_tokens.weight)
     assert torch.equal(lm.model.layers[1].mlp.up_proj.weight, reference.model.language_model.layers[1].mlp.up_proj.weight)
     # the vision branch is LLaVA's own image-feature path (layer -2, CLS dropped, projector)
     pixels = torch.randn(2, 3, IMG, IMG)

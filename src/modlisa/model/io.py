@@ -1,0 +1,368 @@
+"""Weights I/O of a ModifiedLISA model: trainable weights as safetensors, and the merged export folder.
+
+Export layout (``export_merged``), loadable offline by ``load_exported`` or by hand::
+
+    out_dir/
+      language_model/            save_pretrained of the LM, LoRA merged, [SEG] rows folded, + tokenizer
+      vision_tower/              save_pretrained of the vision tower + preprocessor_config.json (mean/std)
+      sam/                       save_pretrained of the SamModel (trained mask decoder included)
+      modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
+      modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
+      modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats
+      README.md                  how to load
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import modlisa
+from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_ATTRS = ("language_model", "vision_tower", "sam")  # saved as Hugging Face subfolders
+HEADS_FILE = "modlisa_heads.safetensors"
+CONFIG_FILE = "modlisa_config.yaml"
+EXPORT_INFO_FILE = "modlisa_export.json"
+EXPORT_PATHS = {"language_model": "language_model", "vision_model": "vision_tower", "sam_model": "sam"}
+
+
+class WeightsError(ValueError):
+    """A weights file does not match the model: the message names the file and the keys."""
+
+
+# ---------------------------------------------------------------------- safetensors helpers
+def _write_safetensors(state: dict[str, Tensor], path: Path, kind: str) -> None:
+    """Write ``state`` atomically (temp file + rename); tensors are cloned to CPU (no shared storage)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    metadata = {"format": "pt", "modlisa_version": modlisa.__version__, "kind": kind}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """All tensors of a safetensors file (CPU); FileNotFoundError / WeightsError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    """True when ``name`` equals or fnmatch-matches one of ``patterns`` (e.g. ``"sam.*"``)."""
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _copy_into(params: dict[str, Tensor], state: dict[str, Tensor], names: Iterable[str], path: Path) -> None:
+    """Copy ``state[name]`` into ``params[name]`` (dtype/device of the parameter); shapes must agree."""
+    names = list(names)
+    bad = [f"{n}: file {tuple(state[n].shape)} vs model {tuple(params[n].shape)}"
+           for n in names if state[n].shape != params[n].shape]
+    if bad:
+        raise WeightsError(f"{path}: {len(bad)} shape mismatch(es): " + "; ".join(bad[:10]))
+    with torch.no_grad():
+        for name in names:
+            params[name].copy_(state[name])
+
+
+# ---------------------------------------------------------------------- trainable weights
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``{name: tensor}`` of the parameters that require grad (tied parameters once, first name).
+
+    These are the weights a run changes: LoRA A/B, [SEG]-row deltas or full embeddings, text_hidden_fcs,
+    the SAM mask decoder, plus whatever the config unfroze. Tensors are detached views, not copies.
+    """
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Save ``trainable_state_dict(model)`` to ``path`` (safetensors, atomic). Returns the path."""
+    path = Path(path)
+    state = trainable_state_dict(model)
+    if not state:
+        raise WeightsError(f"{path}: the model has no trainable parameters to save")
+    _write_safetensors(state, path, kind="trainable")
+    logger.info("saved %d trainable tensors (%d values) to %s", len(state),
+                sum(t.numel() for t in state.values()), path)
+    return path
+
+
+def load_trainable(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    allowed_missing: Iterable[str] = (),
+    allowed_unexpected: Iterable[str] = (),
+) -> dict[str, list[str]]:
+    """Load a ``save_trainable`` file into the trainable parameters of ``model``, in place.
+
+    Missing keys (trainable parameters absent from the file) and unexpected keys (file entries that are
+    not trainable parameters of the model) are logged; any of them not matched by ``allowed_missing`` /
+    ``allowed_unexpected`` (exact names or fnmatch patterns such as ``"sam.*"``) raises WeightsError
+    naming the file and the keys, before anything is copied. Shape mismatches always raise.
+    Returns ``{"loaded": [...], "missing": [...], "unexpected": [...]}``.
+    """
+    path = Path(path)
+    state = _read_safetensors(path)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n in params if n not in state]
+    unexpected = [k for k in state if k not in params]
+    if missing:
+        logger.warning("%s: %d trainable parameter(s) missing from the file: %s", path, len(missing), missing[:10])
+    if unexpected:
+        logger.warning("%s: %d unexpected key(s) (not trainable parameters of the model): %s", path,
+                       len(unexpected), unexpected[:10])
+    bad_missing = [n for n in missing if not _matches(n, allowed_missing)]
+    bad_unexpected = [n for n in unexpected if not _matches(n, allowed_unexpected)]
+    if bad_missing or bad_unexpected:
+        parts = []
+        if bad_missing:
+            parts.append(f"missing {len(bad_missing)} key(s) {bad_missing[:10]}")
+        if bad_unexpected:
+            parts.append(f"unexpected {len(bad_unexpected)} key(s) {bad_unexpected[:10]}")
+        raise WeightsError(f"{path} does not match the model's trainable parameters: {'; '.join(parts)}. "
+                           "Build the model with the config the file was saved with, or pass "
+                           "allowed_missing / allowed_unexpected")
+    loaded = [n for n in params if n in state]
+    _copy_into(params, state, loaded, path)
+    logger.info("loaded %d trainable tensors from %s", len(loaded), path)
+    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+
+
+# ---------------------------------------------------------------------- export
+def heads_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Every weight of ``model`` outside the Hugging Face backbones (projector.*, text_hidden_fcs.*, ...)."""
+    return {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] not in BACKBONE_ATTRS}
+
+
+def merged_language_model(model: nn.Module, in_place: bool = False) -> nn.Module:
+    """A plain transformers LM: [SEG]-row deltas folded into embedding / LM head, LoRA merged.
+
+    ``in_place=False`` works on a deep copy of ``model.language_model`` (the model keeps training as
+    before; costs one LM of memory); ``in_place=True`` changes ``model`` itself (for big models whose
+    trained form is not needed afterwards).
+    """
+    from modlisa.model.adapters import merge_adapters
+
+    holder = model if in_place else types.SimpleNamespace(language_model=copy.deepcopy(model.language_model))
+    merge_adapters(holder)
+    return holder.language_model
+
+
+def _vision_stats(model: nn.Module, cfg: TrainingConfig, processors: Any) -> tuple[list[float], list[float]]:
+    """(mean, std) of the vision branch: from ``processors`` when given, else as the factory derives them."""
+    if processors is not None:
+        return list(processors.vision.mean), list(processors.vision.std)
+    from modlisa.model.backbones import CLIP_MEAN, CLIP_STD, image_stats
+
+    source = cfg.llava_model if cfg.model in ("llava", "lisa-7b") else cfg.vision_model
+    if not source:
+        return list(CLIP_MEAN), list(CLIP_STD)
+    mean, std = image_stats(source, model.vision_tower.config.model_type)
+    return list(mean), list(std)
+
+
+def _save_vision_tower(model: nn.Module, folder: Path, mean: list[float], std: list[float]) -> None:
+    """save_pretrained of the tower + an image processor holding the normalisation the model was trained with."""
+    try:  # the PIL processors need no torchvision (transformers >= 5)
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        from transformers import SiglipImageProcessorPil as SiglipImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    model.vision_tower.save_pretrained(folder)
+    size = int(model.vision_image_size)
+    if model.vision_tower.config.model_type.startswith("siglip"):
+        processor = SiglipImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
+    else:
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                       image_mean=mean, image_std=std)
+    processor.save_pretrained(folder)
+
+
+def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
+    """The config that rebuilds the export: composite preset on the subfolders, no LoRA, no resume."""
+    from modlisa.model.factory import apply_preset
+
+    cfg = apply_preset(cfg)
+    return dataclasses.replace(
+        cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None,
+        img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size), **EXPORT_PATHS,
+    )
+
+
+def _export_info(model: nn.Module, cfg: TrainingConfig, mean: list[float], std: list[float]) -> dict[str, Any]:
+    layer = model.vision_feature_layer
+    return {
+        "modlisa_version": modlisa.__version__,
+        "source_preset": cfg.model,
+        "vision_feature_layer": list(layer) if isinstance(layer, (list, tuple)) else int(layer),
+        "drop_cls": bool(model.drop_cls),
+        "seg_token_id": int(model.seg_token_id),
+        "image_token_id": int(model.image_token_id),
+        "vision_mean": mean,
+        "vision_std": std,
+        "lora_merged": hasattr(model.language_model, "peft_config"),
+    }
+
+
+README_TEXT = """# ModifiedLISA export
+
+A ModifiedLISA model (modlisa {version}, source preset `{preset}`) with LoRA merged into the language model.
+
+| path | content |
+|---|---|
+| `language_model/` | causal LM + tokenizer (`[SEG]`, `<image>` included): `AutoModelForCausalLM.from_pretrained` |
+| `vision_tower/` | vision tower + `preprocessor_config.json` (mean/std used in training) |
+| `sam/` | `SamModel` with the trained mask decoder |
+| `modlisa_heads.safetensors` | projector and `text_hidden_fcs` (the [SEG] projection) |
+| `modlisa_config.yaml` | the run's `TrainingConfig`, `model: composite`, paths relative to this folder |
+| `modlisa_export.json` | vision feature layer, CLS handling, token ids, image statistics |
+
+Load (offline):
+
+```python
+from modlisa.model.io import load_exported
+model, tokenizer, processors, cfg = load_exported("{folder}")
+```
+
+Evaluate: `modlisa eval --checkpoint {folder} --data_root <ReasonSeg folder> --split val`.
+"""
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """A fresh temporary sibling of ``out_dir``; refuses a non-empty ``out_dir`` unless ``overwrite``."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"export folder {out_dir} exists and is not empty; pass overwrite=True "
+                              "or choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def export_merged(
+    model: nn.Module,
+    tokenizer: Any,
+    cfg: TrainingConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    processors: Any = None,
+    in_place: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hugging Face-style folder of ``model`` (see the module docstring); returns ``out_dir``.
+
+    ``processors`` (``ImageProcessors``) supplies the vision mean/std; without it they are derived from
+    ``cfg`` as the factory does. ``in_place`` merges LoRA into ``model`` itself instead of a copy.
+    The folder is written next to ``out_dir`` and renamed into place when complete.
+    """
+    out_dir = Path(out_dir)
+    tmp = _prepare_out_dir(out_dir, overwrite)
+    mean, std = _vision_stats(model, cfg, processors)
+    info = _export_info(model, cfg, mean, std)
+    exported_cfg = export_config(cfg, model)
+    language_model = merged_language_model(model, in_place=in_place)
+    language_model.save_pretrained(tmp / "language_model")
+    tokenizer.save_pretrained(tmp / "language_model")
+    _save_vision_tower(model, tmp / "vision_tower", mean, std)
+    model.sam.save_pretrained(tmp / "sam")
+    _write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=cfg.model,
+                                                      folder=out_dir.name), encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    logger.info("exported %s (LoRA merged: %s) to %s", cfg.model, info["lora_merged"], out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------- reload
+def _check_export_folder(folder: Path) -> None:
+    required = [CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE, *EXPORT_PATHS.values()]
+    absent = [name for name in required if not (folder / name).exists()]
+    if absent:
+        raise FileNotFoundError(f"{folder} is not a complete modlisa export: missing {', '.join(absent)}")
+
+
+def _exported_config(folder: Path) -> TrainingConfig:
+    """The export's TrainingConfig with its subfolder pointers made absolute."""
+    source = folder / CONFIG_FILE
+    cfg = config_from_dict(load_yaml(source), source=str(source))
+    if cfg.model != "composite":
+        raise ConfigError(f"{source}: model must be composite in an export, got {cfg.model!r}")
+    paths = {}
+    for field_name in EXPORT_PATHS:
+        value = getattr(cfg, field_name)
+        if not value:
+            raise ConfigError(f"{source}: {field_name} is empty; it should name a subfolder of the export")
+        paths[field_name] = str(value if Path(value).is_absolute() else folder / value)
+    return dataclasses.replace(cfg, **paths)
+
+
+def _apply_export_info(model: nn.Module, info: dict[str, Any], source: Path) -> None:
+    """Restore vision wiring the composite preset cannot infer; check the token ids agree."""
+    for key in ("seg_token_id", "image_token_id"):
+        if int(getattr(model, key)) != int(info[key]):
+            raise WeightsError(f"{source}: {key} is {info[key]} in the export but {getattr(model, key)} in the "
+                               "rebuilt tokenizer of language_model/")
+    layer = info["vision_feature_layer"]
+    model.vision_feature_layer = list(layer) if isinstance(layer, list) else int(layer)
+    model.drop_cls = bool(info["drop_cls"])
+    model._num_image_tokens = None
+
+
+def _load_heads(model: nn.Module, path: Path) -> None:
+    """Load ``modlisa_heads.safetensors`` strictly into the non-backbone weights of ``model``."""
+    state = _read_safetensors(path)
+    targets = dict(heads_state_dict(model))
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not match the rebuilt model: missing {missing[:10]}, "
+                           f"unexpected {unexpected[:10]}")
+    _copy_into(targets, state, list(targets), path)
+
+
+def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, TrainingConfig]:
+    """Rebuild an ``export_merged`` folder offline: (model in eval mode, tokenizer, processors, cfg).
+
+    The factory's composite preset loads the three subfolders (no LoRA), then the heads file is loaded
+    and the vision wiring of ``modlisa_export.json`` restored. ``cfg`` holds absolute subfolder paths.
+    """
+    from modlisa.model.factory import build_model
+
+    folder = Path(folder)
+    _check_export_folder(folder)
+    cfg = _exported_config(folder)
+    info = json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    model, tokenizer, processors = build_model(cfg)
+    _apply_export_info(model, info, folder / EXPORT_INFO_FILE)
+    _load_heads(model, folder / HEADS_FILE)
+    model.eval()
+    logger.info("loaded export %s (source preset %s)", folder, info.get("source_preset"))
+    return model, tokenizer, processors, cfg
