@@ -14,7 +14,7 @@ OUTPUT_DIR="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]
 
 if [[ ! -d "$DATA_ROOT/train" && "$DATA_ROOT" == data/demo* ]]; then
   echo "[run] generating synthetic ReasonSeg-format data in $DATA_ROOT"
-  modlisa make-data "$DATA_ROOT" --seed 0 --num-train 96 --num-val 32 --num-test 48 --image-size 256
+  modlisa make-data "$DATA_ROOT" --seed 0 --num-train 96 --num-val 32 --num-test 48 --image-size 128
 fi
 modlisa check-data "$DATA_ROOT"
 modlisa train --config "$CONFIG" "$@"

@@ -428,8 +428,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
             stopped = True
             break
         records.append(_end_epoch(c, cfg, state, train_metrics))
-    c.accelerator.end_training()
     checksums = _rank_checksums(c)
+    c.accelerator.end_training()
     summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
                "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
                "skipped_nonfinite_steps": state.skipped_nonfinite_steps, "epochs": records,
