@@ -109,3 +109,10 @@ def test_two_processes_really_run(data_root, tmp_path):
     assert record["val"]["num_queries"] == 5  # odd count over 2 ranks: each sample exactly once
     # 8 train images, batch 2 per rank, 2 ranks -> 2 optimizer steps in the epoch
     assert summary["global_step"] == 2
+
+
+def test_tensorboard_tracker_writes_events(data_root, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra; install modlisa[dev]")
+    _train(tiny_config(data_root, tmp_path / "tb", num_epochs=1, report_to="tensorboard"))
+    events = list((tmp_path / "tb" / "outputs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

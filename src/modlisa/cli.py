@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:  # Accelerate logs every file of every checkpoint at INFO
+        for noisy in ("accelerate", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -136,6 +136,11 @@ def _check_choices(cfg: TrainingConfig) -> None:
         raise ConfigError(f"quantization_bits must be 4 or 8, got {cfg.quantization_bits!r}")
     if cfg.report_to not in (None, "tensorboard"):
         raise ConfigError(f"report_to must be tensorboard or empty, got {cfg.report_to!r}")
+    if cfg.report_to == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("report_to=tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 def _check_models(cfg: TrainingConfig) -> None:

@@ -1,0 +1,291 @@
+"""Read a run folder (the run-folder contract of DESIGN.md) into plain Python data; no torch involved.
+
+A run folder holds ``outputs/`` with any of: ``config.yaml``, ``metrics_epoch_N.json``,
+``train_log.jsonl``, ``train_summary.json``, ``eval_{split}.json``, ``predictions_{split}.jsonl``,
+``bench.json``. Missing or partial files never stop the reader: each problem becomes a note in
+``RunData.notes`` (a run still training, no eval yet, a half-written last log line...). A path that is
+not a run folder at all raises ``NotARunError`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+RUN_FILES = ("config.yaml", "train_log.jsonl", "train_summary.json", "bench.json")
+_EPOCH_FILE = re.compile(r"^metrics_epoch_(\d+)\.json$")
+SYNTHETIC_README_START = "Synthetic ReasonSeg-format dataset"
+
+
+class NotARunError(FileNotFoundError):
+    """The given path is not a modlisa run folder (no ``outputs/`` with run files)."""
+
+
+@dataclass
+class DataInfo:
+    """Where a run's data came from: ``kind`` is "synthetic", "reasonseg-format" or "unknown"."""
+
+    root: str | None
+    kind: str
+    detail: str
+
+
+@dataclass
+class RunData:
+    """Everything read from one run folder.
+
+    epochs: the ``metrics_epoch_N.json`` records sorted by epoch; log: train_log step records
+    (with "global_step" and "loss"); log_val: train_log validation records ({"global_step", "val"});
+    evals / predictions: per split; notes: problems met while reading, in plain words.
+    """
+
+    name: str
+    root: Path
+    config: dict[str, Any] | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    log_val: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    bench: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def planned_epochs(self) -> int | None:
+        value = (self.config or {}).get("num_epochs")
+        return value if isinstance(value, int) else None
+
+
+# ---------------------------------------------------------------------- locating
+def _has_run_files(outputs: Path) -> bool:
+    if not outputs.is_dir():
+        return False
+    names = {p.name for p in outputs.iterdir()}
+    if names & set(RUN_FILES):
+        return True
+    return any(_EPOCH_FILE.match(n) or re.match(r"^(eval|predictions)_\w+\.jsonl?$", n) for n in names)
+
+
+def resolve_run_root(path: str | Path) -> Path:
+    """The run folder of ``path`` (a run folder or its ``outputs/``); NotARunError when it is neither."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"run folder {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a run folder")
+    if _has_run_files(path / "outputs"):
+        return path
+    if path.name == "outputs" and _has_run_files(path):
+        return path.parent
+    raise NotARunError(
+        f"{path} is not a modlisa run folder: expected {path / 'outputs'} with config.yaml, "
+        "metrics_epoch_N.json, train_log.jsonl, eval_<split>.json or bench.json (written by "
+        "`modlisa train`, `modlisa eval` or `modlisa bench`)"
+    )
+
+
+# ---------------------------------------------------------------------- file readers
+def _read_json(path: Path, notes: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        notes.append(f"{path.name}: unreadable, ignored ({exc})")
+        logger.warning("%s: unreadable, ignored (%s)", path, exc)
+        return None
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a broken last line (file being written) is skipped with a note."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        notes.append(f"{path.name}: unreadable, ignored ({exc})")
+        return []
+    records, bad = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad:
+        where = "the last line (still being written?)" if bad == [len(lines)] else f"lines {bad[:5]}"
+        notes.append(f"{path.name}: {len(bad)} unreadable line(s) skipped: {where}")
+    return records
+
+
+def _read_config(outputs: Path, notes: list[str]) -> dict[str, Any] | None:
+    path = outputs / "config.yaml"
+    if not path.is_file():
+        notes.append("config.yaml missing: model and data of the run unknown")
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        notes.append(f"config.yaml: unreadable, ignored ({exc})")
+        return None
+    if not isinstance(data, dict):
+        notes.append("config.yaml: not a mapping, ignored")
+        return None
+    return data
+
+
+def _read_epochs(outputs: Path, notes: list[str]) -> list[dict[str, Any]]:
+    found = sorted((int(m.group(1)), p) for p in outputs.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+    records = []
+    for number, path in found:
+        record = _read_json(path, notes)
+        if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
+            if record is not None:
+                notes.append(f"{path.name}: no 'train' metrics, ignored")
+            continue
+        record.setdefault("epoch", number)
+        records.append(record)
+    numbers = [r["epoch"] for r in records]
+    if numbers and numbers != list(range(1, numbers[-1] + 1)):
+        missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+        notes.append(f"metrics of epoch(s) {missing} missing")
+    return records
+
+
+def _read_log(outputs: Path, notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    path = outputs / "train_log.jsonl"
+    if not path.is_file():
+        return [], []
+    records = _read_jsonl(path, notes)
+    steps = [r for r in records if "val" not in r and isinstance(r.get("global_step"), int) and "loss" in r]
+    vals = [r for r in records if isinstance(r.get("val"), dict) and isinstance(r.get("global_step"), int)]
+    return steps, vals
+
+
+def _read_split_files(outputs: Path, run: RunData) -> None:
+    for split in SPLITS:
+        eval_path, pred_path = outputs / f"eval_{split}.json", outputs / f"predictions_{split}.jsonl"
+        if eval_path.is_file():
+            payload = _read_json(eval_path, run.notes)
+            if isinstance(payload, dict) and "giou" in payload:
+                run.evals[split] = payload
+            elif payload is not None:
+                run.notes.append(f"{eval_path.name}: no giou/ciou inside, ignored")
+        if pred_path.is_file():
+            run.predictions[split] = _read_jsonl(pred_path, run.notes)
+
+
+# ---------------------------------------------------------------------- status and provenance
+def _status_notes(run: RunData) -> None:
+    planned = run.planned_epochs
+    done = len(run.epochs)
+    if run.summary is None and (done or run.log):
+        of = f" of {planned}" if planned else ""
+        run.notes.append(f"no train_summary.json: training still running or interrupted ({done}{of} epochs done)")
+    if run.summary and run.summary.get("stopped_early"):
+        run.notes.append(f"training stopped early at global step {run.summary.get('global_step')}")
+    if run.epochs and all(r.get("val") is None for r in run.epochs):
+        run.notes.append("no validation during training (the data had no val split)")
+    for split in ("val", "test"):
+        if split not in run.evals:
+            run.notes.append(f"no eval_{split}.json: run `modlisa eval --checkpoint {run.root} --split {split}`")
+        elif split not in run.predictions:
+            run.notes.append(f"eval_{split}.json present but predictions_{split}.jsonl missing")
+
+
+def run_status(run: RunData) -> str:
+    """One phrase: "finished", "stopped early", "in progress or interrupted", "no training"."""
+    if run.summary is not None:
+        return "stopped early" if run.summary.get("stopped_early") else "finished"
+    if run.epochs or run.log:
+        return "in progress or interrupted"
+    return "no training"
+
+
+def data_provenance(run: RunData) -> DataInfo:
+    """Where the run's data came from, from its config's data_root (and the eval files' data_root).
+
+    A folder written by ``modlisa make-data`` carries a README.txt starting with
+    "Synthetic ReasonSeg-format dataset": such runs are marked "synthetic".
+    """
+    roots = [str(e["data_root"]) for e in run.evals.values() if e.get("data_root")]
+    root = (run.config or {}).get("data_root") or (roots[0] if roots else None)
+    if root is None:
+        return DataInfo(None, "unknown", "data_root unknown (no config.yaml)")
+    readme = Path(root) / "README.txt"
+    others = sorted({r for r in roots if r != str(root)})
+    extra = f"; evaluated on {', '.join(others)}" if others else ""
+    try:
+        head = readme.read_text(encoding="utf-8", errors="replace")[:200] if readme.is_file() else ""
+    except OSError:
+        head = ""
+    if head.startswith(SYNTHETIC_README_START):
+        return DataInfo(str(root), "synthetic", f"synthetic shapes (modlisa make-data) at {root}{extra}")
+    if not Path(root).is_dir():
+        return DataInfo(str(root), "unknown", f"{root} (not found on this machine){extra}")
+    return DataInfo(str(root), "reasonseg-format", f"ReasonSeg-format folder {root}{extra}")
+
+
+# ---------------------------------------------------------------------- entry points
+def load_run(path: str | Path, name: str | None = None) -> RunData:
+    """Read the run folder ``path`` (or its outputs/). Raises only when ``path`` is not a run folder."""
+    root = resolve_run_root(path)
+    run = RunData(name=name or root.resolve().name, root=root)
+    outputs = run.outputs
+    run.config = _read_config(outputs, run.notes)
+    run.epochs = _read_epochs(outputs, run.notes)
+    run.log, run.log_val = _read_log(outputs, run.notes)
+    if (outputs / "train_summary.json").is_file():
+        summary = _read_json(outputs / "train_summary.json", run.notes)
+        run.summary = summary if isinstance(summary, dict) else None
+    _read_split_files(outputs, run)
+    if (outputs / "bench.json").is_file():
+        bench = _read_json(outputs / "bench.json", run.notes)
+        run.bench = bench if isinstance(bench, dict) else None
+    _status_notes(run)
+    return run
+
+
+def _unique_names(roots: list[Path]) -> list[str]:
+    names = [r.resolve().name for r in roots]
+    out = []
+    for root, name in zip(roots, names):
+        if names.count(name) > 1:
+            name = f"{root.resolve().parent.name}/{name}"
+        out.append(name)
+    final = []
+    for i, name in enumerate(out):  # still equal (the same folder twice): number them
+        final.append(f"{name} #{out[:i].count(name) + 1}" if out.count(name) > 1 else name)
+    return final
+
+
+def load_runs(paths: list[str | Path]) -> list[RunData]:
+    """Read several run folders; each gets a distinct display name (folder name, parent added on clashes)."""
+    if not paths:
+        raise FileNotFoundError("no run folder given")
+    roots = [resolve_run_root(p) for p in paths]
+    return [load_run(root, name) for root, name in zip(roots, _unique_names(roots))]
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
