@@ -1,7 +1,8 @@
 """`modlisa` command line: make-data | check-data | train | eval (more subcommands are added as they land).
 
-User errors (bad config, bad data, missing files) print one clear line and exit with code 2 (1 for
-`check-data` when the data has errors); `--debug` shows the traceback instead.
+User errors (bad config, bad data, missing files, weights that do not match) print one clear message and
+exit with code 2 (1 for `check-data` when the data has errors); a training stopped by non-finite
+losses/gradients exits with code 3; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -65,11 +66,18 @@ def _cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_analyze(argv: list[str]) -> int:
+    from modlisa.report.cli import main_analyze
+
+    return main_analyze(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "make-data": (_cmd_make_data, "generate the synthetic ReasonSeg-format dataset"),
     "check-data": (_cmd_check_data, "validate a ReasonSeg-format folder"),
     "train": (_cmd_train, "train a ModifiedLISA model"),
     "eval": (_cmd_eval, "evaluate a checkpoint with LISA's protocol"),
+    "analyze": (_cmd_analyze, "write the analysis report of run folders (md, html, json, plots)"),
 }
 
 
@@ -81,14 +89,32 @@ def _usage() -> str:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, NotADirectoryError]
+    """Errors that are the user's to fix (config, data, files, weights): one line, exit 2, no traceback.
+
+    OSError covers missing or unreadable files and model folders/ids that cannot be loaded offline.
+    """
+    types: list[type[BaseException]] = [ConfigError, OSError]
     try:
         from modlisa.data.reasonseg import DataError
+        from modlisa.engine.checkpoint import CheckpointError
+        from modlisa.model.io import WeightsError
 
-        types.append(DataError)
+        types += [DataError, WeightsError, CheckpointError]
     except ImportError:  # the data layer is optional for `modlisa --help`
         pass
     return tuple(types)
+
+
+def _training_stopped_type() -> type[BaseException]:
+    try:
+        from modlisa.engine.train import TrainingStopped
+    except ImportError:
+        return _NeverRaised
+    return TrainingStopped
+
+
+class _NeverRaised(Exception):
+    """Placeholder type for an ``except`` clause when the training engine cannot be imported."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"modlisa {name}: error: {exc}", file=sys.stderr)
         return 2
+    except _training_stopped_type() as exc:  # non-finite losses/gradients: exit 3, last good checkpoint kept
+        if debug:
+            raise
+        print(f"modlisa {name}: stopped: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"modlisa {name}: interrupted", file=sys.stderr)
         return 130

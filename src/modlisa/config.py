@@ -57,6 +57,7 @@ class TrainingConfig:
     use_quantization: bool = False  # LM in 8-bit / 4-bit through bitsandbytes (CUDA only)
     quantization_bits: int = 8
     sam_cache: bool = False  # reuse frozen-SAM image embeddings
+    sam_cache_dir: str | None = None  # optional on-disk SAM cache folder (used when sam_cache is on)
 
     # --- optimisation (SPEC-LISA.md §6) ---
     num_epochs: int = 10
@@ -150,6 +151,61 @@ def _check_models(cfg: TrainingConfig) -> None:
         raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
 
 
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+MODEL_PATH_FIELDS = ("vision_model", "language_model", "sam_model", "llava_model")
+
+
+def _default(name: str) -> Any:
+    f = TrainingConfig.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _check_lora(cfg: TrainingConfig) -> None:
+    """LoRA values must be usable when use_lora is on, and not set at all when it is off.
+
+    ``lora_*`` options that differ from their defaults while ``use_lora`` is false are an error (they would be
+    silently ignored). The lisa-7b preset is exempt: it always trains LoRA with LISA's own values.
+    """
+    if cfg.use_lora:
+        _positive(cfg, "lora_r", "lora_alpha")
+        if not cfg.lora_target_modules:
+            raise ConfigError("lora_target_modules is empty while use_lora is true; name the LM modules to adapt, "
+                              "e.g. [q_proj, v_proj]")
+        if not 0.0 <= cfg.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout!r}")
+        return
+    if cfg.model == "lisa-7b":
+        return
+    changed = [f"{name}={getattr(cfg, name)!r}" for name in LORA_FIELDS if getattr(cfg, name) != _default(name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} set but use_lora is false: set use_lora: true to train LoRA, "
+                          "or remove the lora_* options")
+
+
+def _looks_local(value: str) -> bool:
+    """True for a value written as a filesystem path rather than a Hugging Face id (org/name)."""
+    return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or Path(value).drive != ""
+
+
+def _check_paths(cfg: TrainingConfig) -> None:
+    if not Path(cfg.data_root).is_dir():
+        raise ConfigError(
+            f"data_root {cfg.data_root!r} is not a folder; generate demo data with "
+            f"`modlisa make-data {cfg.data_root}` or point data_root at a ReasonSeg folder"
+        )
+    for name in MODEL_PATH_FIELDS:
+        value = getattr(cfg, name)
+        if value and _looks_local(value) and not Path(value).expanduser().is_dir():
+            raise ConfigError(f"{name} {value!r} is not a folder (a local path must exist; a Hugging Face id "
+                              "looks like org/name)")
+    resume = cfg.resume_from_checkpoint
+    if resume and resume != "latest" and not Path(resume).is_dir():
+        raise ConfigError(f"resume_from_checkpoint {resume!r} is not a folder; use `latest` or a "
+                          "checkpoints/last folder")
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ConfigError(f"output_dir {cfg.output_dir!r} exists and is not a folder")
+
+
 def _check_devices(cfg: TrainingConfig, cuda_available: bool) -> None:
     on_cpu = cfg.cpu or not cuda_available
     if on_cpu and cfg.use_mixed_precision and cfg.mixed_precision == "fp16":
@@ -168,8 +224,7 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
     _non_negative(cfg, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every_steps", "save_every_steps",
                   "num_workers", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight", "focal_loss_weight",
                   "lora_dropout")
-    if cfg.use_lora:
-        _positive(cfg, "lora_r", "lora_alpha")
+    _check_lora(cfg)
     if not 0.0 <= cfg.explanatory_prob <= 1.0:
         raise ConfigError(f"explanatory_prob must be in [0, 1], got {cfg.explanatory_prob!r}")
     for name in ("adam_beta1", "adam_beta2"):
@@ -182,11 +237,10 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
 
         cuda_available = torch.cuda.is_available()
     _check_devices(cfg, cuda_available)
-    if check_paths and not Path(cfg.data_root).is_dir():
-        raise ConfigError(
-            f"data_root {cfg.data_root!r} is not a folder; generate demo data with "
-            f"`modlisa make-data {cfg.data_root}` or point data_root at a ReasonSeg folder"
-        )
+    if cfg.sam_cache_dir and Path(cfg.sam_cache_dir).exists() and not Path(cfg.sam_cache_dir).is_dir():
+        raise ConfigError(f"sam_cache_dir {cfg.sam_cache_dir!r} exists and is not a folder")
+    if check_paths:
+        _check_paths(cfg)
 
 
 # ---------------------------------------------------------------------- loading

@@ -19,6 +19,7 @@ from modlisa.data import prompts
 from modlisa.data.reasonseg import (
     DataError,
     Problem,
+    SplitNotFoundError,
     count_annotation_files,
     load_image_rgb,
     mask_from_shapes,
@@ -46,14 +47,41 @@ def problems_error(split_dir: Path, errors: list[Problem]) -> DataError:
     if len(errors) > MAX_LISTED_PROBLEMS:
         lines.append(f"  ... and {len(errors) - MAX_LISTED_PROBLEMS} more")
     reason = (f"{len(errors)} data error(s):\n" + "\n".join(lines) +
-              "\nFix the files, or pass strict=False (data.strict: false) to skip them; "
-              "`modlisa check-data` lists every problem.")
+              "\nFix or remove these files, or let training skip them (data_strict: false, "
+              "`--data_strict false`); `modlisa check-data` lists every problem.")
     return DataError(split_dir, reason)
+
+
+def check_training_data(root: str | Path, splits: tuple[tuple[str, bool], ...] = (("train", True), ("val", False))
+                        ) -> dict[str, list[Problem]]:
+    """Scan ``splits`` ((name, for_training) pairs; images verified) and raise ONE DataError listing every
+    error of all of them; a missing split other than the first is skipped. Returns the problems per split.
+
+    This is the ``data_strict`` check that runs before a model is built.
+    """
+    found: dict[str, list[Problem]] = {}
+    for i, (split, for_training) in enumerate(splits):
+        try:
+            _, found[split] = scan_split(root, split, for_training=for_training, verify_images=True)
+        except SplitNotFoundError:
+            if i == 0:
+                raise
+    errors = [p for problems in found.values() for p in problems if p.is_error]
+    if errors:
+        raise problems_error(Path(root), errors)
+    return found
 
 
 class ReasonSegDataset(torch.utils.data.Dataset):
     """A ReasonSeg split. ``problems`` holds everything ``scan_split`` found; ``num_skipped`` the
-    number of annotation files left out because of errors (only possible with ``strict=False``)."""
+    number of annotation files left out because of errors (only possible with ``strict=False``).
+
+    ``verify_images``: also find truncated/corrupt images before training (``verify_image``: reads each
+    file's tail, decodes only suspicious files). A training item whose image still fails to decode is, with
+    ``strict=False``, replaced by the next loadable item and recorded in ``load_failures`` (file -> reason;
+    per process: DataLoader workers keep their own); with ``strict=True``, and for evaluation sets (whose
+    metrics must not count an item twice), loading it raises DataError naming the file.
+    """
 
     def __init__(
         self,
@@ -69,13 +97,16 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         augmenter: AugmenterFn | None = None,
         strict: bool = True,
         max_samples: int | None = None,
+        verify_images: bool = False,
     ) -> None:
         _check_arguments(seed, queries_per_image, explanatory_prob, max_samples)
         self.root, self.split, self.train = Path(root), split, train
         self.sam_transform, self.vision_transform, self.augmenter = sam_transform, vision_transform, augmenter
         self.seed, self.queries_per_image, self.explanatory_prob = seed, queries_per_image, explanatory_prob
-        self.epoch = 0
-        annotations, self.problems = scan_split(root, split, for_training=train)
+        self.epoch, self.strict = 0, strict
+        self.load_failures: dict[str, str] = {}
+        self._failed: set[int] = set()
+        annotations, self.problems = scan_split(root, split, for_training=train, verify_images=verify_images)
         errors = [p for p in self.problems if p.is_error]
         if errors and strict:
             raise problems_error(resolve_split_dir(root, split), errors)
@@ -126,12 +157,31 @@ class ReasonSegDataset(torch.utils.data.Dataset):
             raise DataError(ann.json_path, str(err)) from err
         return image, mask
 
+    def _load_item(self, index: int) -> tuple[Annotation, np.ndarray, np.ndarray]:
+        """(annotation, image, mask) of ``index``; a lenient training set replaces an item that fails to
+        load by the next loadable one (deterministic), recording the failure."""
+        n = len(self.annotations)
+        for j in (index + step for step in range(n)):
+            j %= n
+            if j in self._failed:
+                continue
+            try:
+                return (self.annotations[j], *self._load(self.annotations[j]))
+            except DataError as err:
+                if self.strict or not self.train:
+                    raise
+                self._failed.add(j)
+                self.load_failures[err.path] = err.reason
+                logger.warning("%s: %s; skipped, replaced by the next loadable item (data_strict=false)",
+                               err.path, err.reason)
+        raise DataError(resolve_split_dir(self.root, self.split), "no item of this split can be loaded: "
+                        f"{len(self.load_failures)} file(s) failed to decode")
+
     def __getitem__(self, index: int) -> Sample:
         """One image with its n_q queries; masks (n_q, H, W) uint8 at the original resolution."""
         if not 0 <= index < len(self.annotations):
             raise IndexError(f"index {index} out of range for {len(self.annotations)} items")
-        ann = self.annotations[index]
-        image, mask = self._load(ann)
+        ann, image, mask = self._load_item(index)
         if self.train:
             rng = random.Random(item_seed(self.seed, self.epoch, index))
             questions, answers, queries = self._train_dialogue(ann, rng)

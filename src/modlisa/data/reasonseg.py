@@ -8,9 +8,11 @@ points, painted in descending area order). Problems in the data are collected as
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 OUT_OF_BOUNDS_FRACTION = 0.1  # points further than 10% of the image size outside it are errors
+LARGE_IMAGE_PIXELS = 40_000_000  # above: a "large_image" warning (masks and losses run at the original size)
 EXIF_ORIENTATION_TAG = 0x0112
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -37,6 +40,10 @@ class DataError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class SplitNotFoundError(DataError, FileNotFoundError):
+    """The data root or one of its split folders does not exist (also a ``FileNotFoundError``)."""
 
 
 @dataclass
@@ -57,19 +64,38 @@ class Problem:
 
 
 def resolve_split_dir(root: str | Path, split: str) -> Path:
-    """The folder of ``split``: ``ROOT/ReasonSeg/{split}`` or ``ROOT/{split}``; DataError otherwise."""
+    """The folder of ``split``: ``ROOT/ReasonSeg/{split}`` or ``ROOT/{split}``; SplitNotFoundError otherwise."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "data root does not exist or is not a folder")
+        raise SplitNotFoundError(root, "data root does not exist or is not a folder")
     for candidate in (root / "ReasonSeg" / split, root / split):
         if candidate.is_dir():
             return candidate
-    raise DataError(root, f"no split folder '{split}': expected {root / 'ReasonSeg' / split} or {root / split}")
+    raise SplitNotFoundError(root, f"no split folder '{split}': expected {root / 'ReasonSeg' / split} or "
+                                   f"{root / split}")
+
+
+def _decode_text(raw: bytes, path: Path) -> str:
+    """UTF-8 (a BOM is dropped), UTF-16 when it starts with its BOM, else cp1252 (LISA's fallback)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"file starts with a UTF-16 byte-order mark but is not UTF-16 text ({err})") from err
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("cp1252")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"file is neither UTF-8 nor cp1252 text (byte {raw[err.start]:#04x} at "
+                                  f"offset {err.start}); re-save it as UTF-8") from err
 
 
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file as UTF-8, falling back to cp1252 when UTF-8 decoding fails (as LISA does).
 
+    A UTF-8 byte-order mark is accepted, and so is UTF-16 text that starts with its byte-order mark.
     Raises DataError naming the file when it is missing, undecodable or not valid JSON.
     """
     path = Path(path)
@@ -77,13 +103,7 @@ def read_json(path: str | Path) -> Any:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(path, f"cannot read file ({err.strerror or err})") from err
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        try:
-            text = raw.decode("cp1252")
-        except UnicodeDecodeError as err:
-            raise DataError(path, "file is neither UTF-8 nor cp1252 text") from err
+    text = _decode_text(raw, path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -298,6 +318,44 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     return int(height), int(width)
 
 
+JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+PNG_MAGIC, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+TAIL_BYTES = 4096  # trailing bytes after the end marker that are tolerated (some cameras append data)
+
+
+def _ends_with_marker(path: Path) -> bool:
+    """True when a JPEG/PNG file holds its end marker (EOI / IEND) within its last ``TAIL_BYTES`` bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(PNG_MAGIC))
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - TAIL_BYTES))
+        tail = fh.read()
+    if head.startswith(JPEG_MAGIC):
+        return JPEG_END in tail
+    if head.startswith(PNG_MAGIC):
+        return PNG_END in tail
+    return False
+
+
+def verify_image(path: str | Path) -> None:
+    """Raise DataError naming the file when the image cannot be decoded completely (truncated, corrupt).
+
+    Cheap for the common case: a JPEG/PNG that ends with its end marker passes without decoding. Any
+    other file (marker missing, other format) is decoded fully, so a valid image is never rejected.
+    """
+    path = Path(path)
+    try:
+        if _ends_with_marker(path):
+            return
+    except OSError as err:
+        raise DataError(path, f"cannot read file ({err.strerror or err})") from err
+    try:
+        with _strict_decoding(), Image.open(path) as image:
+            image.load()
+    except _PIL_ERRORS as err:
+        raise DataError(path, f"cannot decode image ({err})") from err
+
+
 # --------------------------------------------------------------------------- explanations
 
 
@@ -395,8 +453,11 @@ def check_shapes(ann: Annotation, hw: tuple[int, int], for_training: bool) -> li
     return problems
 
 
-def scan_annotation(json_path: Path, for_training: bool) -> tuple[Annotation | None, list[Problem]]:
-    """Read and check one annotation and the header of its image; the Annotation is None on errors."""
+def scan_annotation(
+    json_path: Path, for_training: bool, verify_images: bool = False
+) -> tuple[Annotation | None, list[Problem]]:
+    """Read and check one annotation and the header of its image (and, with ``verify_images``, that the
+    image decodes completely: see ``verify_image``); the Annotation is None on errors."""
     image_path = find_image(json_path)
     if image_path is None:
         return None, [Problem(str(json_path), "missing_image", f"no image {json_path.stem}.jpg/.jpeg/.png "
@@ -412,10 +473,21 @@ def scan_annotation(json_path: Path, for_training: bool) -> tuple[Annotation | N
         return None, [Problem(str(json_path), kind, err.reason)]
     try:
         hw = read_image_size(image_path)
+        if verify_images:
+            verify_image(image_path)
     except DataError as err:
         return None, [Problem(str(image_path), "unreadable_image", err.reason)]
     problems = check_shapes(ann, hw, for_training)
+    if hw[0] * hw[1] > LARGE_IMAGE_PIXELS:
+        problems.append(Problem(str(image_path), "large_image", _large_image_message(hw), "warning"))
     return (None if any(p.is_error for p in problems) else ann), problems
+
+
+def _large_image_message(hw: tuple[int, int]) -> str:
+    pixels = hw[0] * hw[1]
+    return (f"{hw[1]}x{hw[0]} image ({pixels / 1e6:.0f} Mpx): its masks, mask logits and losses are computed at "
+            f"this size as LISA does (about {pixels * 4 / 2**30:.2f} GiB per query for the fp32 logits alone, "
+            "several times that with gradients); it works, but slowly on CPU and with that much more memory")
 
 
 def _orphan_images(split_dir: Path) -> list[Problem]:
@@ -434,7 +506,7 @@ def _explanations_for_scan(root: Path) -> tuple[dict[str, str], list[Problem]]:
 
 
 def scan_split(
-    root: str | Path, split: str, *, for_training: bool | None = None
+    root: str | Path, split: str, *, for_training: bool | None = None, verify_images: bool = False
 ) -> tuple[list[Annotation], list[Problem]]:
     """Every ``*.json`` of a split (sorted by name) with its image, explanations attached (training).
 
@@ -442,8 +514,11 @@ def scan_split(
     malformed_json, no_text, bad_field, bad_points, few_points (0 points), nonfinite_points,
     out_of_bounds, no_target (training only; a warning for evaluation splits, which LISA evaluates with
     an empty mask), bad_explanatory, empty_split. Warning kinds: unknown_label, non_polygon,
-    few_points (1-2 points), missing_json. ``for_training`` defaults to ``split == "train"``.
-    Only image headers are read here; ``modlisa check-data`` decodes every image fully.
+    few_points (1-2 points), missing_json, large_image (over ``LARGE_IMAGE_PIXELS``).
+    ``for_training`` defaults to ``split == "train"``.
+    Only image headers are read here unless ``verify_images`` (then truncated or corrupt images are
+    ``unreadable_image`` errors too, at the cost of reading each file's tail, see ``verify_image``);
+    ``modlisa check-data`` decodes every image fully.
     """
     root = Path(root)
     split_dir = resolve_split_dir(root, split)
@@ -454,7 +529,7 @@ def scan_split(
         problems.append(Problem(str(split_dir), "empty_split", "no annotation *.json files in the split folder"))
     annotations: list[Annotation] = []
     for json_path in json_paths:
-        ann, found = scan_annotation(json_path, for_training)
+        ann, found = scan_annotation(json_path, for_training, verify_images)
         problems.extend(found)
         if ann is not None:
             ann.explanation = explanations.get(Path(ann.image_path).name)

@@ -7,7 +7,13 @@ Layout under ``checkpoint_dir``:
   without it is incomplete and is never resumed from.
 
 Every file is written under a temporary name and renamed, so a process killed at any moment leaves the
-previous checkpoint loadable.
+previous checkpoint loadable: ``last`` is swapped in as ``last.tmp`` -> ``last`` with the previous one kept
+as ``last.old`` during the swap, and ``resolve_resume("latest")`` only ever returns a complete folder.
+
+Test-only hook: the environment variable ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS`` makes ``save_last``
+sleep at ``POINT`` so that a test can kill the process there: ``tmp`` (``last.tmp`` written by Accelerate,
+``trainer_state.json`` not yet) or ``swap`` (the previous ``last`` renamed to ``last.old``, ``last.tmp``
+not yet renamed to ``last``). Never set it outside tests.
 """
 
 from __future__ import annotations
@@ -16,17 +22,27 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from modlisa.model.io import WeightsError, _matches
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 LAST, LAST_TMP, LAST_OLD = "last", "last.tmp", "last.old"
+TEST_SLEEP_ENV = "MODLISA_TEST_SLEEP_IN_SAVE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is unreadable or corrupt: the message names the file."""
 
 
 @dataclass
@@ -39,7 +55,8 @@ class TrainerState:
     best_giou: float = -1.0
     best_epoch: int = -1
     best_path: str | None = None
-    skipped_nonfinite_steps: int = 0
+    skipped_nonfinite_steps: int = 0  # all skipped optimizer steps (non-finite loss/gradient, fp16 overflow)
+    fp16_overflow_steps: int = 0  # of which: steps the fp16 grad scaler skipped
     partial: dict | None = None  # running sums of the interrupted epoch's training metrics
 
 
@@ -63,7 +80,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and the folder itself (contents durable before a rename)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file + fsync + rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -82,20 +109,47 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a trainable-only state dict; raise naming ``source`` when keys are missing or unexpected."""
-    expected = set(trainable_names(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+def load_trainable_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
+                        allowed_missing: Iterable[str] = (), allowed_unexpected: Iterable[str] = ()
+                        ) -> dict[str, list[str]]:
+    """Load a trainable-only state dict into ``model`` in place; nothing is copied unless it matches.
+
+    Missing keys (trainable parameters absent from ``state``) and unexpected keys (entries that are not
+    trainable parameters) are logged; any not matched by ``allowed_missing`` / ``allowed_unexpected``
+    (exact names or fnmatch patterns such as ``"sam.*"``) raise WeightsError naming ``source`` and the keys.
+    Shape mismatches always raise. Returns ``{"loaded", "missing", "unexpected"}`` name lists.
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
-        raise RuntimeError(
+        logger.warning("%s: %d missing key(s) %s, %d unexpected key(s) %s", source, len(missing), missing[:10],
+                       len(unexpected), unexpected[:10])
+    bad_missing = [n for n in missing if not _matches(n, allowed_missing)]
+    bad_unexpected = [n for n in unexpected if not _matches(n, allowed_unexpected)]
+    if bad_missing or bad_unexpected:
+        raise WeightsError(
             f"{source}: checkpoint does not match the model's trainable parameters "
-            f"(missing {len(missing)}: {missing[:5]}, unexpected {len(unexpected)}: {unexpected[:5]}); "
-            "was it saved with the same model preset and adapter flags?"
+            f"(missing {len(bad_missing)}: {bad_missing[:5]}, unexpected {len(bad_unexpected)}: {bad_unexpected[:5]}); "
+            "was it saved with the same model preset and adapter flags (use_lora, lora_*, train_embeddings, "
+            "freeze_*)?"
         )
-    params = dict(model.named_parameters())
+    loaded = [n for n in params if n in state]
+    bad_shapes = [f"{n}: checkpoint {tuple(state[n].shape)} vs model {tuple(params[n].shape)}"
+                  for n in loaded if tuple(state[n].shape) != tuple(params[n].shape)]
+    if bad_shapes:
+        raise WeightsError(f"{source}: {len(bad_shapes)} shape mismatch(es): {'; '.join(bad_shapes[:5])}")
     with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+        for name in loaded:
+            params[name].copy_(state[name].to(params[name].device, params[name].dtype))
+    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError naming it when it is unreadable."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 # ---------------------------------------------------------------------- Accelerate hooks
@@ -113,7 +167,7 @@ def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module) 
 
     def load_hook(models: list, input_dir: str) -> None:
         path = Path(input_dir) / "model.safetensors"
-        load_trainable_into(unwrapped, load_file(str(path)), str(path))
+        load_trainable_into(unwrapped, _read_weights(path), str(path))
         models.clear()  # loaded here; Accelerate must not load the full state dict again
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -136,33 +190,57 @@ def save_last(accelerator: Any, checkpoint_dir: str | Path, state: TrainerState)
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _test_sleep("tmp")
         atomic_write_text(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=2))
+        _fsync_tree(tmp)
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(last, old)
+            _test_sleep("swap")
         os.replace(tmp, last)
-        shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return last
 
 
+def _test_sleep(point: str) -> None:
+    """Test-only: sleep at ``point`` when ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS`` names it."""
+    spec = os.environ.get(TEST_SLEEP_ENV)
+    if not spec:
+        return
+    name, _, seconds = spec.partition(":")
+    if name == point:
+        logger.warning("%s=%s: sleeping %s s at save point %r (test hook)", TEST_SLEEP_ENV, spec, seconds, point)
+        time.sleep(float(seconds or 0))
+
+
 def is_complete(folder: Path) -> bool:
+    """True for a folder ``save_last`` finished: ``trainer_state.json`` (written last) and the weights."""
     return (folder / TRAINER_STATE).is_file() and (folder / "model.safetensors").is_file()
 
 
 def resolve_resume(spec: str, checkpoint_dir: str | Path) -> Path | None:
     """``latest`` -> the newest complete ``last`` folder (or ``last.old`` after a crash mid-swap).
 
-    Returns None for ``latest`` when no checkpoint exists yet (fresh start). A PATH must be complete.
+    Returns None for ``latest`` when no checkpoint exists yet (fresh start). A PATH must be complete; a
+    run folder (holding ``checkpoints/``) stands for its latest checkpoint.
     """
     root = Path(checkpoint_dir)
     if spec == "latest":
         for name in (LAST, LAST_OLD):
             if is_complete(root / name):
                 return root / name
+        if (root / LAST).exists():
+            logger.warning("%s is incomplete (no %s or model.safetensors): not resumable", root / LAST,
+                           TRAINER_STATE)
         return None
     path = Path(spec)
+    if (path / "checkpoints").is_dir() and not is_complete(path):
+        latest = resolve_resume("latest", path / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"resume_from_checkpoint {spec!r}: the run folder has no complete checkpoint")
+        return latest
     if not path.is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint {spec!r} is not a folder")
     if not is_complete(path):
@@ -174,7 +252,22 @@ def resolve_resume(spec: str, checkpoint_dir: str | Path) -> Path | None:
 
 
 def read_trainer_state(folder: Path) -> TrainerState:
-    return TrainerState(**json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8")))
+    """The ``TrainerState`` of a checkpoint folder; CheckpointError naming the file when it is corrupt."""
+    path = Path(folder) / TRAINER_STATE
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable trainer state ({err})") from err
+    known = {f.name for f in fields(TrainerState)}
+    if not isinstance(values, dict) or not set(values) <= known:
+        extra = sorted(set(values) - known) if isinstance(values, dict) else type(values).__name__
+        raise CheckpointError(f"{path}: not a modlisa trainer state (unexpected {extra})")
+    return TrainerState(**values)
+
+
+def last_good_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint latest`` would load now, or None."""
+    return resolve_resume("latest", checkpoint_dir)
 
 
 # ---------------------------------------------------------------------- best model

@@ -86,8 +86,12 @@ def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accelerator: Any = None,
-             loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True) -> EvalResult:
-    """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop)."""
+             loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True,
+             sam_cache: Any = None) -> EvalResult:
+    """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop).
+
+    ``sam_cache`` (a ``SamEmbeddingCache``) serves frozen-SAM image embeddings instead of re-encoding.
+    """
     was_training = model.training
     model.eval()
     acc = IoUAccumulator(subsets=("short", "long"))
@@ -98,7 +102,10 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accel
     with autocast:
         for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
             batch = batch.to(device)
-            out = model(batch)
+            if sam_cache is None:
+                out = model(batch)
+            else:
+                out = model(batch, sam_embeddings=sam_cache.lookup(model, batch))
             if loss_weights is not None:
                 losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, loss_weights)
                 loss_sum += float(losses["loss"]) * batch.num_images

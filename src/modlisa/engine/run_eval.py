@@ -1,20 +1,32 @@
-"""`modlisa eval`: load a checkpoint, run the LISA protocol on a split, write eval_{split}.json + predictions."""
+"""`modlisa eval`: load a checkpoint, evaluate a split, write eval_{split}[_generate].json + predictions.
+
+Modes: ``teacher`` (LISA's protocol, SPEC-LISA.md §5: the answer "[SEG]." is given; ``engine.evaluate``)
+and ``generate`` (the model answers freely; ``engine.generate_eval``). Beside the metrics, every run
+records the empty-mask baseline of the split (the scores of predicting nothing for every query) and
+warns, in the log and in the JSON ``warnings`` list, when gIoU is below it or when a generating model
+never emits [SEG]: signs of a checkpoint that did not load what it should. ``save_masks`` K writes the
+masks and overlays of the K best and K worst queries by IoU.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
 
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.engine import checkpoint as ckpt
-from modlisa.engine.evaluate import evaluate
+from modlisa.engine.evaluate import EvalResult, evaluate, subset_of
+from modlisa.metrics import IoUAccumulator, intersection_union
 
 logger = logging.getLogger(__name__)
 
@@ -70,33 +82,251 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -
     return model, tokenizer, processors, cfg
 
 
+MODES = ("teacher", "generate")
+MASK_PICTURE_PATTERNS = ("best_*.png", "worst_*.png", "index.json")
+
+
+def output_name(split: str, mode: str) -> str:
+    """``val`` for teacher mode (LISA's protocol), ``val_generate`` for generate mode."""
+    return split if mode == "teacher" else f"{split}_{mode}"
+
+
 def write_eval_outputs(out_dir: Path, split: str, metrics: dict[str, Any], records: list[dict[str, Any]],
-                       extra: dict[str, Any]) -> tuple[Path, Path]:
+                       extra: dict[str, Any], name: str | None = None) -> tuple[Path, Path]:
+    """Write ``eval_{name}.json`` and ``predictions_{name}.jsonl`` (``name`` defaults to ``split``)."""
+    name = name or split
     out_dir.mkdir(parents=True, exist_ok=True)
-    eval_path, pred_path = out_dir / f"eval_{split}.json", out_dir / f"predictions_{split}.jsonl"
+    eval_path, pred_path = out_dir / f"eval_{name}.json", out_dir / f"predictions_{name}.jsonl"
     payload = {"split": split, **extra, **metrics}
     ckpt.atomic_write_text(eval_path, json.dumps(payload, indent=2, default=str))
     ckpt.atomic_write_text(pred_path, "".join(json.dumps(r) + "\n" for r in records))
     return eval_path, pred_path
 
 
-def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
-             batch_size: int = 1, max_samples: int | None = None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` (teacher mode) and write the outputs; returns the metrics."""
+# ---------------------------------------------------------------------- sanity checks
+def gt_areas(annotations: Sequence[Any]) -> list[tuple[int, bool]]:
+    """(target pixel count, is_sentence) of each annotation's ground truth, ignore pixels excluded."""
+    from modlisa.data.reasonseg import mask_from_shapes, read_image_size
+
+    return [(int((mask_from_shapes(ann.shapes, read_image_size(ann.image_path)) == 1).sum()), ann.is_sentence)
+            for ann in annotations]
+
+
+def empty_mask_baseline(areas: Sequence[tuple[int, bool]]) -> dict[str, Any]:
+    """Scores of predicting an empty mask for every query: IoU_q = 1 only where the ground truth is empty.
+
+    ``areas``: (target pixel count, is_sentence) per query. Returns giou, ciou (always 0), num_queries,
+    num_empty_gt and the short/long subsets.
+    """
+    acc = IoUAccumulator(subsets=("short", "long"))
+    for area, is_sentence in areas:
+        acc.add(0, area, subset=subset_of(is_sentence))
+    result = acc.compute()
+    keep = ("giou", "ciou", "num_queries")
+    return {**{k: result[k] for k in keep}, "num_empty_gt": sum(1 for a, _ in areas if a == 0),
+            "subsets": {n: {k: s[k] for k in keep} for n, s in result["subsets"].items()}}
+
+
+def sanity_warnings(metrics: dict[str, Any], baseline: dict[str, Any], mode: str) -> list[str]:
+    """Warnings about results that point at a wrong or badly loaded model (also logged)."""
+    warnings = []
+    n = metrics["num_queries"]
+    if mode == "generate" and n and metrics.get("num_with_seg", 0) == 0:
+        warnings.append(f"the model never emitted [SEG] in {n} generated answers, so every prediction is empty: "
+                        "the checkpoint does not answer with [SEG] (untrained or wrongly loaded weights, or a "
+                        "different tokenizer); compare with --mode teacher")
+    if n and metrics["giou"] < baseline["giou"] - 1e-12:
+        warnings.append(f"gIoU {100 * metrics['giou']:.2f} is below the empty-mask baseline "
+                        f"{100 * baseline['giou']:.2f} of this split (an empty mask for every query): the model "
+                        "scores worse than predicting nothing; check that the right checkpoint and weights loaded")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return warnings
+
+
+# ---------------------------------------------------------------------- mask pictures
+def select_extremes(records: list[dict[str, Any]], k: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """(tag, rank, record) of the ``k`` best then the ``k`` worst queries by IoU, disjoint, ties by index."""
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["index"], r["query_index"], r["file"])
+
+    best = sorted(records, key=lambda r: (-r["IoU"], *key(r)))[:k]
+    taken = {key(r) for r in best}
+    worst = [r for r in sorted(records, key=lambda r: (r["IoU"], *key(r))) if key(r) not in taken][:k]
+    return [("best", i + 1, r) for i, r in enumerate(best)] + [("worst", i + 1, r) for i, r in enumerate(worst)]
+
+
+def _teacher_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, max_length: int,
+                   record: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(logits (H, W), gt (H, W) uint8, image (H, W, 3)) of one record, recomputed in teacher mode."""
+    from modlisa.data.collate import collate_samples
+    from modlisa.data.reasonseg import load_image_rgb
+
+    sample = dataset[record["index"]]
+    device = next(model.text_hidden_fcs.parameters()).device
+    with torch.no_grad():
+        out = model(collate_samples([sample], tokenizer, max_length).to(device))
+    q = record["query_index"]
+    return out.pred_masks[0][q].float().cpu(), sample.masks[q].numpy(), load_image_rgb(sample.image_path)
+
+
+def _generate_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, processors: Any,
+                    record: dict[str, Any], max_new_tokens: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(logits (H, W) of the first [SEG] or all -inf, gt, image) of one record, regenerated."""
+    from modlisa.engine.generate_eval import generate_query
+
+    query = generate_query(model, tokenizer, processors, dataset.annotations[record["index"]],
+                           max_new_tokens=max_new_tokens)
+    logits = query.logits if query.logits is not None else torch.full(query.gt.shape, float("-inf"))
+    return logits, query.gt, query.image
+
+
+def save_mask_pictures(folder: Path, picks: list[tuple[str, int, dict[str, Any]]],
+                       recompute: Any) -> list[dict[str, Any]]:
+    """Write ``{tag}_{rank:02d}_{stem}_mask.png`` (prediction, 0/255) and ``..._overlay.png`` (prediction in
+    colour, ground truth outlined in green) per pick, and ``index.json``; returns the index entries.
+
+    ``recompute(record)`` -> (logits (H, W), gt (H, W), image (H, W, 3)) re-predicts one query.
+    """
+    from modlisa.predict import overlay_masks, write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for pattern in MASK_PICTURE_PATTERNS:  # only files this function writes
+        for stale in folder.glob(pattern):
+            stale.unlink()
+    entries = []
+    for tag, rank, record in picks:
+        logits, gt, image = recompute(record)
+        pred = (logits > 0).numpy()
+        inter, union = intersection_union(pred, gt)
+        if (inter, union) != (record["I"], record["U"]):
+            logger.warning("%s: re-predicted I/U %d/%d differ from the evaluation's %d/%d (non-deterministic "
+                           "kernels?)", record["file"], inter, union, record["I"], record["U"])
+        stem = f"{tag}_{rank:02d}_{Path(record['file']).stem}"
+        write_png(pred, folder / f"{stem}_mask.png")
+        write_png(overlay_masks(image, [pred], gt=gt), folder / f"{stem}_overlay.png")
+        entries.append({"tag": tag, "rank": rank, "file": record["file"], "query": record["query"],
+                        "is_sentence": record["is_sentence"], "IoU": record["IoU"], "I": record["I"],
+                        "U": record["U"], "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"})
+    ckpt.atomic_write_text(folder / "index.json", json.dumps(entries, indent=2))
+    return entries
+
+
+# ---------------------------------------------------------------------- the command
+def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any, dataset: Any,
+              cfg: TrainingConfig, split: str, batch_size: int, max_new_tokens: int,
+              device: torch.device) -> EvalResult:
     from modlisa.data.collate import make_collate_fn
-    from modlisa.data.dataset import ReasonSegDataset
+    from modlisa.engine.generate_eval import evaluate_generate
     from modlisa.engine.sampling import EvalShardSampler
 
+    if mode == "generate":
+        return evaluate_generate(model, tokenizer, processors, dataset.annotations,
+                                 max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset)),
+                        collate_fn=make_collate_fn(tokenizer, cfg.max_length))
+    return evaluate(model, loader, device=device, desc=f"eval {split}")
+
+
+def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
+             batch_size: int = 1, max_samples: int | None = None, *, mode: str = "teacher",
+             save_masks: int = 0, max_new_tokens: int = 32) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` in ``mode`` and write the outputs.
+
+    Returns {"metrics", "eval_json", "predictions", "warnings", "masks_dir" (None unless save_masks)}.
+    ``batch_size`` applies to teacher mode; generate mode answers one query at a time.
+    """
+    from modlisa.data.dataset import ReasonSegDataset
+
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if save_masks < 0:
+        raise ConfigError(f"save_masks must be >= 0, got {save_masks}")
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
     root = data_root or cfg.data_root
     dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
                                max_samples=max_samples)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset)),
-                        collate_fn=make_collate_fn(tokenizer, cfg.max_length))
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
     model.to(device)
-    result = evaluate(model, loader, device=device, desc=f"eval {split}")
+    result = _evaluate(mode, model, tokenizer, processors, dataset, cfg, split, batch_size, max_new_tokens, device)
+    metrics = result.metrics
+    if mode == "generate":
+        areas = [(r["gt_area"], r["is_sentence"]) for r in result.records]
+    else:
+        areas = gt_areas(dataset.annotations)
+    metrics["empty_baseline"] = baseline = empty_mask_baseline(areas)
+    metrics["warnings"] = sanity_warnings(metrics, baseline, mode)
     target = Path(out_dir) if out_dir else Path(cfg.output_dir) / "outputs"
-    extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": "teacher"}
-    eval_path, pred_path = write_eval_outputs(target, split, result.metrics, result.records, extra)
-    return {"metrics": result.metrics, "eval_json": str(eval_path), "predictions": str(pred_path)}
+    name = output_name(split, mode)
+    extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode}
+    if mode == "generate":
+        extra["max_new_tokens"] = max_new_tokens
+    eval_path, pred_path = write_eval_outputs(target, split, metrics, result.records, extra, name=name)
+    masks_dir = None
+    if save_masks:
+        masks_dir = target / f"eval_{name}_masks"
+        if mode == "generate":
+            def recompute(r: dict[str, Any]) -> tuple:
+                return _generate_query(model, dataset, tokenizer, processors, r, max_new_tokens)
+        else:
+            def recompute(r: dict[str, Any]) -> tuple:
+                return _teacher_query(model, dataset, tokenizer, cfg.max_length, r)
+        model.eval()
+        save_mask_pictures(masks_dir, select_extremes(result.records, save_masks), recompute)
+    return {"metrics": metrics, "eval_json": str(eval_path), "predictions": str(pred_path),
+            "warnings": metrics["warnings"], "masks_dir": str(masks_dir) if masks_dir else None}
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `modlisa eval`."""
+    parser.add_argument("--checkpoint", required=True, help="best_model_epoch_N.pt, checkpoints/last, a run folder "
+                                                              "or an exported folder")
+    parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+    parser.add_argument("--mode", default="teacher", choices=list(MODES),
+                        help="teacher: LISA's protocol ([SEG] given, nothing generated; LISA's numbers); "
+                             "generate: the model answers freely, seg_rate = share of answers with [SEG] "
+                             "(written to eval_{split}_generate.json)")
+    parser.add_argument("--out", default=None, help="output folder (default: the run's outputs/)")
+    parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass (teacher mode)")
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--save_masks", type=int, default=0, metavar="K",
+                        help="write masks + overlays of the K best and K worst queries by IoU to "
+                             "<out>/eval_{split}[_generate]_masks/")
+    parser.add_argument("--max_new_tokens", type=int, default=32, help="answer length limit (generate mode)")
+    return parser
+
+
+def _print_summary(split: str, result: dict[str, Any]) -> None:
+    m = result["metrics"]
+    line = f"{split}: gIoU {100 * m['giou']:.2f}  cIoU {100 * m['ciou']:.2f}  ({m['num_queries']} queries)"
+    if "seg_rate" in m:
+        line += f"  [SEG] rate {100 * m['seg_rate']:.1f}%"
+    print(line)
+    for name, sub in m.get("subsets", {}).items():
+        if sub["num_queries"]:
+            print(f"  {name}: gIoU {100 * sub['giou']:.2f}  cIoU {100 * sub['ciou']:.2f}  ({sub['num_queries']})")
+    print(f"  empty-mask baseline: gIoU {100 * m['empty_baseline']['giou']:.2f}  cIoU 0.00")
+    for warning in result["warnings"]:
+        print(f"WARNING: {warning}")
+    print(f"wrote {result['eval_json']} and {result['predictions']}")
+    if result["masks_dir"]:
+        print(f"mask pictures in {result['masks_dir']}")
+
+
+def main_eval(argv: Sequence[str] | None = None) -> int:
+    """`modlisa eval`; returns the exit code (user errors raise ConfigError / DataError)."""
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="modlisa eval",
+                                                        description="Evaluate with LISA's protocol."))
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.save_masks < 0:
+        parser.error("--save_masks must be >= 0")
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error("--max_samples must be >= 1")
+    result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples,
+                      mode=args.mode, save_masks=args.save_masks, max_new_tokens=args.max_new_tokens)
+    _print_summary(args.split, result)
+    return 0

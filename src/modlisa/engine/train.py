@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 
 from modlisa.config import TrainingConfig, save_config
 from modlisa.data.collate import make_collate_fn
-from modlisa.data.dataset import ReasonSegDataset
+from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.evaluate import evaluate, subset_of
 from modlisa.engine.meters import ThroughputMeter, peak_memory
+from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
 from modlisa.engine.schedule import lr_lambda
 from modlisa.losses import LossWeights, compute_losses
@@ -35,7 +36,11 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
-    """Raised when K consecutive optimizer steps had a non-finite loss or gradient."""
+    """Raised when ``max_nonfinite_steps`` consecutive optimizer steps had a non-finite loss or gradient.
+
+    The message names the step and the last good checkpoint (``checkpoints/last``, untouched by the bad
+    steps); ``modlisa train`` prints it and exits with code 3.
+    """
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Components:
     paths: RunPaths
     loss_weights: LossWeights
     data_report: dict[str, Any] = field(default_factory=dict)
+    sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
 
 
 @dataclass
@@ -104,7 +110,8 @@ def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed:
 
 
 def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
-    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict}
+    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict,
+              "verify_images": True}
     train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
                                  queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
                                  augmenter=processors.augmenter if cfg.augment else None,
@@ -127,6 +134,7 @@ def _setup(cfg: TrainingConfig) -> Components:
         paths.make()
         save_config(cfg, paths.outputs / "config.yaml")
     model, tokenizer, processors = build_model(cfg)
+    sam_cache = build_sam_cache(cfg, model, processors)
     train_set, val_set = build_datasets(cfg, processors)
     rank, world = accelerator.process_index, accelerator.num_processes
     accum = cfg.gradient_accumulation_steps
@@ -156,7 +164,7 @@ def _setup(cfg: TrainingConfig) -> Components:
                           focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
     return Components(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
-                      data_report)
+                      data_report, sam_cache=sam_cache)
 
 
 # ---------------------------------------------------------------------- one optimizer step
@@ -164,9 +172,10 @@ def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccu
                  stats: EpochStats) -> None:
     """Forward + backward of one micro-batch; gradients are scaled by 1/accum."""
     batch = batch.to(c.accelerator.device)
+    sam_embeddings = cached_sam_embeddings(c, batch)
     context = c.accelerator.no_sync(c.model) if not sync else _null()
     with context:
-        out = c.model(batch)
+        out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
         c.accelerator.backward(losses["loss"] / accum)
     stats.loss_sum += float(losses["loss"].detach())
@@ -182,6 +191,14 @@ def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccu
                            subset=subset_of(batch.is_sentence[start + q]))
 
 
+def cached_sam_embeddings(c: Components, batch: Any) -> torch.Tensor | None:
+    """(B, D, S/16, S/16) frozen-SAM embeddings from the run's cache (autocast as in the forward); None
+    when the run has no cache (the model then encodes ``batch.sam_images`` itself)."""
+    if c.sam_cache is None:
+        return None
+    return c.sam_cache.lookup(c.unwrapped, batch, autocast=c.accelerator.autocast)
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -190,36 +207,85 @@ class _null:
         return None
 
 
-def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int]) -> float:
-    """Clip, check finiteness, step optimizer + scheduler. Returns the gradient norm (may be nan/inf)."""
+def _all_ranks_finite(c: Components, finite: bool) -> bool:
+    """True when ``finite`` holds on every rank (one tiny all-reduce in multi-process runs)."""
+    if c.accelerator.num_processes == 1:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=c.accelerator.device)
+    return float(c.accelerator.reduce(flag, reduction="sum").item()) == 0.0
+
+
+def _loss_scale(c: Components) -> float | None:
+    scaler = getattr(c.accelerator, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None else None
+
+
+def _count_nonfinite(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int],
+                     reason: str) -> None:
+    """Count and log one skipped step; raise TrainingStopped after ``max_nonfinite_steps`` in a row."""
+    step = state.global_step + 1
+    streak[0] += 1
+    logger.warning("step %d: %s; optimizer step skipped (%d in a row, %d skipped in this run, stop at %d)",
+                   step, reason, streak[0], state.skipped_nonfinite_steps, cfg.max_nonfinite_steps)
+    if streak[0] >= cfg.max_nonfinite_steps:
+        good = ckpt.last_good_checkpoint(c.paths.checkpoints)
+        kept = f"last good checkpoint kept: {good}" if good else "no checkpoint had been written yet"
+        raise TrainingStopped(
+            f"stopped at step {step} (epoch {state.epoch + 1}): {streak[0]} consecutive optimizer steps with a "
+            f"non-finite loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}; last: {reason}); "
+            f"{kept}. Lower learning_rate or max_grad_norm, use bf16 or fp32, check the data, then resume "
+            "with --resume_from_checkpoint latest."
+        )
+
+
+def _skip_step(c: Components) -> None:
+    """Drop this step's gradients. With an fp16 grad scaler, close the unscale_ done by clipping."""
+    c.optimizer.zero_grad(set_to_none=True)
+    scaler = getattr(c.accelerator, "scaler", None)
+    if scaler is not None:
+        scaler.update()
+
+
+def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int],
+                    loss_finite: bool = True) -> tuple[float, bool]:
+    """Clip, check finiteness, step optimizer + scheduler. Returns (gradient norm (may be nan/inf), skipped).
+
+    A non-finite loss (on any rank) or gradient norm skips the optimizer step; it is counted in
+    ``state.skipped_nonfinite_steps`` and logged, and ``max_nonfinite_steps`` in a row raise TrainingStopped.
+    With fp16 the grad scaler skips overflowing steps itself: each one is logged with the new loss scale
+    and counted (``fp16_overflow_steps`` too); it only counts towards the stop once the loss scale is below 1,
+    where the gradients overflow unscaled.
+    """
     params = [p for p in c.unwrapped.parameters() if p.requires_grad]
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = float(c.accelerator.clip_grad_norm_(params, max_norm))
+    loss_finite = _all_ranks_finite(c, loss_finite)
     fp16 = cfg.precision == "fp16"
-    if not math.isfinite(grad_norm) and not fp16:
-        c.optimizer.zero_grad(set_to_none=True)
+    skipped = not loss_finite or (not fp16 and not math.isfinite(grad_norm))
+    if skipped:
+        _skip_step(c)
         state.skipped_nonfinite_steps += 1
-        streak[0] += 1
-        logger.warning("step %d: non-finite gradient norm (%s); optimizer step skipped (%d in a row)",
-                       state.global_step + 1, grad_norm, streak[0])
-        if streak[0] >= cfg.max_nonfinite_steps:
-            raise TrainingStopped(
-                f"stopped at step {state.global_step + 1}: {streak[0]} consecutive non-finite losses/gradients "
-                f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); last good checkpoint: "
-                f"{c.paths.checkpoints / ckpt.LAST}. Lower learning_rate or use bf16/fp32."
-            )
+        reason = "non-finite loss" if not loss_finite else f"non-finite gradient norm ({grad_norm})"
+        _count_nonfinite(c, cfg, state, streak, reason)
     else:
         c.optimizer.step()
-        if fp16 and c.accelerator.optimizer_step_was_skipped:
+        skipped = fp16 and bool(c.accelerator.optimizer_step_was_skipped)
+        if skipped:
             state.skipped_nonfinite_steps += 1
-            logger.warning("step %d: fp16 loss-scale overflow, optimizer step skipped by the grad scaler",
-                           state.global_step + 1)
-        streak[0] = 0
+            state.fp16_overflow_steps += 1
+            scale = _loss_scale(c)
+            logger.warning("step %d: fp16 loss-scale overflow (gradient norm %s): the grad scaler skipped the "
+                           "optimizer step; loss scale now %s (%d overflow steps in this run)",
+                           state.global_step + 1, grad_norm, scale, state.fp16_overflow_steps)
+            if scale is not None and scale < 1.0:
+                _count_nonfinite(c, cfg, state, streak, f"fp16 gradients overflow at loss scale {scale}")
+        else:
+            streak[0] = 0
         c.optimizer.zero_grad(set_to_none=True)
     c.scheduler.step()
     state.global_step += 1
     state.step_in_epoch += 1
-    return grad_norm
+    return grad_norm, skipped
 
 
 # ---------------------------------------------------------------------- one epoch
@@ -258,13 +324,18 @@ def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, p
     bar = tqdm(total=c.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}",
                disable=not main, dynamic_ncols=True, leave=False)
     images_in_step, micro = 0, 0
+    before = _snapshot(stats, acc)
     for batch in c.train_loader:
         micro += 1
         _micro_batch(c, batch, accum, sync=micro % accum == 0, acc=acc, stats=stats)
         images_in_step += batch.num_images
         if micro % accum:
             continue
-        grad_norm = _optimizer_step(c, cfg, state, streak)
+        loss_finite = math.isfinite(stats.loss_sum) and all(math.isfinite(v) for v in stats.terms.values())
+        if not loss_finite:  # a skipped step's losses and IoUs do not enter the epoch's figures
+            _rollback(stats, acc, before)
+        grad_norm, _ = _optimizer_step(c, cfg, state, streak, loss_finite)
+        before = _snapshot(stats, acc)
         meter.step(images_in_step * c.accelerator.num_processes)
         images_in_step = 0
         bar.update(1)
@@ -275,6 +346,17 @@ def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, p
             return None
     bar.close()
     return _epoch_train_metrics(c, stats, acc, meter)
+
+
+def _snapshot(stats: EpochStats, acc: IoUAccumulator) -> tuple[float, dict[str, float], int, torch.Tensor]:
+    return stats.loss_sum, dict(stats.terms), stats.micro_batches, acc.state_tensor()
+
+
+def _rollback(stats: EpochStats, acc: IoUAccumulator,
+              snapshot: tuple[float, dict[str, float], int, torch.Tensor]) -> None:
+    stats.loss_sum, terms, stats.micro_batches, acc_state = snapshot
+    stats.terms = dict(terms)
+    acc.load_state_tensor(acc_state)
 
 
 def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, stats: EpochStats,
@@ -294,7 +376,7 @@ def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, st
         })
     if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and c.val_loader is not None:
         result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
-                          loss_weights=c.loss_weights, desc="val", progress=False)
+                          loss_weights=c.loss_weights, sam_cache=c.sam_cache, desc="val", progress=False)
         if main:
             _log_jsonl(c.paths.outputs / "train_log.jsonl", {"global_step": state.global_step, "val": _brief(result.metrics)})
         c.model.train()
@@ -350,7 +432,7 @@ def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, tra
     val = None
     if c.val_loader is not None:
         result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
-                          loss_weights=c.loss_weights, desc="val")
+                          loss_weights=c.loss_weights, sam_cache=c.sam_cache, desc="val")
         val = _brief(result.metrics)
         val["iou"] = val["giou"]
     epoch = state.epoch + 1
@@ -387,19 +469,38 @@ def _broadcast(c: Components, values: list[float]) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------- entry point
+def _trim_train_log(path: Path, global_step: int) -> None:
+    """Keep the records of ``train_log.jsonl`` up to ``global_step`` (a resumed run logs the later steps
+    again) and drop a line cut by a kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("global_step", 0)) <= global_step:
+            kept.append(line)
+    ckpt.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def _resume(c: Components, cfg: TrainingConfig) -> tuple[ckpt.TrainerState, dict | None]:
     if not cfg.resume_from_checkpoint:
         return ckpt.TrainerState(), None
     folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, c.paths.checkpoints)
     if folder is None:
         logger.info("resume_from_checkpoint=latest: no checkpoint yet, starting fresh")
-        return ckpt.TrainerState(), None
-    c.accelerator.load_state(str(folder))
-    state = ckpt.read_trainer_state(folder)
-    partial, state.partial = state.partial, None
+        state, partial = ckpt.TrainerState(), None
+    else:
+        state = ckpt.read_trainer_state(folder)
+        c.accelerator.load_state(str(folder))
+        partial, state.partial = state.partial, None
     if c.accelerator.is_main_process:
-        print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
-              f"(global step {state.global_step})")
+        _trim_train_log(c.paths.outputs / "train_log.jsonl", state.global_step)
+        if folder is not None:
+            print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
+                  f"(global step {state.global_step})")
     return state, partial
 
 
@@ -413,27 +514,64 @@ def _rank_checksums(c: Components) -> list[float]:
     return [float(x) for x in gather_object([total])] if c.accelerator.num_processes > 1 else [total]
 
 
+def _data_summary(c: Components) -> dict[str, Any]:
+    """Per split: usable items, files skipped at the scan and at load time, problem counts by kind."""
+    sets = {"train": c.train_set, "val": c.val_loader.dataset if c.val_loader is not None else None}
+    out: dict[str, Any] = {}
+    for split, ds in sets.items():
+        if ds is None:
+            continue
+        by_kind: dict[str, int] = {}
+        for problem in ds.problems:
+            key = f"{problem.kind} ({problem.severity})"
+            by_kind[key] = by_kind.get(key, 0) + 1
+        out[split] = {"usable": len(ds), "skipped": ds.num_skipped, "skipped_at_load": len(ds.load_failures),
+                      "errors": sum(p.is_error for p in ds.problems),
+                      "warnings": sum(not p.is_error for p in ds.problems), "problems_by_kind": by_kind,
+                      "skipped_files": sorted({p.file for p in ds.problems if p.is_error} | set(ds.load_failures))}
+    return out
+
+
+def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopped: bool,
+             stop_reason: str | None) -> dict[str, Any]:
+    """Write ``outputs/train_summary.json`` (main process) and return it."""
+    checksums = _rank_checksums(c)
+    c.accelerator.end_training()
+    summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
+               "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
+               "stop_reason": stop_reason, "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+               "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c), "epochs": records,
+               "num_processes": c.accelerator.num_processes, "rank_param_checksums": checksums}
+    if c.accelerator.is_main_process:
+        ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
 def train(cfg: TrainingConfig) -> dict[str, Any]:
-    """Run training as configured; returns a summary (best gIoU, paths, per-epoch records)."""
+    """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
+
+    ``data_strict``: the train and val splits are checked first (images verified) and ONE DataError lists
+    every bad file before any model is built. TrainingStopped (non-finite steps) is raised after the
+    summary, with ``stop_reason``, is written.
+    """
+    if cfg.data_strict:
+        check_training_data(cfg.data_root)
     c = _setup(cfg)
     state, partial = _resume(c, cfg)
     if cfg.report_to and c.accelerator.is_main_process:
         c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
                                                        if isinstance(v, (int, float, str, bool))})
-    records, streak, stopped = [], [0], False
-    while state.epoch < cfg.num_epochs:
-        train_metrics = _train_epoch(c, cfg, state, partial, streak)
-        partial = None
-        if train_metrics is None:
-            stopped = True
-            break
-        records.append(_end_epoch(c, cfg, state, train_metrics))
-    checksums = _rank_checksums(c)
-    c.accelerator.end_training()
-    summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
-               "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
-               "skipped_nonfinite_steps": state.skipped_nonfinite_steps, "epochs": records,
-               "num_processes": c.accelerator.num_processes, "rank_param_checksums": checksums}
-    if c.accelerator.is_main_process:
-        ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
-    return summary
+    records: list[dict] = []
+    streak, stopped = [0], False
+    try:
+        while state.epoch < cfg.num_epochs:
+            train_metrics = _train_epoch(c, cfg, state, partial, streak)
+            partial = None
+            if train_metrics is None:
+                stopped = True
+                break
+            records.append(_end_epoch(c, cfg, state, train_metrics))
+    except TrainingStopped as stop:
+        _summary(c, state, records, True, str(stop))
+        raise
+    return _summary(c, state, records, stopped, "stop_after_steps" if stopped else None)

@@ -1,8 +1,8 @@
 """Read a run folder (the run-folder contract of DESIGN.md) into plain Python data; no torch involved.
 
 A run folder holds ``outputs/`` with any of: ``config.yaml``, ``metrics_epoch_N.json``,
-``train_log.jsonl``, ``train_summary.json``, ``eval_{split}.json``, ``predictions_{split}.jsonl``,
-``bench.json``. Missing or partial files never stop the reader: each problem becomes a note in
+``train_log.jsonl``, ``train_summary.json``, ``eval_{split}[_generate].json``,
+``predictions_{split}[_generate].jsonl``, ``bench.json``. Missing or partial files never stop the reader: each problem becomes a note in
 ``RunData.notes`` (a run still training, no eval yet, a half-written last log line...). A path that is
 not a run folder at all raises ``NotARunError`` naming it.
 """
@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 RUN_FILES = ("config.yaml", "train_log.jsonl", "train_summary.json", "bench.json")
 _EPOCH_FILE = re.compile(r"^metrics_epoch_(\d+)\.json$")
+_SPLIT_FILE = re.compile(r"^(eval_\w+\.json|predictions_\w+\.jsonl)$")
 SYNTHETIC_README_START = "Synthetic ReasonSeg-format dataset"
+OFFICIAL_REASONSEG_FILES = {"val": 200, "test": 779}  # annotation files per split (SPEC-LISA.md §1)
 
 
 class NotARunError(FileNotFoundError):
@@ -38,6 +40,7 @@ class DataInfo:
     root: str | None
     kind: str
     detail: str
+    official_counts: bool = False  # val/test hold as many annotation files as the official ReasonSeg
 
 
 @dataclass
@@ -78,7 +81,7 @@ def _has_run_files(outputs: Path) -> bool:
     names = {p.name for p in outputs.iterdir()}
     if names & set(RUN_FILES):
         return True
-    return any(_EPOCH_FILE.match(n) or re.match(r"^(eval|predictions)_\w+\.jsonl?$", n) for n in names)
+    return any(_EPOCH_FILE.match(n) or _SPLIT_FILE.match(n) for n in names)
 
 
 def resolve_run_root(path: str | Path) -> Path:
@@ -180,16 +183,20 @@ def _read_log(outputs: Path, notes: list[str]) -> tuple[list[dict[str, Any]], li
 
 
 def _read_split_files(outputs: Path, run: RunData) -> None:
+    """eval_<name>.json and predictions_<name>.jsonl, name = split (teacher mode) or split_generate."""
     for split in SPLITS:
-        eval_path, pred_path = outputs / f"eval_{split}.json", outputs / f"predictions_{split}.jsonl"
-        if eval_path.is_file():
-            payload = _read_json(eval_path, run.notes)
-            if isinstance(payload, dict) and "giou" in payload:
-                run.evals[split] = payload
-            elif payload is not None:
-                run.notes.append(f"{eval_path.name}: no giou/ciou inside, ignored")
-        if pred_path.is_file():
-            run.predictions[split] = _read_jsonl(pred_path, run.notes)
+        for name in (split, f"{split}_generate"):
+            eval_path, pred_path = outputs / f"eval_{name}.json", outputs / f"predictions_{name}.jsonl"
+            if eval_path.is_file():
+                payload = _read_json(eval_path, run.notes)
+                if isinstance(payload, dict) and "giou" in payload:
+                    run.evals[name] = payload
+                    warnings = payload.get("warnings")
+                    run.notes += [f"{eval_path.name} warns: {w}" for w in warnings or [] if isinstance(w, str)]
+                elif payload is not None:
+                    run.notes.append(f"{eval_path.name}: no giou/ciou inside, ignored")
+            if pred_path.is_file():
+                run.predictions[name] = _read_jsonl(pred_path, run.notes)
 
 
 # ---------------------------------------------------------------------- status and provenance
@@ -199,8 +206,8 @@ def _status_notes(run: RunData) -> None:
     if run.summary is None and (done or run.log):
         of = f" of {planned}" if planned else ""
         run.notes.append(f"no train_summary.json: training still running or interrupted ({done}{of} epochs done)")
-    if run.summary and run.summary.get("stopped_early"):
-        run.notes.append(f"training stopped early at global step {run.summary.get('global_step')}")
+    if run.summary:
+        _summary_notes(run, run.summary)
     if run.epochs and all(r.get("val") is None for r in run.epochs):
         run.notes.append("no validation during training (the data had no val split)")
     for split in ("val", "test"):
@@ -208,6 +215,24 @@ def _status_notes(run: RunData) -> None:
             run.notes.append(f"no eval_{split}.json: run `modlisa eval --checkpoint {run.root} --split {split}`")
         elif split not in run.predictions:
             run.notes.append(f"eval_{split}.json present but predictions_{split}.jsonl missing")
+
+
+def _summary_notes(run: RunData, summary: dict[str, Any]) -> None:
+    """Early stops, skipped optimizer steps and skipped data files recorded in train_summary.json."""
+    if summary.get("stopped_early"):
+        reason = summary.get("stop_reason")
+        run.notes.append(f"training stopped early at global step {summary.get('global_step')}"
+                         + (f": {reason}" if reason else ""))
+    for key, what in (("skipped_nonfinite_steps", "optimizer steps skipped (non-finite loss or gradient)"),
+                      ("fp16_overflow_steps", "fp16 loss-scale overflow steps")):
+        if isinstance(summary.get(key), int) and summary[key] > 0:
+            run.notes.append(f"{summary[key]} {what}")
+    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    for split, counts in data.items():
+        if isinstance(counts, dict):
+            skipped = sum(v for k, v in counts.items() if k.startswith("skipped") and isinstance(v, int))
+            if skipped:
+                run.notes.append(f"{split} data: {skipped} file(s) skipped ({counts.get('usable')} usable)")
 
 
 def run_status(run: RunData) -> str:
@@ -219,28 +244,48 @@ def run_status(run: RunData) -> str:
     return "no training"
 
 
-def data_provenance(run: RunData) -> DataInfo:
-    """Where the run's data came from, from its config's data_root (and the eval files' data_root).
+def describe_root(root: str) -> DataInfo:
+    """What the data folder ``root`` holds, judged from its files on this machine.
 
-    A folder written by ``modlisa make-data`` carries a README.txt starting with
-    "Synthetic ReasonSeg-format dataset": such runs are marked "synthetic".
+    ``modlisa make-data`` writes a README.txt starting with "Synthetic ReasonSeg-format dataset": such a
+    folder is "synthetic"; a folder with val/test annotation files is "reasonseg-format" (with
+    ``official_counts`` when the counts are the official ReasonSeg's); a folder not found is "unknown".
     """
-    roots = [str(e["data_root"]) for e in run.evals.values() if e.get("data_root")]
-    root = (run.config or {}).get("data_root") or (roots[0] if roots else None)
-    if root is None:
-        return DataInfo(None, "unknown", "data_root unknown (no config.yaml)")
-    readme = Path(root) / "README.txt"
-    others = sorted({r for r in roots if r != str(root)})
-    extra = f"; evaluated on {', '.join(others)}" if others else ""
+    folder = Path(root)
+    readme = folder / "README.txt"
     try:
         head = readme.read_text(encoding="utf-8", errors="replace")[:200] if readme.is_file() else ""
     except OSError:
         head = ""
     if head.startswith(SYNTHETIC_README_START):
-        return DataInfo(str(root), "synthetic", f"synthetic shapes (modlisa make-data) at {root}{extra}")
-    if not Path(root).is_dir():
-        return DataInfo(str(root), "unknown", f"{root} (not found on this machine){extra}")
-    return DataInfo(str(root), "reasonseg-format", f"ReasonSeg-format folder {root}{extra}")
+        return DataInfo(root, "synthetic", f"synthetic shapes (modlisa make-data) at {root}")
+    if not folder.is_dir():
+        return DataInfo(root, "unknown", f"{root}, not found on this machine")
+    counts = {split: _count_json(folder / split) for split in ("val", "test")}
+    if counts == OFFICIAL_REASONSEG_FILES:
+        return DataInfo(root, "reasonseg-format", f"ReasonSeg-format folder {root} with the file counts of the "
+                        "official ReasonSeg (val 200, test 779 annotations)", official_counts=True)
+    return DataInfo(root, "reasonseg-format", f"ReasonSeg-format folder {root} (val {counts['val']}, test "
+                    f"{counts['test']} annotation files; the official ReasonSeg has 200 and 779)")
+
+
+def data_provenance(run: RunData) -> DataInfo:
+    """The data the run's results come from: the data_root of eval_test.json / eval_val.json when
+    present, else the config's data_root (training and validation); the detail names both when they differ."""
+    train_root = (run.config or {}).get("data_root")
+    eval_roots = [str(run.evals[s]["data_root"]) for s in ("test", "val") if run.evals.get(s, {}).get("data_root")]
+    root = eval_roots[0] if eval_roots else train_root
+    if root is None:
+        return DataInfo(None, "unknown", "data_root unknown (no config.yaml)")
+    info = describe_root(str(root))
+    others = sorted({r for r in [*eval_roots, train_root] if r and str(r) != str(root)})
+    if others:
+        info.detail += f" (also used: {', '.join(map(str, others))})"
+    return info
+
+
+def _count_json(folder: Path) -> int:
+    return sum(1 for _ in folder.glob("*.json")) if folder.is_dir() else 0
 
 
 # ---------------------------------------------------------------------- entry points

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""The seed's analysis entry point, kept as a thin wrapper: same options as `modlisa analyze`.
+
+    python scripts/analyze_metrics.py RUN_DIR [RUN_DIR ...] [--out DIR]
+"""
+
+import sys
+
+from modlisa.report.cli import main_analyze
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main_analyze(sys.argv[1:], prog="analyze_metrics.py"))
+    except (FileNotFoundError, NotADirectoryError) as exc:  # user errors: one line, exit 2 (like `modlisa`)
+        print(f"analyze_metrics.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,112 @@
+"""Generate-mode evaluation: the model answers freely, and only an emitted [SEG] yields a mask.
+
+This is the second, separately named mode of SPEC-LISA.md §5 (LISA's own numbers use teacher mode,
+``engine.evaluate``). Per annotation: the first text, the fixed question of its kind
+(``prompts.eval_question``), greedy generation (``ModifiedLISA.generate_masks``). The mask of the FIRST
+generated [SEG] is thresholded at 0 and scored with the same IoU rules; an answer without [SEG] scores
+an empty prediction. ``seg_rate`` = fraction of answers with at least one [SEG]. Single process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from modlisa.data.reasonseg import load_image_rgb, mask_from_shapes
+from modlisa.data.types import Annotation
+from modlisa.engine.evaluate import PROTOCOL, EvalResult, metrics_from_records, subset_of
+from modlisa.metrics import intersection_union, query_iou
+
+logger = logging.getLogger(__name__)
+
+GENERATE_PROTOCOL = {**PROTOCOL, "mode": "generate",
+                     "answer": "generated greedily from the fixed question (no answer given)",
+                     "mask": "first generated [SEG]; an answer without [SEG] is an empty prediction"}
+
+
+@dataclass
+class GeneratedQuery:
+    """One annotation answered freely.
+
+    logits: (H, W) float32 mask logits of the first [SEG], or None without [SEG].
+    gt:     (H, W) uint8 ground truth in {0, 1, 255}; image: (H, W, 3) uint8 RGB.
+    """
+
+    text: str
+    seg_count: int
+    logits: torch.Tensor | None
+    gt: np.ndarray
+    image: np.ndarray
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """(H, W) bool prediction: logits > 0, all False without [SEG]."""
+        if self.logits is None:
+            return np.zeros(self.gt.shape, dtype=bool)
+        return (self.logits > 0).numpy()
+
+
+def generate_query(model: torch.nn.Module, tokenizer: Any, processors: Any, ann: Annotation, *,
+                   max_new_tokens: int = 32) -> GeneratedQuery:
+    """Answer the first text of ``ann`` with its fixed evaluation question; keep the first [SEG] mask."""
+    image = load_image_rgb(ann.image_path)
+    gt = mask_from_shapes(ann.shapes, image.shape[:2])
+    result = model.generate_masks(image, ann.texts[0], processors, tokenizer, is_sentence=ann.is_sentence,
+                                  max_new_tokens=max_new_tokens)
+    logits = result.masks[0].detach().float().cpu() if result.seg_count else None
+    return GeneratedQuery(text=result.text, seg_count=result.seg_count, logits=logits, gt=gt, image=image)
+
+
+def generated_record(index: int, ann: Annotation, query: GeneratedQuery) -> dict[str, Any]:
+    """The predictions-file record of one generated answer (teacher fields + answer, has_seg, gt_area)."""
+    inter, union = intersection_union(query.prediction, query.gt)
+    return {
+        "index": index, "query_index": 0, "file": ann.image_path, "query": ann.texts[0],
+        "is_sentence": ann.is_sentence, "I": inter, "U": union, "IoU": query_iou(inter, union),
+        "answer": query.text, "has_seg": query.seg_count > 0, "seg_count": query.seg_count,
+        "gt_area": int((query.gt == 1).sum()),
+    }
+
+
+def add_seg_rates(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add ``num_with_seg`` and ``seg_rate`` (0.0 for no query) overall and to each subset."""
+    groups = {None: records}
+    groups.update({name: [r for r in records if subset_of(r["is_sentence"]) == name]
+                   for name in metrics.get("subsets", {})})
+    for name, group in groups.items():
+        target = metrics if name is None else metrics["subsets"][name]
+        with_seg = sum(1 for r in group if r["has_seg"])
+        target["num_with_seg"] = with_seg
+        target["seg_rate"] = with_seg / len(group) if group else 0.0
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_generate(model: torch.nn.Module, tokenizer: Any, processors: Any, annotations: list[Annotation], *,
+                      max_new_tokens: int = 32, desc: str = "eval generate", progress: bool = True) -> EvalResult:
+    """Generate-mode evaluation of ``annotations`` (index = position in the list, as in teacher mode).
+
+    Returns metrics (giou, ciou, num_queries, subsets, seg_rate, num_with_seg, protocol, loss=None) and
+    one record per annotation.
+    """
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        for index, ann in enumerate(tqdm(annotations, desc=desc, disable=not progress, leave=False,
+                                         dynamic_ncols=True)):
+            query = generate_query(model, tokenizer, processors, ann, max_new_tokens=max_new_tokens)
+            records.append(generated_record(index, ann, query))
+            logger.debug("%s: %r (%d [SEG]) IoU %.4f", ann.image_path, query.text, query.seg_count,
+                         records[-1]["IoU"])
+    finally:
+        model.train(was_training)
+    metrics = add_seg_rates(metrics_from_records(records), records)
+    metrics["loss"] = None
+    metrics["protocol"] = GENERATE_PROTOCOL
+    return EvalResult(metrics=metrics, records=records)

@@ -1,0 +1,380 @@
+"""`modlisa predict`: image + query -> answer text, binary mask PNG(s), overlay picture, JSON record.
+
+Two modes:
+
+- ``generate`` (default, LISA's chat behaviour): the model answers freely (greedy); one mask per
+  generated ``[SEG]``; no ``[SEG]`` means no mask.
+- ``teacher``: the evaluation protocol (SPEC-LISA.md §5): the answer "[SEG]." is given in the input,
+  so there is always exactly one mask; the same numbers as ``modlisa eval`` for the same image and query.
+
+The question is the fixed evaluation prompt of the query's kind when ``is_sentence`` is given
+(false: "What is {query} in this image? Please output segmentation mask.", true: "{query} Please
+output segmentation mask."), else the query text itself.
+
+Files written per query into the output folder (``<stem>`` = image file name without suffix, prefixed
+by the request number in batch mode): ``<stem>_mask.png`` (0/255, the image's size; ``_mask_0.png``,
+``_mask_1.png``, ... when several ``[SEG]``), ``<stem>_overlay.png`` and ``<stem>.json``. Batch mode
+(``--jsonl``) also writes ``predictions.jsonl``, one record per request in input order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from modlisa.config import ConfigError
+from modlisa.data import prompts
+from modlisa.data.reasonseg import DataError, load_image_rgb
+
+logger = logging.getLogger(__name__)
+
+MODES = ("generate", "teacher")
+# magenta first: rare in photos and distinct from the green ground-truth outline of eval pictures
+PALETTE: tuple[tuple[int, int, int], ...] = ((255, 30, 200), (30, 144, 255), (255, 200, 0), (255, 110, 0),
+                                             (120, 60, 255))
+GT_COLOUR = (0, 230, 0)
+OVERLAY_ALPHA = 0.45
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class PredictionResult:
+    """One query's prediction.
+
+    logits: (n, H, W) float32 mask logits on the CPU at the image's original size, one per [SEG]
+            (n = 0 when the generated answer has no [SEG]); the mask is ``logits > 0``.
+    image:  (H, W, 3) uint8 RGB, the image as the model saw it (EXIF orientation applied).
+    """
+
+    image_path: str
+    query: str
+    question: str
+    is_sentence: bool | None
+    mode: str
+    answer: str
+    logits: torch.Tensor
+    image: np.ndarray = field(repr=False)
+
+    @property
+    def has_seg(self) -> bool:
+        return self.logits.shape[0] > 0
+
+    @property
+    def seg_count(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(n, H, W) bool: LISA's prediction, logits > 0."""
+        return (self.logits > 0).numpy()
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def mask_union(self) -> np.ndarray:
+        """(H, W) bool union of the masks (all False without [SEG])."""
+        masks = self.masks
+        return masks.any(axis=0) if len(masks) else np.zeros(self.image_hw, dtype=bool)
+
+
+def question_for(query: str, is_sentence: bool | None) -> str:
+    """The user question: the fixed evaluation prompt of the query's kind, or the query itself."""
+    return query if is_sentence is None else prompts.eval_question(query, is_sentence)
+
+
+def _teacher_logits(model: torch.nn.Module, tokenizer: Any, processors: Any, image: np.ndarray, query: str,
+                    question: str, max_length: int) -> torch.Tensor:
+    """(1, H, W) mask logits with the answer "[SEG]." given in the input (LISA's evaluation protocol)."""
+    from modlisa.data.collate import collate_samples
+    from modlisa.data.types import Sample
+
+    height, width = image.shape[:2]
+    sam_image, resize_hw = processors.sam(image)
+    sample = Sample(image_path="", json_path="", sam_image=sam_image, vision_image=processors.vision(image),
+                    resize_hw=(int(resize_hw[0]), int(resize_hw[1])), original_hw=(height, width),
+                    questions=[question], answers=[prompts.EVAL_ANSWER], queries=[query],
+                    masks=torch.zeros(1, height, width, dtype=torch.uint8), is_sentence=False, index=0)
+    device = next(model.text_hidden_fcs.parameters()).device
+    batch = collate_samples([sample], tokenizer, max_length).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(batch).pred_masks[0]
+    finally:
+        model.train(was_training)
+
+
+def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path: str | Path, query: str, *,
+            is_sentence: bool | None = None, mode: str = "generate", max_new_tokens: int = 32,
+            max_length: int = 512, image: np.ndarray | None = None) -> PredictionResult:
+    """Segment what ``query`` asks for in the image at ``image_path``.
+
+    ``image`` (H, W, 3) uint8 RGB may be passed when already loaded (``image_path`` then only names it).
+    ``mode`` "generate": free greedy answer, one mask per [SEG]; "teacher": answer "[SEG]." given.
+    Raises DataError naming the file when the image is missing or unreadable.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not query.strip():
+        raise ConfigError(f"{image_path}: the query is empty")
+    if image is None:
+        image = load_image_rgb(image_path)
+    question = question_for(query, is_sentence)
+    if mode == "teacher":
+        logits = _teacher_logits(model, tokenizer, processors, image, query, question, max_length)
+        answer = prompts.EVAL_ANSWER
+    else:
+        generated = model.generate_masks(image, query, processors, tokenizer, is_sentence=is_sentence,
+                                         max_new_tokens=max_new_tokens)
+        logits, answer = generated.masks, generated.text.strip()
+    return PredictionResult(image_path=str(image_path), query=query, question=question, is_sentence=is_sentence,
+                            mode=mode, answer=answer, logits=logits.detach().float().cpu(), image=image)
+
+
+# ---------------------------------------------------------------------- pictures
+def _thickness(hw: tuple[int, int]) -> int:
+    return max(1, round(min(hw) / 250))
+
+
+def _draw_outline(picture: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int) -> None:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(picture, contours, -1, colour, thickness)
+
+
+def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], *, gt: np.ndarray | None = None,
+                  alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The image with each mask blended in a palette colour and outlined; ``gt`` is outlined in green.
+
+    image: (H, W, 3) uint8 RGB; masks: n arrays (H, W), non-zero = on; gt: (H, W), 1 = target.
+    Returns a new (H, W, 3) uint8 RGB array; pixels off every mask and outline are unchanged.
+    """
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    picture = image.astype(np.float32)
+    bool_masks = [np.asarray(m) != 0 for m in masks]
+    for k, mask in enumerate(bool_masks):
+        if mask.shape != hw:
+            raise ValueError(f"overlay_masks: mask {k} has shape {mask.shape}, the image {hw}")
+        colour = np.asarray(PALETTE[k % len(PALETTE)], dtype=np.float32)
+        picture[mask] = (1.0 - alpha) * picture[mask] + alpha * colour
+    picture = np.ascontiguousarray(np.clip(np.rint(picture), 0, 255).astype(np.uint8))
+    thickness = _thickness(hw)
+    for k, mask in enumerate(bool_masks):
+        _draw_outline(picture, mask, PALETTE[k % len(PALETTE)], thickness)
+    if gt is not None:
+        _draw_outline(picture, np.asarray(gt) == 1, GT_COLOUR, thickness)
+    return picture
+
+
+def write_png(array: np.ndarray, path: Path) -> Path:
+    """Write an (H, W) bool/0-1 mask as 0/255 grey PNG, or an (H, W, 3) uint8 RGB picture."""
+    if array.ndim == 2:
+        array = np.where(array != 0, 255, 0).astype(np.uint8)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def mask_file_names(stem: str, count: int) -> list[str]:
+    """``<stem>_mask.png`` for one mask, ``<stem>_mask_<k>.png`` for several."""
+    return [f"{stem}_mask.png"] if count == 1 else [f"{stem}_mask_{k}.png" for k in range(count)]
+
+
+def save_prediction(result: PredictionResult, out_dir: str | Path, stem: str) -> dict[str, Any]:
+    """Write the mask PNG(s), the overlay (when there is a mask) and ``<stem>.json``; return the record.
+
+    File names in the record are relative to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    masks = result.masks
+    names = mask_file_names(stem, len(masks))
+    for mask, name in zip(masks, names):
+        write_png(mask, out_dir / name)
+    overlay = None
+    if len(masks):
+        overlay = f"{stem}_overlay.png"
+        write_png(overlay_masks(result.image, list(masks)), out_dir / overlay)
+    height, width = result.image_hw
+    union_area = int(result.mask_union().sum())
+    record = {
+        "image": result.image_path, "query": result.query, "is_sentence": result.is_sentence,
+        "question": result.question, "mode": result.mode, "answer": result.answer,
+        "has_seg": result.has_seg, "seg_count": result.seg_count, "image_size": [height, width],
+        "mask_area": union_area, "mask_fraction": union_area / float(height * width),
+        "masks": [{"file": name, "area": int(m.sum())} for m, name in zip(masks, names)],
+        "overlay": overlay, "json": f"{stem}.json",
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+# ---------------------------------------------------------------------- requests
+@dataclass
+class PredictRequest:
+    """One query to answer: ``source`` names where it came from (``file:line`` for JSONL requests)."""
+
+    image: Path
+    query: str
+    is_sentence: bool | None
+    source: str
+
+
+def parse_bool(text: str) -> bool:
+    """argparse type for true/false flags."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _resolve_image(value: str, base: Path, where: str) -> Path:
+    """An absolute image path, relative ones tried against ``base`` (the JSONL folder) then the cwd."""
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c) for c in candidates)
+    raise DataError(where, f"image not found: {value!r} (looked for {tried})")
+
+
+def _request_from_line(line: str, path: Path, lineno: int) -> PredictRequest:
+    where = f"{path}:{lineno}"
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(where, f"not valid JSON ({err.msg} at column {err.colno})") from err
+    if not isinstance(item, dict):
+        raise DataError(where, 'expected an object {"image": path, "query": text[, "is_sentence": bool]}')
+    unknown = sorted(set(item) - {"image", "query", "is_sentence"})
+    if unknown:
+        raise DataError(where, f"unknown key(s) {unknown}; allowed: image, query, is_sentence")
+    for key in ("image", "query"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise DataError(where, f"'{key}' must be a non-empty string")
+    is_sentence = item.get("is_sentence")
+    if is_sentence is not None and not isinstance(is_sentence, bool):
+        raise DataError(where, f"'is_sentence' must be true, false or absent, got {is_sentence!r}")
+    image = _resolve_image(item["image"], path.parent, where)
+    return PredictRequest(image=image, query=item["query"], is_sentence=is_sentence, source=where)
+
+
+def read_requests(path: str | Path) -> list[PredictRequest]:
+    """Parse a JSONL file of {"image", "query"[, "is_sentence"]} lines; blank lines are skipped.
+
+    Relative image paths are looked up beside the JSONL file, then in the current folder. Raises
+    DataError naming ``file:line`` for the first bad line, FileNotFoundError when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(path, f"not UTF-8 text ({err.reason})") from err
+    requests = [_request_from_line(line, path, n) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not requests:
+        raise DataError(path, "no request in this file (expected one JSON object per line)")
+    return requests
+
+
+# ---------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modlisa predict",
+                                     description="Segment what a query asks for in an image (or a JSONL batch).")
+    parser.add_argument("--checkpoint", required=True,
+                        help="best_model_epoch_N.pt, checkpoints/last, a run folder or an exported folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="image file (with --query)")
+    source.add_argument("--jsonl", help='batch file: one {"image", "query"[, "is_sentence"]} object per line')
+    parser.add_argument("--query", help="what to segment (with --image)")
+    parser.add_argument("--is_sentence", type=parse_bool, default=None,
+                        help="false: wrap a short phrase in LISA's fixed short question; true: a sentence query "
+                             "(LISA's long question); absent: the query is the question itself. With --jsonl: "
+                             "the default of lines without is_sentence")
+    parser.add_argument("--mode", choices=MODES, default="generate",
+                        help="generate: free answer, one mask per [SEG]; teacher: answer [SEG]. given "
+                             "(eval protocol, always one mask)")
+    parser.add_argument("--out", default="predictions", help="output folder (default: ./predictions)")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available and the checkpoint's config does not say cpu")
+    return parser
+
+
+def _requests_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[PredictRequest]:
+    if args.jsonl:
+        if args.query is not None:
+            parser.error("--query goes with --image; with --jsonl each line carries its query")
+        requests = read_requests(args.jsonl)
+        for request in requests:  # --is_sentence is the default of lines that do not say
+            if request.is_sentence is None:
+                request.is_sentence = args.is_sentence
+        return requests
+    if not args.query or not args.query.strip():
+        parser.error("--image needs a non-empty --query")
+    image = Path(args.image).expanduser()
+    if not image.is_file():
+        raise DataError(image, "image file not found")
+    return [PredictRequest(image=image, query=args.query, is_sentence=args.is_sentence, source=str(image))]
+
+
+def pick_device(requested: str, cfg_cpu: bool) -> torch.device:
+    """``requested`` cpu/cuda as given; auto = CUDA when available unless the config says cpu."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and not cfg_cpu else "cpu")
+    return torch.device(requested)
+
+
+def _summary_line(record: dict[str, Any], out_dir: Path) -> str:
+    if not record["has_seg"]:
+        return f"{record['image']}: answer {record['answer']!r} | no [SEG]: no mask -> {out_dir / record['json']}"
+    files = ", ".join(str(out_dir / m["file"]) for m in record["masks"])
+    return (f"{record['image']}: answer {record['answer']!r} | [SEG] x{record['seg_count']}, mask "
+            f"{record['mask_area']} px ({100 * record['mask_fraction']:.1f}%) -> {files}, "
+            f"{out_dir / record['overlay']}")
+
+
+def main_predict(argv: Sequence[str] | None = None) -> int:
+    """`modlisa predict`; returns the exit code (user errors raise ConfigError / DataError)."""
+    from modlisa.engine.checkpoint import atomic_write_text
+    from modlisa.engine.run_eval import load_checkpoint
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error("--max_new_tokens must be >= 1")
+    requests = _requests_from_args(args, parser)  # every input checked before the model loads
+    model, tokenizer, processors, cfg = load_checkpoint(args.checkpoint)
+    model.to(pick_device(args.device, cfg.cpu))
+    out_dir = Path(args.out)
+    records = []
+    for k, request in enumerate(requests):
+        result = predict(model, tokenizer, processors, request.image, request.query,
+                         is_sentence=request.is_sentence, mode=args.mode, max_new_tokens=args.max_new_tokens,
+                         max_length=cfg.max_length)
+        stem = f"{k:04d}_{request.image.stem}" if args.jsonl else request.image.stem
+        record = save_prediction(result, out_dir, stem)
+        records.append(record)
+        print(_summary_line(record, out_dir))
+    if args.jsonl:
+        atomic_write_text(out_dir / PREDICTIONS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        with_seg = sum(r["has_seg"] for r in records)
+        print(f"{len(records)} predictions ({with_seg} with [SEG]) -> {out_dir / PREDICTIONS_FILE}")
+    return 0

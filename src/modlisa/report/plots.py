@@ -1,0 +1,169 @@
+"""The report's plots as PNG files (matplotlib, Agg canvas; no pyplot global state), runs overlaid.
+
+Each plot function takes the run summaries (``summary.run_summary``) and returns a matplotlib
+``Figure`` or None when no run has the figures it needs. ``make_plots`` writes the PNGs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+Summary = dict[str, Any]
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+DPI = 110
+
+
+@dataclass
+class Plot:
+    """A written plot: ``key`` names its file (``<key>.png``); ``section`` places it in the report."""
+
+    key: str
+    title: str
+    caption: str
+    section: str
+    path: Path
+
+
+def _colour(i: int) -> str:
+    return COLOURS[i % len(COLOURS)]
+
+
+def _figure(panels: int = 1, height: float = 3.6) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(min(4.6 * panels, 12.0) if panels > 1 else 8.0, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, list(axes)
+
+
+def _series(rows: list[dict[str, Any]], x: str, y: str, scale: float = 1.0) -> tuple[list[Any], list[float]]:
+    points = [(r[x], r[y] * scale) for r in rows if r.get(x) is not None and r.get(y) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _legend(axes: list[Any], n_runs: int) -> None:
+    """One legend under the figure; with k lines per run it is a grid: one row per run, one column per line."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        return
+    k = len(handles) // n_runs if n_runs and len(handles) % n_runs == 0 else 1
+    ncols = min(4, len(labels))
+    if k > 1:  # matplotlib fills legend columns first: order entries column by column
+        order = [r * k + c for c in range(k) for r in range(n_runs)]
+        handles, labels, ncols = [handles[i] for i in order], [labels[i] for i in order], k
+    axes[0].figure.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small",
+                          frameon=False)
+
+
+def _epoch_plot(summaries: list[Summary], panels: list[tuple[str, list[tuple[str, str]]]], ylabel: list[str],
+                scale: float = 1.0) -> Figure | None:
+    """Panels of per-epoch lines: panels = [(title, [(row key, line label), ...])], one colour per run."""
+    if not any(s["epochs"] for s in summaries):
+        return None
+    fig, axes = _figure(len(panels))
+    drawn = False
+    for ax, (title, lines), label in zip(axes, panels, ylabel):
+        for i, s in enumerate(summaries):
+            for k, (key, line_label) in enumerate(lines):
+                xs, ys = _series(s["epochs"], "epoch", key, scale)
+                if xs:
+                    ax.plot(xs, ys, marker="o", ms=4, color=_colour(i), ls="-" if k == 0 else "--",
+                            label=f"{s['name']} {line_label}".strip())
+                    drawn = True
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if not drawn:
+        return None
+    _legend(axes, len(summaries))
+    return fig
+
+
+# ---------------------------------------------------------------------- the plots
+def loss_per_epoch(summaries: list[Summary]) -> Figure | None:
+    return _epoch_plot(summaries, [("Loss per epoch", [("train_loss", "train"), ("val_loss", "val")])], ["loss"])
+
+
+def loss_per_step(summaries: list[Summary]) -> Figure | None:
+    """Interval loss (solid), running epoch mean as logged (dotted), validation loss at steps (squares)."""
+    if not any(s["steps"] for s in summaries):
+        return None
+    fig, (ax,) = _figure(1)
+    for i, s in enumerate(summaries):
+        xs, ys = _series(s["steps"], "global_step", "interval_loss")
+        ax.plot(xs, ys, color=_colour(i), lw=1.2, marker="." if len(xs) < 60 else None,
+                label=f"{s['name']} train (per interval)")
+        xs, ys = _series(s["steps"], "global_step", "running_mean")
+        ax.plot(xs, ys, color=_colour(i), lw=1.0, ls=":", alpha=0.8, label=f"{s['name']} train (epoch mean)")
+        xs, ys = _series(s["step_val"], "global_step", "loss")
+        if xs:
+            ax.plot(xs, ys, color=_colour(i), ls="none", marker="s", label=f"{s['name']} val")
+    ax.set_title("Loss per logged optimizer step", fontsize="medium")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    _legend([ax], len(summaries))
+    return fig
+
+
+def iou_per_epoch(summaries: list[Summary]) -> Figure | None:
+    lines = [("train_{}", "train"), ("val_{}", "val")]
+    metrics = ["giou", "ciou"]
+    if any(r["train_iou"] != r["train_giou"] or r["val_iou"] != r["val_giou"] for s in summaries for r in s["epochs"]):
+        metrics.insert(0, "iou")
+    titles = {"iou": "IoU (as logged)", "giou": "gIoU", "ciou": "cIoU"}
+    panels = [(titles[m], [(key.format(m), label) for key, label in lines]) for m in metrics]
+    return _epoch_plot(summaries, panels, ["%"] * len(panels), scale=100.0)
+
+
+def throughput_per_epoch(summaries: list[Summary]) -> Figure | None:
+    return _epoch_plot(summaries, [("Iterations per second", [("iter_per_sec", "")]),
+                                   ("Samples per second", [("samples_per_sec", "")])], ["iter/s", "samples/s"])
+
+
+def memory_per_epoch(summaries: list[Summary]) -> Figure | None:
+    kinds = sorted({r["peak_memory_kind"] for s in summaries for r in s["epochs"] if r["peak_memory_kind"]})
+    label = f"GB ({', '.join(kinds)})" if kinds else "GB"
+    return _epoch_plot(summaries, [("Peak memory per epoch", [("peak_memory_gb", "")])], [label])
+
+
+PLOTS: tuple[tuple[str, str, str, str, Callable[[list[Summary]], Figure | None]], ...] = (
+    ("loss_per_epoch", "Loss per epoch", "Train (solid) and validation (dashed) loss at the end of each epoch.",
+     "progression", loss_per_epoch),
+    ("loss_per_step", "Loss per logged step",
+     "Solid: mean loss over each logging interval (derived exactly from the logged running means); dotted: "
+     "running mean of the epoch as logged; squares: validations between epochs.", "progression", loss_per_step),
+    ("iou_per_epoch", "IoU per epoch", "gIoU and cIoU in %, train (solid, on the sampled training queries) and "
+     "validation (dashed, LISA protocol); the seed's IoU equals gIoU.", "progression", iou_per_epoch),
+    ("throughput_per_epoch", "Throughput per epoch", "Optimizer steps and images per second of each epoch.",
+     "benchmark", throughput_per_epoch),
+    ("memory_per_epoch", "Peak memory per epoch", "Peak memory of each epoch (the kind is in the axis label).",
+     "benchmark", memory_per_epoch),
+)
+
+
+def make_plots(summaries: list[Summary], out_dir: Path) -> tuple[list[Plot], list[str]]:
+    """Write every plot that has data as ``out_dir/<key>.png``. Returns (plots, notes on skipped plots)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots, skipped = [], []
+    for key, title, caption, section, build in PLOTS:
+        fig = build(summaries)
+        if fig is None:
+            skipped.append(f"{title}: no data in any run")
+            continue
+        path = out_dir / f"{key}.png"
+        fig.savefig(path, format="png")
+        plots.append(Plot(key, title, caption, section, path))
+        logger.debug("wrote %s", path)
+    return plots, skipped
