@@ -115,6 +115,15 @@ def centre_mask_logits(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
     return model.sam.mask_decoder.register_forward_hook(hook)
 
 
+def fill_mask_logits(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Make every decoder logit positive: the predicted mask is the whole image."""
+
+    def hook(module, inputs, output):
+        return (output[0].abs() + 1.0, *output[1:])
+
+    return model.sam.mask_decoder.register_forward_hook(hook)
+
+
 def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image).copy()

@@ -66,7 +66,7 @@ def test_check_data_reports_or_handles_every_case(corpus, capsys):
         for case in CASES:
             _assert_case_reported(result["problems"], corpus / split, case, split)
         assert result["usable"] == usable_count(CASES, split), split
-        assert result["errors"] == sum(1 for c in CASES if expected_error(c, split)) + (split == "train")
+        assert result["errors"] == sum(1 for c in CASES if expected_error(c, split))
     assert report["splits"]["test"]["errors"] == 0
     code = main(["check-data", str(corpus), "--no-progress"])
     out, err = capsys.readouterr()
@@ -169,7 +169,7 @@ def test_lenient_training_skips_counts_and_handles_the_rest(corpus, tmp_path):
     for split in SPLITS:
         errors = [c for c in CASES if expected_error(c, split)]
         assert data[split]["usable"] == usable_count(CASES, split), split
-        assert data[split]["skipped"] == len(errors) + (split == "train"), split  # + a flag-only synthetic item
+        assert data[split]["skipped"] == len(errors), split
         assert data[split]["skipped_at_load"] == 0
         for case in errors:
             assert str(case_file(corpus / split, case)) in data[split]["skipped_files"], (split, case.stem)
@@ -202,7 +202,6 @@ def test_eval_on_a_broken_split_lists_every_file_and_exits_2(corpus, checkpoint,
         # truncated_jpeg's header reads fine: named here once eval verifies images, at load time otherwise
         if case.eval and case.stem != "truncated_jpeg":
             assert str(case_file(corpus / "val", case)) in err, case.stem
-    assert not (tmp_path / "eval").exists()
 
 
 def test_strict_evaluation_dataset_with_verification_lists_every_file(corpus):

@@ -116,3 +116,26 @@ def test_tensorboard_tracker_writes_events(data_root, tmp_path):
     _train(tiny_config(data_root, tmp_path / "tb", num_epochs=1, report_to="tensorboard"))
     events = list((tmp_path / "tb" / "outputs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_eval_two_ranks_counts_each_sample_once(data_root, tmp_path):
+    """`modlisa eval` under torchrun with 2 ranks and an odd split (5 val images): 5 queries, same metrics."""
+    _train(tiny_config(data_root, tmp_path / "run", num_epochs=1))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    common = ["-m", "modlisa.cli", "eval", "--checkpoint", str(tmp_path / "run"), "--split", "val"]
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29543", *common, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    e2 = json.loads((tmp_path / "two" / "eval_val.json").read_text())
+    e1 = json.loads((tmp_path / "one" / "eval_val.json").read_text())
+    assert e2["num_processes"] == 2 and e1["num_processes"] == 1
+    assert e2["num_queries"] == e1["num_queries"] == 5
+    lines = (tmp_path / "two" / "predictions_val.jsonl").read_text().splitlines()
+    files = [json.loads(line)["file"] for line in lines]
+    assert len(files) == len(set(files)) == 5
+    assert e2["giou"] == pytest.approx(e1["giou"], abs=1e-9) and e2["ciou"] == pytest.approx(e1["ciou"], abs=1e-9)

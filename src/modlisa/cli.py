@@ -43,27 +43,21 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_eval(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="modlisa eval", description="Evaluate with LISA's protocol.")
-    parser.add_argument("--checkpoint", required=True, help="best_model_epoch_N.pt, checkpoints/last, a run folder "
-                                                              "or an exported folder")
-    parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
-    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("--mode", default="teacher", choices=["teacher"],
-                        help="teacher: LISA protocol ([SEG] given, nothing generated)")
-    parser.add_argument("--out", default=None, help="output folder (default: the run's outputs/)")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--max_samples", type=int, default=None)
-    args = parser.parse_args(argv)
-    from modlisa.engine.run_eval import run_eval
+    from modlisa.engine.run_eval import main_eval
 
-    result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples)
-    m = result["metrics"]
-    print(f"{args.split}: gIoU {100 * m['giou']:.2f}  cIoU {100 * m['ciou']:.2f}  ({m['num_queries']} queries)")
-    for name, sub in m.get("subsets", {}).items():
-        if sub["num_queries"]:
-            print(f"  {name}: gIoU {100 * sub['giou']:.2f}  cIoU {100 * sub['ciou']:.2f}  ({sub['num_queries']})")
-    print(f"wrote {result['eval_json']} and {result['predictions']}")
-    return 0
+    return main_eval(argv)
+
+
+def _cmd_predict(argv: list[str]) -> int:
+    from modlisa.predict import main_predict
+
+    return main_predict(argv)
+
+
+def _cmd_export(argv: list[str]) -> int:
+    from modlisa.export import main_export
+
+    return main_export(argv)
 
 
 def _cmd_analyze(argv: list[str]) -> int:
@@ -77,6 +71,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "check-data": (_cmd_check_data, "validate a ReasonSeg-format folder"),
     "train": (_cmd_train, "train a ModifiedLISA model"),
     "eval": (_cmd_eval, "evaluate a checkpoint with LISA's protocol"),
+    "predict": (_cmd_predict, "segment what a query asks for in an image (or a JSONL batch)"),
+    "export": (_cmd_export, "export a checkpoint as a merged Hugging Face-style folder"),
     "analyze": (_cmd_analyze, "write the analysis report of run folders (md, html, json, plots)"),
 }
 
@@ -103,6 +99,16 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # the data layer is optional for `modlisa --help`
         pass
     return tuple(types)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; a DataError keeps its list of files, one per line."""
+    from modlisa.data.reasonseg import DataError
+
+    text = str(exc)
+    if isinstance(exc, DataError):
+        return text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _training_stopped_type() -> type[BaseException]:
@@ -139,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_error_types() as exc:
         if debug:
             raise
-        print(f"modlisa {name}: error: {exc}", file=sys.stderr)
+        print(f"modlisa {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except _training_stopped_type() as exc:  # non-finite losses/gradients: exit 3, last good checkpoint kept
         if debug:

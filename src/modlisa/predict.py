@@ -360,10 +360,13 @@ def main_predict(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error("--max_new_tokens must be >= 1")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder")
+    device = None if args.device == "auto" else pick_device(args.device, cfg_cpu=False)  # fails early
     requests = _requests_from_args(args, parser)  # every input checked before the model loads
     model, tokenizer, processors, cfg = load_checkpoint(args.checkpoint)
-    model.to(pick_device(args.device, cfg.cpu))
-    out_dir = Path(args.out)
+    model.to(device or pick_device("auto", cfg.cpu))
     records = []
     for k, request in enumerate(requests):
         result = predict(model, tokenizer, processors, request.image, request.query,

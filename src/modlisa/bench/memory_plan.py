@@ -9,11 +9,12 @@ Terms (bytes), from the meta-device skeleton (exact parameter counts and trainab
 - gradients (= trainable weights) and AdamW states (2 x trainable weights).
 - activations saved for backward in one micro-batch: LM decoder layers (per token: the norms' inputs, the
   attention q/k/v/out, the MLP's gate/up products, LoRA inputs; the layer inputs only with gradient
-  checkpointing, plus one layer being recomputed), the logits (Q x L' x V, with the [SEG]-row copy and the
-  gradient), trainable vision tower / SAM encoder, the SAM decoder per query and the mask logits + loss
-  terms at the ORIGINAL image size per query.
+  checkpointing, plus one layer being recomputed), the logits (Q x L' x V) and their gradient, trainable
+  vision tower / SAM encoder, the SAM decoder per query and the mask logits + loss terms at the ORIGINAL
+  image size per query.
 - transient: the frozen SAM encoder's global-attention bias + probabilities when embeddings are not cached.
-- on CPU (compared with peak RSS): the Python/torch runtime, the batch tensors, the SAM cache entries.
+- on CPU (compared with peak RSS): the Python/torch runtime, the batch tensors, the SAM cache entries, and
+  the allocator's retention (glibc keeps freed forward intermediates mapped: x1.6 on activations).
 
 Sizes of the workload: batch size, queries per image, text tokens per query (tokenizer-dependent
 default), the largest original image of ``data_root``'s train split (header reads) or 1500 x 2000.
@@ -43,6 +44,8 @@ TEXT_TOKENS = {"byte": 230, "bpe": 80}  # prompt + answer tokens per query (LLaV
 CPU_RUNTIME_GB = 0.45  # Python + torch + transformers + accelerate + peft after import, measured (RSS)
 CUDA_CONTEXT_GB = 0.6  # CUDA context + kernels: outside max_memory_allocated, inside the GPU's capacity
 FRAGMENTATION = 1.10  # caching-allocator slack on top of the live tensors
+# glibc keeps the forward's freed intermediates mapped: peak RSS grows ~1.6x the activations (smol, measured)
+CPU_ALLOCATOR_RETENTION = 1.6
 DECODER_FLOATS = 22  # SAM two-way decoder: saved floats per image token and channel, per query
 UPSCALE_FLOATS = 1800  # SAM output upscaling: saved floats per image token, per query
 ORIGINAL_FLOATS = 14  # mask logits + upsampling + loss terms at the original size, fp32 per pixel, per query
@@ -168,8 +171,7 @@ def lm_activations(model: torch.nn.Module, arch: Architecture, cfg: TrainingConf
         layer_bytes = tokens * ((layers + 1) * h * res + per_token)
     else:
         layer_bytes = tokens * layers * per_token
-    seg_head = cfg.freeze_text_encoder and cfg.train_embeddings == "seg_row"
-    logits = tokens * lm.vocab_size * act * (3 if seg_head else 2)
+    logits = tokens * lm.vocab_size * act * 2  # the logits + their (dense) gradient in backward
     return {"lm_layers": float(layer_bytes + edges), "logits": float(logits)}
 
 
@@ -253,6 +255,8 @@ def estimate(cfg: TrainingConfig, arch: Architecture | None = None, *, device: s
              "transient": sam["transient"]}
     host = host_terms(cfg, arch, w, act)
     if device == "cpu":
+        terms["cpu_allocator_retention"] = (CPU_ALLOCATOR_RETENTION - 1) * (terms["activations"]
+                                                                            + terms["transient"])
         terms.update({f"host_{k}": v for k, v in host.items()})
     total = sum(terms.values())
     required = total if device == "cpu" else total * FRAGMENTATION + CUDA_CONTEXT_GB * GB

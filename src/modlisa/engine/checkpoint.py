@@ -10,10 +10,11 @@ Every file is written under a temporary name and renamed, so a process killed at
 previous checkpoint loadable: ``last`` is swapped in as ``last.tmp`` -> ``last`` with the previous one kept
 as ``last.old`` during the swap, and ``resolve_resume("latest")`` only ever returns a complete folder.
 
-Test-only hook: the environment variable ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS`` makes ``save_last``
-sleep at ``POINT`` so that a test can kill the process there: ``tmp`` (``last.tmp`` written by Accelerate,
-``trainer_state.json`` not yet) or ``swap`` (the previous ``last`` renamed to ``last.old``, ``last.tmp``
-not yet renamed to ``last``). Never set it outside tests.
+Test-only hook: the environment variable ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS[:STEP]`` makes
+``save_last`` sleep at ``POINT`` (in saves of global step >= STEP, default 0) so that a test can kill the
+process there: ``tmp`` (``last.tmp`` written by Accelerate, ``trainer_state.json`` not yet) or ``swap``
+(the previous ``last`` renamed to ``last.old``, ``last.tmp`` not yet renamed to ``last``). Never set it
+outside tests.
 """
 
 from __future__ import annotations
@@ -190,13 +191,13 @@ def save_last(accelerator: Any, checkpoint_dir: str | Path, state: TrainerState)
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _test_sleep("tmp")
+        _test_sleep("tmp", state.global_step)
         atomic_write_text(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=2))
         _fsync_tree(tmp)
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(last, old)
-            _test_sleep("swap")
+            _test_sleep("swap", state.global_step)
         os.replace(tmp, last)
         _fsync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
@@ -204,14 +205,15 @@ def save_last(accelerator: Any, checkpoint_dir: str | Path, state: TrainerState)
     return last
 
 
-def _test_sleep(point: str) -> None:
-    """Test-only: sleep at ``point`` when ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS`` names it."""
+def _test_sleep(point: str, global_step: int) -> None:
+    """Test-only: sleep at ``point`` when ``MODLISA_TEST_SLEEP_IN_SAVE=POINT:SECONDS[:STEP]`` names it."""
     spec = os.environ.get(TEST_SLEEP_ENV)
     if not spec:
         return
-    name, _, seconds = spec.partition(":")
-    if name == point:
-        logger.warning("%s=%s: sleeping %s s at save point %r (test hook)", TEST_SLEEP_ENV, spec, seconds, point)
+    name, seconds, min_step = (spec.split(":") + ["0", "0"])[:3]
+    if name == point and global_step >= int(min_step or 0):
+        logger.warning("%s=%s: sleeping %s s at save point %r of step %d (test hook)", TEST_SLEEP_ENV, spec,
+                       seconds, point, global_step)
         time.sleep(float(seconds or 0))
 
 

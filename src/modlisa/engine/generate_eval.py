@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modlisa.data.reasonseg import load_image_rgb, mask_from_shapes
+from modlisa.data.reasonseg import DataError, load_image_rgb, mask_from_shapes
 from modlisa.data.types import Annotation
 from modlisa.engine.evaluate import PROTOCOL, EvalResult, metrics_from_records, subset_of
 from modlisa.metrics import intersection_union, query_iou
@@ -55,7 +55,10 @@ def generate_query(model: torch.nn.Module, tokenizer: Any, processors: Any, ann:
                    max_new_tokens: int = 32) -> GeneratedQuery:
     """Answer the first text of ``ann`` with its fixed evaluation question; keep the first [SEG] mask."""
     image = load_image_rgb(ann.image_path)
-    gt = mask_from_shapes(ann.shapes, image.shape[:2])
+    try:
+        gt = mask_from_shapes(ann.shapes, image.shape[:2])
+    except ValueError as err:
+        raise DataError(ann.json_path, str(err)) from err
     result = model.generate_masks(image, ann.texts[0], processors, tokenizer, is_sentence=ann.is_sentence,
                                   max_new_tokens=max_new_tokens)
     logits = result.masks[0].detach().float().cpu() if result.seg_count else None

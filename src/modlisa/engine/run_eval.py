@@ -106,10 +106,16 @@ def write_eval_outputs(out_dir: Path, split: str, metrics: dict[str, Any], recor
 # ---------------------------------------------------------------------- sanity checks
 def gt_areas(annotations: Sequence[Any]) -> list[tuple[int, bool]]:
     """(target pixel count, is_sentence) of each annotation's ground truth, ignore pixels excluded."""
-    from modlisa.data.reasonseg import mask_from_shapes, read_image_size
+    from modlisa.data.reasonseg import DataError, mask_from_shapes, read_image_size
 
-    return [(int((mask_from_shapes(ann.shapes, read_image_size(ann.image_path)) == 1).sum()), ann.is_sentence)
-            for ann in annotations]
+    areas = []
+    for ann in annotations:
+        try:
+            mask = mask_from_shapes(ann.shapes, read_image_size(ann.image_path))
+        except ValueError as err:
+            raise DataError(ann.json_path, str(err)) from err
+        areas.append((int((mask == 1).sum()), ann.is_sentence))
+    return areas
 
 
 def empty_mask_baseline(areas: Sequence[tuple[int, bool]]) -> dict[str, Any]:
@@ -215,7 +221,7 @@ def save_mask_pictures(folder: Path, picks: list[tuple[str, int, dict[str, Any]]
 # ---------------------------------------------------------------------- the command
 def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any, dataset: Any,
               cfg: TrainingConfig, split: str, batch_size: int, max_new_tokens: int,
-              device: torch.device) -> EvalResult:
+              accelerator: Any) -> EvalResult:
     from modlisa.data.collate import make_collate_fn
     from modlisa.engine.generate_eval import evaluate_generate
     from modlisa.engine.sampling import EvalShardSampler
@@ -223,9 +229,17 @@ def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any
     if mode == "generate":
         return evaluate_generate(model, tokenizer, processors, dataset.annotations,
                                  max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset)),
+    sampler = EvalShardSampler(len(dataset), rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                         collate_fn=make_collate_fn(tokenizer, cfg.max_length))
-    return evaluate(model, loader, device=device, desc=f"eval {split}")
+    return evaluate(model, loader, device=accelerator.device, accelerator=accelerator, desc=f"eval {split}")
+
+
+def _make_accelerator(cfg: TrainingConfig) -> Any:
+    """An Accelerator for evaluation: one process, or every rank of a torchrun / accelerate launch."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
 
 
 def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
@@ -246,9 +260,12 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     root = data_root or cfg.data_root
     dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
                                max_samples=max_samples)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
-    model.to(device)
-    result = _evaluate(mode, model, tokenizer, processors, dataset, cfg, split, batch_size, max_new_tokens, device)
+    accelerator = _make_accelerator(cfg)
+    if mode == "generate" and accelerator.num_processes > 1:
+        raise ConfigError("eval --mode generate runs in one process; launch it without torchrun/accelerate")
+    model.to(accelerator.device)
+    result = _evaluate(mode, model, tokenizer, processors, dataset, cfg, split, batch_size, max_new_tokens,
+                       accelerator)
     metrics = result.metrics
     if mode == "generate":
         areas = [(r["gt_area"], r["is_sentence"]) for r in result.records]
@@ -261,6 +278,10 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode}
     if mode == "generate":
         extra["max_new_tokens"] = max_new_tokens
+    extra["num_processes"] = accelerator.num_processes
+    if not accelerator.is_main_process:  # every rank holds the gathered records; rank 0 writes
+        return {"metrics": metrics, "eval_json": None, "predictions": None, "warnings": metrics["warnings"],
+                "masks_dir": None}
     eval_path, pred_path = write_eval_outputs(target, split, metrics, result.records, extra, name=name)
     masks_dir = None
     if save_masks:
@@ -328,5 +349,6 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         parser.error("--max_samples must be >= 1")
     result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples,
                       mode=args.mode, save_masks=args.save_masks, max_new_tokens=args.max_new_tokens)
-    _print_summary(args.split, result)
+    if result["eval_json"] is not None:  # rank 0 of a multi-process run, or the single process
+        _print_summary(args.split, result)
     return 0

@@ -315,14 +315,25 @@ def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, p
     """Train the rest of epoch ``state.epoch``. Returns the epoch's train metrics, None if stopped early."""
     acc = IoUAccumulator(subsets=("short", "long"))
     stats = _restore_stats(state, partial, acc)
-    accum, main = cfg.gradient_accumulation_steps, c.accelerator.is_main_process
-    c.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * accum * cfg.batch_size)
+    main = c.accelerator.is_main_process
+    c.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * cfg.gradient_accumulation_steps * cfg.batch_size)
     c.train_set.set_epoch(state.epoch)
     meter = ThroughputMeter(c.accelerator.device)
     meter.start()
     c.model.train()
     bar = tqdm(total=c.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}",
                disable=not main, dynamic_ncols=True, leave=False)
+    try:  # the bar is cleared however the epoch ends (TrainingStopped, a data error, Ctrl-C)
+        finished = _run_steps(c, cfg, state, streak, stats, acc, meter, bar)
+    finally:
+        bar.close()
+    return _epoch_train_metrics(c, stats, acc, meter) if finished else None
+
+
+def _run_steps(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int], stats: EpochStats,
+               acc: IoUAccumulator, meter: ThroughputMeter, bar: Any) -> bool:
+    """The optimizer steps of the epoch; False when ``stop_after_steps`` ended the run (``last`` saved)."""
+    accum = cfg.gradient_accumulation_steps
     images_in_step, micro = 0, 0
     before = _snapshot(stats, acc)
     for batch in c.train_loader:
@@ -342,10 +353,8 @@ def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, p
         _after_step(c, cfg, state, stats, acc, meter, grad_norm, bar)
         if cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps:
             _save_last(c, state, stats, acc)
-            bar.close()
-            return None
-    bar.close()
-    return _epoch_train_metrics(c, stats, acc, meter)
+            return False
+    return True
 
 
 def _snapshot(stats: EpochStats, acc: IoUAccumulator) -> tuple[float, dict[str, float], int, torch.Tensor]:

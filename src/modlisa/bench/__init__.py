@@ -1,0 +1,2 @@
+"""Performance tools: ``modlisa bench`` (timed steps, components, FLOPs, MFU), the memory planner, data-pipeline
+throughput."""
