@@ -17,11 +17,13 @@ if [[ ! -d "$DATA_ROOT/train" && "$DATA_ROOT" == data/demo* ]]; then
   modlisa make-data "$DATA_ROOT" --seed 0 --num-train 96 --num-val 32 --num-test 48 --image-size 128
 fi
 modlisa check-data "$DATA_ROOT"
-modlisa train --config "$CONFIG" "$@"
+modlisa train --config "$CONFIG" --overwrite_output_dir true "$@"
 modlisa eval --checkpoint "$OUTPUT_DIR" --split test --data_root "$DATA_ROOT"
+modlisa analyze "$OUTPUT_DIR" >/dev/null
 echo
 echo "[run] results:"
 echo "  per-epoch metrics   $OUTPUT_DIR/outputs/metrics_epoch_*.json"
 echo "  training log        $OUTPUT_DIR/outputs/train_log.jsonl"
 echo "  test evaluation     $OUTPUT_DIR/outputs/eval_test.json, predictions_test.jsonl"
 echo "  checkpoints         $OUTPUT_DIR/checkpoints/"
+echo "  report              $OUTPUT_DIR/outputs/report/report.html (and report.md, plots)"

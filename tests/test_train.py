@@ -139,3 +139,15 @@ def test_eval_two_ranks_counts_each_sample_once(data_root, tmp_path):
     files = [json.loads(line)["file"] for line in lines]
     assert len(files) == len(set(files)) == 5
     assert e2["giou"] == pytest.approx(e1["giou"], abs=1e-9) and e2["ciou"] == pytest.approx(e1["ciou"], abs=1e-9)
+
+
+def test_fresh_run_never_mixes_into_an_earlier_run(data_root, tmp_path):
+    from modlisa.config import ConfigError
+
+    cfg = tiny_config(data_root, tmp_path / "run", num_epochs=1)
+    _train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _train(cfg)
+    _train(replace(cfg, overwrite_output_dir=True))
+    lines = (tmp_path / "run" / "outputs" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in lines] == [1, 2, 3, 4]  # only the new run's steps

@@ -26,6 +26,7 @@ from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.evaluate import evaluate, subset_of
 from modlisa.engine.meters import ThroughputMeter, peak_memory
+from modlisa.engine.run_folder import prepare_run_folder
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
 from modlisa.engine.schedule import lr_lambda
@@ -54,10 +55,6 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
-
-    def make(self) -> None:
-        self.outputs.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -130,9 +127,11 @@ def _setup(cfg: TrainingConfig) -> Components:
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     paths = RunPaths(Path(cfg.output_dir))
+    prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
+                       main_process=accelerator.is_main_process)
     if accelerator.is_main_process:
-        paths.make()
         save_config(cfg, paths.outputs / "config.yaml")
+    accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
     sam_cache = build_sam_cache(cfg, model, processors)
     train_set, val_set = build_datasets(cfg, processors)
