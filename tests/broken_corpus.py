@@ -59,6 +59,7 @@ CASES: tuple[Case, ...] = (
     Case("inf_points", "Infinity coordinates", "nonfinite_points", "nonfinite_points"),
     Case("far_out_of_bounds", "points 1e9 px outside the image", "out_of_bounds", "out_of_bounds"),
     Case("not_pairs", "points that are not [x, y] pairs", "bad_points", "bad_points"),
+    Case("string_points", "coordinates written as strings", "bad_points", "bad_points"),
     Case("empty_text", "text: []", "no_text", "no_text"),
     Case("blank_text", "text: [\"  \"]", "no_text", "no_text"),
     Case("no_text_field", "no text field at all", "no_text", "no_text"),
@@ -163,6 +164,8 @@ def _json_writers() -> dict[str, Callable[[Path], None]]:
         "far_out_of_bounds": lambda p: _write_json(p, _annotation(shapes=[
             _shape("target", [[1, 1], [1e9, 5], [8, 1e9]])])),
         "not_pairs": lambda p: _write_json(p, _annotation(shapes=[_shape("target", [[1, 2, 3], [4, 5, 6]])])),
+        "string_points": lambda p: _write_json(p, _annotation(shapes=[
+            _shape("target", [["4", "4"], ["20.5", "4"], ["20.5", "16"]])])),
         "empty_text": lambda p: _write_json(p, _annotation(texts=[])),
         "blank_text": lambda p: _write_json(p, _annotation(texts=["  "])),
         "no_text_field": lambda p: _write_json(p, {"is_sentence": False, "shapes": TARGET}),

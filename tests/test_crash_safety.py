@@ -213,6 +213,21 @@ def test_resuming_with_another_model_config_names_the_file_and_keys(data_root, t
     assert code == 2 and "not a readable safetensors file" in err
 
 
+def test_eval_of_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    best = tmp_path / "best_model_epoch_1.pt"
+    best.write_bytes(b"not a torch file")
+    last = tmp_path / "run" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (last / "model.safetensors").write_bytes(b"\x00" * 4)
+    (last / ckpt.TRAINER_STATE).write_text("{}", encoding="utf-8")
+    (last / "config.yaml").write_text("model: tiny\n", encoding="utf-8")
+    for target, needle in ((best, "not a readable checkpoint file"), (last, "not a readable safetensors file")):
+        code = main(["eval", "--checkpoint", str(target)])
+        _, err = capsys.readouterr()
+        assert code == 2 and "Traceback" not in err and needle in err, err
+        assert err.startswith(f"modlisa eval: error: {target}")
+
+
 # ---------------------------------------------------------------------- SIGKILL, then resume
 def _start(config: Path, log: Path, resume: bool, sleep_in_save: str | None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",

@@ -5,6 +5,7 @@ run's JSON) and by evaluation (strict: one message listing the files, exit 2).""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def test_check_data_reports_or_handles_every_case(corpus, capsys):
     out, err = capsys.readouterr()
     assert code == 1 and "Traceback" not in err
     assert f"{corpus / 'train' / 'truncated_jpeg.jpg'}: unreadable_image: cannot decode image" in out
+
+
+def test_every_error_is_listed_however_many(tmp_path, capsys):
+    make_dataset(tmp_path, seed=0, num_train=1, num_val=1, num_test=1, image_size=64, progress=False)
+    for i in range(60):
+        (tmp_path / "train" / f"orphan_{i:02d}.json").write_text("{}", encoding="utf-8")
+    assert main(["check-data", str(tmp_path), "--no-progress"]) == 1
+    out, _ = capsys.readouterr()
+    assert sum(f"orphan_{i:02d}.json: missing_image" in out for i in range(60)) == 60
+    with pytest.raises(DataError) as info:
+        check_training_data(tmp_path)
+    assert str(info.value).count(": missing_image:") == 60
 
 
 def test_verified_scan_finds_what_the_full_decode_finds(corpus):
@@ -182,6 +195,18 @@ def test_lenient_training_skips_counts_and_handles_the_rest(corpus, tmp_path):
     assert np.isfinite(record["train"]["loss"]) and np.isfinite(record["val"]["loss"])
 
 
+def test_training_without_a_val_split_runs_without_validation(tmp_path, caplog):
+    from modlisa.engine.train import train
+
+    make_dataset(tmp_path / "data", seed=0, num_train=2, num_val=1, num_test=1, image_size=64, progress=False)
+    shutil.rmtree(tmp_path / "data" / "val")
+    summary = train(tiny_config(tmp_path / "data", tmp_path / "run", batch_size=2, data_strict=True).validate())
+    assert list(summary["data"]) == ["train"] and summary["global_step"] == 1
+    assert "no val split" in caplog.text
+    record = json.loads((tmp_path / "run" / "outputs" / "metrics_epoch_1.json").read_text())
+    assert record["val"] is None
+
+
 # ---------------------------------------------------------------------- evaluation
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -199,8 +224,7 @@ def test_eval_on_a_broken_split_lists_every_file_and_exits_2(corpus, checkpoint,
     _, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err and err.startswith("modlisa eval: error: ")
     for case in CASES:
-        # truncated_jpeg's header reads fine: named here once eval verifies images, at load time otherwise
-        if case.eval and case.stem != "truncated_jpeg":
+        if case.eval:
             assert str(case_file(corpus / "val", case)) in err, case.stem
 
 

@@ -26,6 +26,7 @@ from transformers import (
     Qwen2Config,
     SamConfig,
     SamModel,
+    SamPromptEncoderConfig,
     SamVisionConfig,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -124,14 +125,20 @@ def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32
     return dtype if isinstance(dtype, torch.dtype) else default
 
 
+def sam_vit_config(encoder: dict[str, Any], image_size: int) -> SamConfig:
+    """SamConfig with the given image-encoder sizes at ``image_size`` (prompt encoder grid to match)."""
+    vision = SamVisionConfig(**{**encoder, "image_size": image_size})
+    prompt = SamPromptEncoderConfig(image_size=image_size, patch_size=vision.patch_size)
+    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict())
+
+
 def sam_config(cfg: TrainingConfig) -> tuple[SamConfig, torch.dtype]:
     """SAM's config: the tiny random SAM when ``sam_model`` is unset, else the checkpoint's."""
     if not cfg.sam_model:
         with torch.device("meta"):
             return tiny_sam(cfg.sam_image_size).config, torch.float32
     if cfg.sam_model in SAM_VIT:
-        vision = SamVisionConfig(**SAM_VIT[cfg.sam_model], image_size=cfg.sam_image_size)
-        return SamConfig(vision_config=vision.to_dict()), torch.float32
+        return sam_vit_config(SAM_VIT[cfg.sam_model], cfg.sam_image_size), torch.float32
     config = _auto_config(cfg.sam_model, "sam_model")
     return config, _config_dtype(config)
 

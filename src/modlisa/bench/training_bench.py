@@ -353,8 +353,12 @@ def _measure_eval(c: Any, opts: BenchOptions) -> tuple[ComponentTimer, list[Step
     return timer, records
 
 
-def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None) -> dict[str, Any]:
-    """Benchmark training (and evaluation when there is a val split) of ``cfg``; returns bench.json's dict."""
+def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None, arch: Any = None) -> dict[str, Any]:
+    """Benchmark training (and evaluation when there is a val split) of ``cfg``; returns bench.json's dict.
+
+    ``arch`` (a ``bench.architectures.Architecture``) tells the memory planner the backbones of a model built
+    by a builder registered outside the presets (``benchmarks/gpu_check.py``); None: from ``cfg``.
+    """
     from modlisa.engine.train import _setup
 
     opts = opts or BenchOptions()
@@ -394,7 +398,7 @@ def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None) -> dict[str
         "eval": _section(eval_timer, eval_records, eval_flops, peak) if eval_timer is not None else None,
         "process_rss_gb": {"start": rss_start, "after_build": rss_built},
     }
-    result["memory_plan"] = _plan_beside(cfg, device, memory)
+    result["memory_plan"] = _plan_beside(cfg, device, memory, arch)
     if loaders:
         consumed = train["samples_per_s_without_data_wait"]
         result["data_loader"] = {
@@ -414,11 +418,11 @@ def _loader_run(c: Any, cfg: TrainingConfig, workers: int, batches: int) -> dict
                              batches, seed=cfg.seed)
 
 
-def _plan_beside(cfg: TrainingConfig, device: torch.device, memory: dict[str, Any]) -> dict[str, Any]:
+def _plan_beside(cfg: TrainingConfig, device: torch.device, memory: dict[str, Any], arch: Any) -> dict[str, Any]:
     """The planner's estimate for this run beside the measured peak (RSS on CPU, max allocated on CUDA)."""
     from modlisa.bench.memory_plan import estimate
 
-    plan = estimate(cfg, device="cpu" if device.type == "cpu" else "cuda")
+    plan = estimate(cfg, arch, device="cpu" if device.type == "cpu" else "cuda")
     return {"estimate_gb": plan["estimate_gb"], "measured_peak_gb": memory["peak_gb"],
             "measured_kind": memory["kind"], "ratio_estimate_to_measured":
             plan["estimate_gb"] / memory["peak_gb"] if memory["peak_gb"] else None,

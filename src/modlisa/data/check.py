@@ -33,7 +33,7 @@ from modlisa.data.types import Annotation
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train", "val", "test")
-MAX_LISTED_PROBLEMS = 50
+MAX_LISTED_WARNINGS = 50  # errors are always listed in full; warnings beyond this are counted (--json: all)
 
 
 def _decode_and_rasterise(ann: Annotation) -> tuple[np.ndarray | None, Problem | None]:
@@ -137,10 +137,17 @@ def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, prog
     return report
 
 
-def _problem_lines(problems: list[dict[str, Any]], limit: int = MAX_LISTED_PROBLEMS) -> list[str]:
-    lines = [f"  [{p['severity']}] {p['file']}: {p['kind']}: {p['message']}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more (use --json for all)")
+def _problem_lines(problems: list[dict[str, Any]], max_warnings: int = MAX_LISTED_WARNINGS) -> list[str]:
+    """One line per problem, in order: every error, and the first ``max_warnings`` warnings."""
+    lines, warnings = [], 0
+    for p in problems:
+        if p["severity"] != "error":
+            warnings += 1
+            if warnings > max_warnings:
+                continue
+        lines.append(f"  [{p['severity']}] {p['file']}: {p['kind']}: {p['message']}")
+    if warnings > max_warnings:
+        lines.append(f"  ... and {warnings - max_warnings} more warning(s) (use --json for all)")
     return lines
 
 

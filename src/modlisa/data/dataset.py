@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 SamTransformFn = Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]
 VisionTransformFn = Callable[[np.ndarray], torch.Tensor]
 AugmenterFn = Callable[[np.ndarray, np.ndarray, list[str], np.random.Generator], tuple[np.ndarray, np.ndarray]]
-MAX_LISTED_PROBLEMS = 50
 
 
 def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
@@ -42,10 +41,8 @@ def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
 
 
 def problems_error(split_dir: Path, errors: list[Problem]) -> DataError:
-    """One DataError listing every error-level problem (file + reason)."""
-    lines = [f"  {p.file}: {p.kind}: {p.message}" for p in errors[:MAX_LISTED_PROBLEMS]]
-    if len(errors) > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(errors) - MAX_LISTED_PROBLEMS} more")
+    """One DataError listing every error-level problem (file + reason), all of them."""
+    lines = [f"  {p.file}: {p.kind}: {p.message}" for p in errors]
     reason = (f"{len(errors)} data error(s):\n" + "\n".join(lines) +
               "\nFix or remove these files, or let training skip them (data_strict: false, "
               "`--data_strict false`); `modlisa check-data` lists every problem.")

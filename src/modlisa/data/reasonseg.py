@@ -397,6 +397,10 @@ def load_explanations(root: str | Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- split scan
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _points_problem(shape: Shape, hw: tuple[int, int]) -> tuple[str, str, str] | None:
     """(kind, severity, message) of the worst geometric problem of one shape, or None."""
     try:
@@ -407,6 +411,8 @@ def _points_problem(shape: Shape, hw: tuple[int, int]) -> tuple[str, str, str] |
         return "few_points", "error", "polygon has no points"
     if coords.ndim != 2 or coords.shape[1] != 2:
         return "bad_points", "error", "points are not [x, y] pairs"
+    if not all(_is_number(v) for point in shape.points for v in point):
+        return "bad_points", "error", "points hold strings or booleans, not numbers"
     if not np.isfinite(coords).all():
         return "nonfinite_points", "error", "points contain NaN or infinite coordinates"
     height, width = hw

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterable
@@ -145,12 +146,20 @@ def load_trainable_into(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; CheckpointError naming it when it is unreadable."""
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load`` of a checkpoint file on CPU; CheckpointError naming it when it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({err})") from err
 
 
 # ---------------------------------------------------------------------- Accelerate hooks
@@ -168,7 +177,7 @@ def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module) 
 
     def load_hook(models: list, input_dir: str) -> None:
         path = Path(input_dir) / "model.safetensors"
-        load_trainable_into(unwrapped, _read_weights(path), str(path))
+        load_trainable_into(unwrapped, read_weights(path), str(path))
         models.clear()  # loaded here; Accelerate must not load the full state dict again
 
     accelerator.register_save_state_pre_hook(save_hook)

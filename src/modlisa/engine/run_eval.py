@@ -61,19 +61,17 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -
             raise FileNotFoundError(f"run folder {path} has no checkpoints/best_model_epoch_*.pt")
         path = bests[-1]
     if path.is_file():
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = ckpt.read_torch_file(path)
         if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
             raise ConfigError(f"{path} is not a modlisa best-model checkpoint (keys model, config expected)")
         cfg_dict, state = payload["config"], payload["model"]
     else:
         if not ckpt.is_complete(path):
             raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
-        from safetensors.torch import load_file
-
         cfg_dict = _config_near(path)
         if cfg_dict is None:
             raise FileNotFoundError(f"no config.yaml found next to checkpoint folder {path}")
-        state = load_file(str(path / "model.safetensors"))
+        state = ckpt.read_weights(path / "model.safetensors")
     cfg = config_from_dict({**cfg_dict, **(overrides or {})}, source=str(path))
     cfg = replace(cfg, resume_from_checkpoint=None)
     model, tokenizer, processors = build_model(cfg)
@@ -259,7 +257,7 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
     root = data_root or cfg.data_root
     dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
-                               max_samples=max_samples)
+                               max_samples=max_samples, verify_images=True)
     accelerator = _make_accelerator(cfg)
     if mode == "generate" and accelerator.num_processes > 1:
         raise ConfigError("eval --mode generate runs in one process; launch it without torchrun/accelerate")

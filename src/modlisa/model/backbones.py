@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,11 +144,25 @@ def resize_vocabulary(language_model: PreTrainedModel, tokenizer: PreTrainedToke
         logger.info("resized LM token embeddings %d -> %d", rows, len(tokenizer))
 
 
+
+def load_pretrained(field: str, name: str, loader: Any, **kwargs: Any) -> Any:
+    """``loader(name, **kwargs)`` (a ``from_pretrained``); a missing or unreadable model -> ConfigError naming
+    the config field, instead of a transformers traceback."""
+    try:
+        return loader(name, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{field}={name!r} could not be loaded ({first}); give a local folder or a Hugging Face id that is "
+            "in the local cache (HF_HUB_OFFLINE=1 forbids downloads)"
+        ) from exc
+
+
 def load_sam(cfg: TrainingConfig) -> SamModel:
     """SamModel from ``cfg.sam_model`` (HF id or folder), or the tiny random SAM when it is None."""
     if not cfg.sam_model:
         return tiny_sam(cfg.sam_image_size)
-    sam = SamModel.from_pretrained(cfg.sam_model)
+    sam = load_pretrained("sam_model", cfg.sam_model, SamModel.from_pretrained)
     expected = sam.config.vision_config.image_size
     if expected != cfg.sam_image_size:
         raise ConfigError(f"sam_image_size={cfg.sam_image_size} but SAM model {cfg.sam_model!r} takes "
@@ -210,14 +225,15 @@ def build_composite(cfg: TrainingConfig) -> Backbones:
     """CLIP/SigLIP ``vision_model`` + causal ``language_model`` + SAM, all via ``from_pretrained``."""
     if not (cfg.vision_model and cfg.language_model):
         raise ConfigError("model=composite needs vision_model and language_model (HF ids or local folders)")
-    model_type = AutoConfig.from_pretrained(cfg.vision_model).model_type
+    model_type = load_pretrained("vision_model", cfg.vision_model, AutoConfig.from_pretrained).model_type
     if model_type not in VISION_CLASSES:
         raise ConfigError(f"vision_model {cfg.vision_model!r} has model_type {model_type!r}; "
                           f"supported: {', '.join(VISION_CLASSES)}")
     vision_cls, drop_cls = VISION_CLASSES[model_type]
-    vision = vision_cls.from_pretrained(cfg.vision_model)
-    language_model = AutoModelForCausalLM.from_pretrained(cfg.language_model, **_load_lm_kwargs(cfg))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.language_model)
+    vision = load_pretrained("vision_model", cfg.vision_model, vision_cls.from_pretrained)
+    language_model = load_pretrained("language_model", cfg.language_model, AutoModelForCausalLM.from_pretrained,
+                                     **_load_lm_kwargs(cfg))
+    tokenizer = load_pretrained("language_model", cfg.language_model, AutoTokenizer.from_pretrained)
     resize_vocabulary(language_model, tokenizer)
     text_dim = language_model.config.get_text_config().hidden_size
     projector = VisionProjector(vision.config.hidden_size, text_dim)
@@ -246,8 +262,9 @@ def build_llava(cfg: TrainingConfig) -> Backbones:
 
     if not cfg.llava_model:
         raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
-    llava = LlavaForConditionalGeneration.from_pretrained(cfg.llava_model, **_load_lm_kwargs(cfg))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llava_model)
+    llava = load_pretrained("llava_model", cfg.llava_model, LlavaForConditionalGeneration.from_pretrained,
+                            **_load_lm_kwargs(cfg))
+    tokenizer = load_pretrained("llava_model", cfg.llava_model, AutoTokenizer.from_pretrained)
     language_model = causal_lm_view(llava)
     resize_vocabulary(language_model, tokenizer)
     layer = llava.config.vision_feature_layer

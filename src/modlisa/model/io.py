@@ -201,6 +201,9 @@ def _save_vision_tower(model: nn.Module, folder: Path, mean: list[float], std: l
     processor.save_pretrained(folder)
 
 
+_DEFAULTS = dataclasses.asdict(TrainingConfig())
+
+
 def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
     """The config that rebuilds the export: composite preset on the subfolders, no LoRA, no resume."""
     from modlisa.model.factory import apply_preset
@@ -208,6 +211,8 @@ def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
     cfg = apply_preset(cfg)
     return dataclasses.replace(
         cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None,
+        # LoRA is merged: its options go back to their defaults (set while use_lora is false = a config error)
+        **{f: _DEFAULTS[f] for f in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")},
         img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size), **EXPORT_PATHS,
     )
 
