@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modlisa.bench.data_bench import large_image_stages
+from modlisa.bench.data_bench import large_image_loader, large_image_stages
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.config import config_from_dict, load_yaml
 from modlisa.data.synthetic import make_dataset
@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             repeats.append(measure(cfg, workers, args.steps, args.loader_batches))
             print(json.dumps({"repeat": repeat, **repeats[-1]}), flush=True)
-        large = None if args.no_large_image else large_image_stages(Path(tmp) / "large", 1024, 224, 3)
+        large = None
+        if not args.no_large_image:
+            large = large_image_stages(Path(tmp) / "large", 1024, 224, 3)
+            large["loader"] = {str(w): large_image_loader(Path(tmp) / "large", w) for w in workers}
     ratios = {str(w): statistics.median(r["ratio"][str(w)] for r in repeats) for w in workers}
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in large["stages_s"].items())
         print(f"4000x3000 item: {stages}; whole item {1000 * large['getitem_s']:.0f} ms; "
               f"bottleneck {large['bottleneck']}")
+        for w, run in large["loader"].items():
+            print(f"4000x3000 items through the DataLoader, {w} workers: {run['samples_per_s']:.2f} samples/s")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _bench(cfg: TrainingConfig, steps: int, **opts: Any) -> dict[str, Any]:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # mixed precision differs between the variants
     warmup = 3 if opts.get("compile") else 2
     r = run_bench(cfg, BenchOptions(warmup_steps=warmup, steps=steps, eval_steps=0, count_flops=False,
                                     matmul_n=256, breakdown=False, **opts))

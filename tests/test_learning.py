@@ -20,7 +20,7 @@ def test_tiny_overfits_eight_samples(tmp_path):
     shutil.copytree(root / "train", root / "val")  # evaluate (LISA protocol) on the 8 training images
     cfg = TrainingConfig(
         data_root=str(root), output_dir=str(tmp_path / "run"), model="tiny", img_size=64, sam_image_size=64,
-        batch_size=8, num_epochs=110, steps_per_epoch=1, learning_rate=1e-3, warmup_steps=5,
+        batch_size=8, num_epochs=70, steps_per_epoch=1, learning_rate=1e-3, warmup_steps=5,
         use_mixed_precision=False, cpu=True, freeze_image_encoder=False, freeze_sam=False,
         freeze_text_encoder=False, queries_per_image=1, explanatory_prob=0.0, seed=0,
         bce_loss_weight=0.5, dice_loss_weight=2.0, log_every_steps=1000,

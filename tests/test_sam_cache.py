@@ -174,3 +174,16 @@ def test_evaluation_with_cache_equals_without(data_root):
     warm = evaluate(model, loader, device=device, progress=False, sam_cache=cache)
     assert plain.records == cold.records == warm.records
     assert cache.stats.misses == 3 and cache.stats.memory_hits == 3
+
+
+def test_sam_cache_dir_config(data_root, tmp_path):
+    from modlisa.config import ConfigError
+
+    cfg = tiny_config(data_root, tmp_path, sam_cache=True, sam_cache_dir=str(tmp_path / "disk"))
+    model, processors, batch = _model_and_batch(data_root, cfg.validate())
+    cache = build_sam_cache(cfg, model, processors)
+    cache.lookup(model, batch)
+    assert cache.summary()["disk_writes"] == 2 and len(list((tmp_path / "disk").rglob("*.safetensors"))) == 2
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="sam_cache_dir"):
+        replace(cfg, sam_cache_dir=str(tmp_path / "file")).validate()

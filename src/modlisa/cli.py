@@ -60,6 +60,12 @@ def _cmd_export(argv: list[str]) -> int:
     return main_export(argv)
 
 
+def _cmd_bench(argv: list[str]) -> int:
+    from modlisa.bench.cli import main_bench
+
+    return main_bench(argv)
+
+
 def _cmd_analyze(argv: list[str]) -> int:
     from modlisa.report.cli import main_analyze
 
@@ -73,6 +79,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (_cmd_eval, "evaluate a checkpoint with LISA's protocol"),
     "predict": (_cmd_predict, "segment what a query asks for in an image (or a JSONL batch)"),
     "export": (_cmd_export, "export a checkpoint as a merged Hugging Face-style folder"),
+    "bench": (_cmd_bench, "benchmark training/eval steps (components, FLOPs, MFU) or --plan-memory"),
     "analyze": (_cmd_analyze, "write the analysis report of run folders (md, html, json, plots)"),
 }
 

@@ -137,3 +137,10 @@ def main_bench(argv: list[str] | None = None) -> int:
     _write(out, result)
     _print_bench(result, out)
     return 0
+
+
+if __name__ == "__main__":  # `python -m modlisa.bench.cli ...` (the same as `modlisa bench ...`)
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main_bench())

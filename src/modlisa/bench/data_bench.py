@@ -106,3 +106,18 @@ def large_image_stages(root: str | Path, sam_size: int = 1024, vision_size: int 
     return {"image_hw": list(hw), "sam_image_size": sam_size, "img_size": vision_size, "queries": queries,
             "stages_s": stages, "getitem_s": whole, "bottleneck": max(stages, key=stages.get),
             "samples_per_s_one_worker": 1.0 / whole if whole else 0.0}
+
+
+def large_image_loader(root: str | Path, workers: int, batches: int = 4, batch_size: int = 2, sam_size: int = 1024,
+                       vision_size: int = 224, queries: int = 3) -> dict[str, Any]:
+    """DataLoader throughput over the large item written by ``write_large_item`` (collate included)."""
+    from modlisa.data.collate import make_collate_fn
+    from modlisa.data.dataset import ReasonSegDataset
+    from modlisa.data.transforms import SamTransform, VisionTransform
+    from modlisa.model.tokenizer import build_byte_tokenizer
+
+    if not (Path(root) / "train" / "large.json").is_file():
+        write_large_item(root)
+    dataset = ReasonSegDataset(root, "train", SamTransform(sam_size), VisionTransform(vision_size), train=True,
+                               queries_per_image=queries, explanatory_prob=0.0)
+    return loader_throughput(dataset, make_collate_fn(build_byte_tokenizer()), batch_size, workers, batches)

@@ -34,8 +34,9 @@ LM_COMPONENT = "language_model"
 class ComponentTimer:
     """Exclusive time per region name over a series of steps.
 
-    ``start_step()`` / ``end_step()`` bracket one step; ``region(name)`` (a context manager) or
-    ``enter(name)`` / ``exit()`` mark regions inside it. ``per_step`` holds one {name: seconds} dict per step.
+    ``start_step()`` / ``end_step()`` bracket one step (always synchronised); ``region(name)`` (a context
+    manager) or ``enter(name)`` / ``exit()`` mark regions inside it, synchronised when ``sync``.
+    ``per_step`` holds one {name: seconds} dict per step.
     """
 
     def __init__(self, device: torch.device, sync: bool = True) -> None:
@@ -48,8 +49,8 @@ class ComponentTimer:
         self._current: dict[str, float] | None = None
         self._step_start = 0.0
 
-    def _now(self) -> float:
-        if self.sync:
+    def _now(self, force: bool = False) -> float:
+        if self.sync or force:
             synchronize(self.device)
         return time.perf_counter()
 
@@ -63,7 +64,7 @@ class ComponentTimer:
     def start_step(self) -> None:
         self._stack.clear()
         self._current = {}
-        self._step_start = self._mark = self._now()
+        self._step_start = self._mark = self._now(force=True)
 
     def end_step(self) -> float:
         """Close the step; returns its wall time (= the sum of its components)."""
@@ -71,7 +72,7 @@ class ComponentTimer:
             raise RuntimeError("end_step() without start_step()")
         if self._stack:
             raise RuntimeError(f"end_step() with open regions {self._stack}")
-        now = self._now()
+        now = self._now(force=True)
         self._charge(now)
         self.per_step.append(self._current)
         self.step_times.append(now - self._step_start)

@@ -128,6 +128,11 @@ def tiny_sam(image_size: int) -> SamModel:
     sam = SamModel(config)
     with torch.no_grad():
         sam.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+        # Hugging Face's init leaves the SAM image encoder's linear/conv weights at ~1e-10 for these configs, so
+        # its embeddings come out ~1e-20 and masks could not depend on the image: use PyTorch's default init.
+        for module in sam.vision_encoder.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.reset_parameters()
     return sam
 
 
