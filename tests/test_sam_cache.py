@@ -137,7 +137,7 @@ def test_disk_cache_is_reused_and_recovers_from_a_corrupt_entry(data_root, tmp_p
     third = SamEmbeddingCache(model, processors.sam, disk_dir=tmp_path / "cache")
     with caplog.at_level(logging.WARNING, logger="modlisa.engine.sam_cache"):
         recovered = third.lookup(model, batch)  # one image re-encoded alone: equal up to float rounding
-    assert torch.allclose(recovered, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(recovered, expected, rtol=1e-4, atol=1e-4)  # batch of 1 vs 2: matmul rounding
     assert third.stats.misses == 1 and "unreadable entry" in caplog.text
     assert load_file(str(files[0]))["embedding"].shape == (256, 4, 4)  # the entry was rewritten
 

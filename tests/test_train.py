@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -26,6 +27,13 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_dataset(root, seed=0, num_train=8, num_val=5, num_test=4, image_size=64, progress=False)
     return root
+
+
+def _free_port() -> int:
+    """A free TCP port: a fixed one could join another concurrent torchrun's rendezvous and hang."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_config(data_root: Path, out: Path, **overrides) -> TrainingConfig:
@@ -96,7 +104,7 @@ def test_two_processes_really_run(data_root, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "modlisa.cli", "train",
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "modlisa.cli", "train",
          "--config", str(config_path)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
     )
@@ -125,7 +133,7 @@ def test_eval_two_ranks_counts_each_sample_once(data_root, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     common = ["-m", "modlisa.cli", "eval", "--checkpoint", str(tmp_path / "run"), "--split", "val"]
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29543", *common, "--out",
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), *common, "--out",
                           str(tmp_path / "two")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert two.returncode == 0, two.stderr[-4000:]
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True,
