@@ -159,3 +159,32 @@ def test_fresh_run_never_mixes_into_an_earlier_run(data_root, tmp_path):
     _train(replace(cfg, overwrite_output_dir=True))
     lines = (tmp_path / "run" / "outputs" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["global_step"] for line in lines] == [1, 2, 3, 4]  # only the new run's steps
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_and_resumes(data_root, tmp_path):
+    """A preempted job (SIGTERM) saves checkpoints/last at the next optimizer step and exits 143; resume goes on."""
+    import signal
+    import time
+
+    cfg = tiny_config(data_root, tmp_path / "run", num_epochs=30)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "modlisa.cli", "train", "--config", str(config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    log = tmp_path / "run" / "outputs" / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Training stopped (sigterm)" in out and "Traceback" not in err
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    summary = json.loads((tmp_path / "run" / "outputs" / "train_summary.json").read_text())
+    assert summary["stop_reason"] == "sigterm" and state["global_step"] == summary["global_step"] >= 2
+    assert state["global_step"] < 30 * 4  # stopped long before the end
+    resumed = _train(replace(cfg, resume_from_checkpoint="latest", stop_after_steps=state["global_step"] + 2))
+    assert resumed["global_step"] == state["global_step"] + 2

@@ -37,9 +37,14 @@ def _cmd_train(argv: list[str]) -> int:
 
     summary = train(cfg)
     if summary.get("num_processes", 1) == 1 or os.environ.get("RANK", "0") == "0":
-        print(f"\nTraining finished: best val gIoU {summary['best_val_giou']:.4f} at epoch {summary['best_epoch']}")
+        if summary.get("stopped_early"):
+            print(f"\nTraining stopped ({summary.get('stop_reason')}) at step {summary['global_step']}; "
+                  "checkpoints/last saved: continue with --resume_from_checkpoint latest")
+        else:
+            print(f"\nTraining finished: best val gIoU {summary['best_val_giou']:.4f} "
+                  f"at epoch {summary['best_epoch']}")
         print(f"Run folder: {summary['output_dir']} (metrics in outputs/, checkpoints in checkpoints/)")
-    return 0
+    return 143 if summary.get("stop_reason") == "sigterm" else 0  # 128 + SIGTERM, as a killed job would
 
 
 def _cmd_eval(argv: list[str]) -> int:

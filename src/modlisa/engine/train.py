@@ -36,6 +36,44 @@ from modlisa.metrics import IoUAccumulator
 logger = logging.getLogger(__name__)
 
 
+class _Preemption:
+    """SIGTERM (cluster preemption, `kill`) asks the loop to save ``checkpoints/last`` and stop at the next
+    optimizer step instead of dying mid-epoch; the run resumes exactly with ``--resume_from_checkpoint latest``."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> Any:
+        """Install the SIGTERM handler (main thread only); returns the previous handler for ``restore``."""
+        import signal
+        import threading
+
+        cls.requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, cls._handler)
+
+    @staticmethod
+    def restore(previous: Any) -> None:
+        import signal
+
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    @classmethod
+    def _handler(cls, signum: int, frame: Any) -> None:
+        cls.requested = True
+        logger.warning("SIGTERM received: saving checkpoints/last at the end of this optimizer step, then stopping")
+
+
+def _preempted(c: Components) -> bool:
+    """True on every rank when any rank received SIGTERM (one small all-reduce per step when distributed)."""
+    if c.accelerator.num_processes == 1:
+        return _Preemption.requested
+    flag = torch.tensor([1.0 if _Preemption.requested else 0.0], device=c.accelerator.device)
+    return bool(c.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
 class TrainingStopped(RuntimeError):
     """Raised when ``max_nonfinite_steps`` consecutive optimizer steps had a non-finite loss or gradient.
 
@@ -350,7 +388,7 @@ def _run_steps(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, str
         images_in_step = 0
         bar.update(1)
         _after_step(c, cfg, state, stats, acc, meter, grad_norm, bar)
-        if cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps:
+        if (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps) or _preempted(c):
             _save_last(c, state, stats, acc)
             return False
     return True
@@ -544,12 +582,18 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
              stop_reason: str | None) -> dict[str, Any]:
     """Write ``outputs/train_summary.json`` (main process) and return it."""
     checksums = _rank_checksums(c)
+    num_processes = c.accelerator.num_processes
+    # Release the DDP wrapper (its gloo/NCCL reducer) while every rank is still connected, then tear the
+    # process group down together: a rank that outlives its peer can otherwise hang in that teardown.
+    c.accelerator.wait_for_everyone()
+    c.model = c.unwrapped
+    c.accelerator.free_memory()
     c.accelerator.end_training()
     summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
                "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
                "stop_reason": stop_reason, "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
                "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c), "epochs": records,
-               "num_processes": c.accelerator.num_processes, "rank_param_checksums": checksums}
+               "num_processes": num_processes, "rank_param_checksums": checksums}
     if c.accelerator.is_main_process:
         ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
@@ -571,6 +615,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                                                        if isinstance(v, (int, float, str, bool))})
     records: list[dict] = []
     streak, stopped = [0], False
+    previous_handler = _Preemption.install()
     try:
         while state.epoch < cfg.num_epochs:
             train_metrics = _train_epoch(c, cfg, state, partial, streak)
@@ -582,4 +627,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     except TrainingStopped as stop:
         _summary(c, state, records, True, str(stop))
         raise
-    return _summary(c, state, records, stopped, "stop_after_steps" if stopped else None)
+    finally:
+        _Preemption.restore(previous_handler)
+    reason = ("sigterm" if _Preemption.requested else "stop_after_steps") if stopped else None
+    return _summary(c, state, records, stopped, reason)
