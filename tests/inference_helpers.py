@@ -59,9 +59,9 @@ def draw_image(path: Path, width: int = 70, height: int = 50) -> Path:
 class ScriptedHead(nn.Module):
     """LM head that forces a token script (one token per call) on top of the real logits."""
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: nn.Module, script: list[int] | None = None) -> None:
         super().__init__()
-        self.base, self.script, self.calls = base, [0], 0
+        self.base, self.script, self.calls = base, script or [0], 0
 
     @property
     def weight(self) -> torch.Tensor:

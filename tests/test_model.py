@@ -14,6 +14,7 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from inference_helpers import ScriptedHead  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data import prompts  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
@@ -215,24 +216,6 @@ def test_gradient_checkpointing_gives_same_gradients():
 
 
 # ---------------------------------------------------------------------- generation
-class ScriptedHead(nn.Module):
-    """LM head that emits a fixed token script (one token per call), keeping the real logits' shape."""
-
-    def __init__(self, base: nn.Module, script: list[int]) -> None:
-        super().__init__()
-        self.base, self.script, self.calls = base, script, 0
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.base(hidden)
-        token = self.script[min(self.calls, len(self.script) - 1)]
-        self.calls += 1
-        return logits.index_fill(-1, torch.tensor([token]), 1e4)
-
-
 def _with_script(model, tokenizer, script_tokens: list[str]):
     lm = unwrap_lm(model.language_model)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in script_tokens]

@@ -6,6 +6,7 @@ Reads like a table of contents: ``train(cfg)`` -> ``_setup`` -> per epoch ``_tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -210,7 +211,7 @@ def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccu
     """Forward + backward of one micro-batch; gradients are scaled by 1/accum."""
     batch = batch.to(c.accelerator.device)
     sam_embeddings = cached_sam_embeddings(c, batch)
-    context = c.accelerator.no_sync(c.model) if not sync else _null()
+    context = c.accelerator.no_sync(c.model) if not sync else contextlib.nullcontext()
     with context:
         out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
@@ -235,13 +236,6 @@ def cached_sam_embeddings(c: Components, batch: Any) -> torch.Tensor | None:
         return None
     return c.sam_cache.lookup(c.unwrapped, batch, autocast=c.accelerator.autocast)
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _all_ranks_finite(c: Components, finite: bool) -> bool:

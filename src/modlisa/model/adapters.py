@@ -23,11 +23,8 @@ from modlisa.config import ConfigError, TrainingConfig
 logger = logging.getLogger(__name__)
 
 
-class SegRowEmbedding(nn.Module):
-    """Frozen input embedding + a trainable delta added to the [SEG] row: (…,) ids -> (…, h).
-
-    ``delta`` (h,) starts at zero, so the wrapped module computes exactly what ``base`` did.
-    """
+class _SegRowDelta(nn.Module):
+    """A frozen ``base`` module + a trainable delta vector (h,) for the [SEG] token's row."""
 
     def __init__(self, base: nn.Module, seg_id: int, delta: nn.Parameter) -> None:
         super().__init__()
@@ -37,8 +34,15 @@ class SegRowEmbedding(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The frozen base matrix (without the delta); for code that inspects ``embed.weight``."""
+        """The frozen base matrix (without the delta); for code that inspects ``.weight``."""
         return self.base.weight
+
+
+class SegRowEmbedding(_SegRowDelta):
+    """Frozen input embedding + a trainable delta added to the [SEG] row: (…,) ids -> (…, h).
+
+    ``delta`` (h,) starts at zero, so the wrapped module computes exactly what ``base`` did.
+    """
 
     @property
     def num_embeddings(self) -> int:
@@ -54,18 +58,8 @@ class SegRowEmbedding(nn.Module):
         return out + is_seg * self.delta.to(out.dtype)
 
 
-class SegRowHead(nn.Module):
+class SegRowHead(_SegRowDelta):
     """Frozen LM head + a trainable delta added to the [SEG] output row: (…, h) -> (…, vocab)."""
-
-    def __init__(self, base: nn.Module, seg_id: int, delta: nn.Parameter) -> None:
-        super().__init__()
-        self.base = base
-        self.seg_id = int(seg_id)
-        self.delta = delta
-
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
 
     @property
     def bias(self) -> Tensor | None:
