@@ -19,25 +19,7 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
 # Whole-word tokens of the tiny preset. Changing this list changes the tiny tokenizer (and so the shape of
 # tiny checkpoints' embeddings): append only, and expect earlier tiny checkpoints to stop loading.
-TINY_WORDS = """
-a about above across after again against all along also among an and another answer answers any are
-around as at away back be because before behind below beside besides between big bigger biggest both bottom
-but by can centre center circle circles circular clear clearly close closer closest color colour colours
-corner corners could curious deep detailed different direction disc discs distance do does down each edge
-either ellipse ellipses engine even every exactly explain explanation far farther figure find fire first
-five flat flower for four fresh from front furthest give gives grass green has have helpful here hexagon
-hexagonal hexagons high higher highest his honeycomb how human human's if image in inside intelligence into
-is it its large larger largest last leaf least left leftmost lemon less lies like line little located long
-longer look looks low lower lowest made make many mask me middle more most much my near nearest next night
-no not nothing now object objects odd of off on one only or orange other out outline output outside oval
-oval-shaped ovals over painted part person picture please plum point pointed polite pumpkin purple pushed
-question questions rather reason rectangle rectangles rectangular red respond result right rightmost ripe
-roll round same sea second see segment segmentation shape shaped shapes short shortest show side sides six
-size sky small smaller smallest smooth so some someone something space square squares star star-shaped stars
-straight stretched summer sure takes than that the their them then there these they thing third this those
-three tiniest tips to tomato top triangle triangles triangular two under underneath up upper very violet
-warm was way what where which white who why wide with would yellow you your black brown grey gray pink
-""".split()
+TINY_WORDS = ["a", "about", "above", "across", "after", "again", "against", "all", "along", "also", "among", "an", "and", "another", "answer", "answers", "any", "are", "around", "as", "at", "away", "back", "be", "because", "before", "behind", "below", "beside", "besides", "between", "big", "bigger", "biggest", "both", "bottom", "but", "by", "can", "centre", "center", "circle", "circles", "circular", "clear", "clearly", "close", "closer", "closest", "color", "colour", "colours", "corner", "corners", "could", "curious", "deep", "detailed", "different", "direction", "disc", "discs", "distance", "do", "does", "down", "each", "edge", "either", "ellipse", "ellipses", "engine", "even", "every", "exactly", "explain", "explanation", "far", "farther", "figure", "find", "fire", "first", "five", "flat", "flower", "for", "four", "fresh", "from", "front", "furthest", "give", "gives", "grass", "green", "has", "have", "helpful", "here", "hexagon", "hexagonal", "hexagons", "high", "higher", "highest", "his", "honeycomb", "how", "human", "human's", "if", "image", "in", "inside", "intelligence", "into", "is", "it", "its", "large", "larger", "largest", "last", "leaf", "least", "left", "leftmost", "lemon", "less", "lies", "like", "line", "little", "located", "long", "longer", "look", "looks", "low", "lower", "lowest", "made", "make", "many", "mask", "me", "middle", "more", "most", "much", "my", "near", "nearest", "next", "night", "no", "not", "nothing", "now", "object", "objects", "odd", "of", "off", "on", "one", "only", "or", "orange", "other", "out", "outline", "output", "outside", "oval", "oval-shaped", "ovals", "over", "painted", "part", "person", "picture", "please", "plum", "point", "pointed", "polite", "pumpkin", "purple", "pushed", "question", "questions", "rather", "reason", "rectangle", "rectangles", "rectangular", "red", "respond", "result", "right", "rightmost", "ripe", "roll", "round", "same", "sea", "second", "see", "segment", "segmentation", "shape", "shaped", "shapes", "short", "shortest", "show", "side", "sides", "six", "size", "sky", "small", "smaller", "smallest", "smooth", "so", "some", "someone", "something", "space", "square", "squares", "star", "star-shaped", "stars", "straight", "stretched", "summer", "sure", "takes", "than", "that", "the", "their", "them", "then", "there", "these", "they", "thing", "third", "this", "those", "three", "tiniest", "tips", "to", "tomato", "top", "triangle", "triangles", "triangular", "two", "under", "underneath", "up", "upper", "very", "violet", "warm", "was", "way", "what", "where", "which", "white", "who", "why", "wide", "with", "would", "yellow", "you", "your", "black", "brown", "grey", "gray", "pink"]
 WORD_VOCAB_LIMIT = 8192  # large enough for every word to become one token
 
 
