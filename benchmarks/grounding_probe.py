@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lm_init", type=float, default=None, help="initializer_range of the tiny LM (HF: 0.02)")
     p.add_argument("--no_system_prompt", action="store_true", help="drop LLaVA v1's system sentence")
     p.add_argument("--oracle", action="store_true", help="prompt = embedding of the target's attributes")
+    p.add_argument("--batch_norm_seg", action="store_true",
+                   help="BatchNorm1d on the [SEG] hidden state before text_hidden_fcs (removes its common mode)")
     p.add_argument("--ce", type=float, default=1.0)
     p.add_argument("--bce", type=float, default=0.5)
     p.add_argument("--dice", type=float, default=2.0)
@@ -129,6 +131,9 @@ def main() -> None:
     oracle = OraclePrompt(model.sam.config.mask_decoder_config.hidden_size) if a.oracle else None
     if oracle is not None:
         model.text_hidden_fcs = oracle
+    elif a.batch_norm_seg:
+        hidden = model.language_model.config.hidden_size
+        model.text_hidden_fcs = torch.nn.Sequential(torch.nn.BatchNorm1d(hidden), *model.text_hidden_fcs)
     train = ReasonSegDataset(a.data, "train", proc.sam, proc.vision, train=True, queries_per_image=3)
     own = ReasonSegDataset(a.data, "val", proc.sam, proc.vision, train=False)
     wrong = WrongQueryDataset(own, wrong_query_partners(own.annotations))
