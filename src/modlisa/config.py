@@ -91,6 +91,7 @@ class TrainingConfig:
     save_every_steps: int = 0  # 0 = save checkpoints/last at the end of each epoch only
     resume_from_checkpoint: str | None = None  # latest | PATH
     overwrite_output_dir: bool = False  # a fresh run may replace an earlier run in output_dir
+    allow_config_change: bool = False  # resume although the config differs from the checkpoint's (recorded)
     report_to: str | None = None  # tensorboard
     max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps that stop the run
     cpu: bool = False  # force CPU even where CUDA exists

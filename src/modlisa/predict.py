@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa predict",
                                      description="Segment what a query asks for in an image (or a JSONL batch).")
     parser.add_argument("--checkpoint", required=True,
-                        help="best_model_epoch_N.pt, checkpoints/last, a run folder or an exported folder")
+                        help="a run folder (its best model), best_model_epoch_N.json (or a legacy .pt), "
+                             "checkpoints/last or an exported folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="image file (with --query)")
     source.add_argument("--jsonl", help='batch file: one {"image", "query"[, "is_sentence"]} object per line')
@@ -353,8 +354,8 @@ def _summary_line(record: dict[str, Any], out_dir: Path) -> str:
 
 def main_predict(argv: Sequence[str] | None = None) -> int:
     """`modlisa predict`; returns the exit code (user errors raise ConfigError / DataError)."""
-    from modlisa.engine.checkpoint import atomic_write_text
-    from modlisa.engine.run_eval import load_checkpoint
+    from modlisa.atomic import atomic_write_text
+    from modlisa.weights import load_checkpoint
 
     parser = build_parser()
     args = parser.parse_args(argv)
