@@ -168,11 +168,15 @@ def read_torch_safely(path: str | os.PathLike[str], what: str = "checkpoint file
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
+                      lines[-1] if lines else type(err).__name__)
+        if "GLOBAL" not in detail:
+            raise CheckpointError(f"{path}: not a readable {what} ({detail[:160]})") from None
         raise CheckpointError(
-            f"{path}: refused: it holds objects other than tensors and plain values, which could run code "
-            f"when loaded ({first[:160]}); a genuine modlisa {what} never does. If you trust its source, convert "
-            "it as docs/TROUBLESHOOTING.md ('Old .pt checkpoints') shows") from None
+            f"{path}: refused: it holds objects other than tensors and plain values, which could run code when "
+            f"loaded ({detail[:120]}); a genuine modlisa {what} never does. If you trust its source, convert it as "
+            "docs/TROUBLESHOOTING.md ('Old .pt checkpoints') shows") from None
     except TORCH_LOAD_ERRORS as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise CheckpointError(f"{path}: not a readable {what} ({reason})") from None
