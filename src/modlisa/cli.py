@@ -110,9 +110,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ConfigError, OSError]
     try:
         from modlisa.data.reasonseg import DataError
+        from modlisa.model.smol import SmolUnavailableError
         from modlisa.weights import WeightsError
 
-        types += [DataError, WeightsError]
+        types += [DataError, WeightsError, SmolUnavailableError]
     except ImportError:  # the data layer is optional for `modlisa --help`
         pass
     return tuple(types)

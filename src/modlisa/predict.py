@@ -34,7 +34,7 @@ from PIL import Image
 
 from modlisa.config import ConfigError
 from modlisa.data import prompts
-from modlisa.data.reasonseg import DataError, load_image_rgb
+from modlisa.data.reasonseg import DataError, load_image_rgb, reserved_token_reason
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,13 @@ def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not query.strip():
         raise ConfigError(f"{image_path}: the query is empty")
+    reason = reserved_token_reason("the query", query)
+    if reason is not None:
+        raise ConfigError(f"{image_path}: {reason}")
+    if mode == "generate":  # teacher mode: the collate's rule shortens a query that does not fit
+        from modlisa.data.collate import minimum_max_length, shorten_query
+
+        query = shorten_query(query, tokenizer, max_length - minimum_max_length(tokenizer))
     if image is None:
         image = load_image_rgb(image_path)
     question = question_for(query, is_sentence)
@@ -266,6 +273,9 @@ def _request_from_line(line: str, path: Path, lineno: int) -> PredictRequest:
     for key in ("image", "query"):
         if not isinstance(item.get(key), str) or not item[key].strip():
             raise DataError(where, f"'{key}' must be a non-empty string")
+    reason = reserved_token_reason("'query'", item["query"])
+    if reason is not None:
+        raise DataError(where, reason)
     is_sentence = item.get("is_sentence")
     if is_sentence is not None and not isinstance(is_sentence, bool):
         raise DataError(where, f"'is_sentence' must be true, false or absent, got {is_sentence!r}")
@@ -328,6 +338,9 @@ def _requests_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         return requests
     if not args.query or not args.query.strip():
         parser.error("--image needs a non-empty --query")
+    reason = reserved_token_reason("--query", args.query)
+    if reason is not None:
+        raise ConfigError(reason)
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise DataError(image, "image file not found")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from modlisa.atomic import append_line, atomic_write_text
 from modlisa.config import ConfigError, TrainingConfig, load_yaml, save_config
-from modlisa.data.collate import make_collate_fn
+from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.evaluate import evaluate, subset_of
@@ -175,6 +175,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Compo
         save_config(cfg, paths.outputs / "config.yaml")
     accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
+    check_max_length(tokenizer, cfg.max_length)
     sam_cache = build_sam_cache(cfg, model, processors)
     train_set, val_set = build_datasets(cfg, processors)
     rank, world = accelerator.process_index, accelerator.num_processes
