@@ -129,17 +129,22 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def _check_numbers(cfg: TrainingConfig) -> None:
-    """Every numeric field finite (no NaN / inf) and inside ``NUMERIC_RANGES``; ConfigError naming it."""
+def _check_finite(cfg: TrainingConfig) -> None:
+    """No numeric field may be NaN or infinite; ConfigError naming the first one."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
-        low, high = NUMERIC_RANGES.get(f.name, (None, None))
+
+
+def _check_ranges(cfg: TrainingConfig) -> None:
+    """Every numeric field inside ``NUMERIC_RANGES``; at least one mask loss on."""
+    for name, (low, high) in NUMERIC_RANGES.items():
+        value = getattr(cfg, name)
+        if value is None or isinstance(value, bool):
+            continue
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{f.name} must be in [{low}, {high}], got {value!r}")
+            raise ConfigError(f"{name} must be in [{low}, {high}], got {value!r}")
     if cfg.bce_loss_weight + cfg.dice_loss_weight + cfg.focal_loss_weight <= 0:
         raise ConfigError("bce_loss_weight, dice_loss_weight and focal_loss_weight are all 0: the mask decoder "
                           "would learn nothing; set at least one of them > 0")
@@ -253,13 +258,14 @@ def _check_devices(cfg: TrainingConfig, cuda_available: bool) -> None:
 
 def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_available: bool | None = None) -> None:
     """Check every field; raise ConfigError with one clear line naming the field."""
-    _check_numbers(cfg)
+    _check_finite(cfg)
     _positive(cfg, "num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "img_size",
               "sam_image_size", "queries_per_image", "max_length", "log_every_steps", "max_nonfinite_steps",
               "steps_per_epoch", "stop_after_steps", "max_train_samples", "max_val_samples")
     _non_negative(cfg, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every_steps", "save_every_steps",
                   "num_workers", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight", "focal_loss_weight",
                   "lora_dropout")
+    _check_ranges(cfg)
     _check_lora(cfg)
     if not 0.0 <= cfg.explanatory_prob <= 1.0:
         raise ConfigError(f"explanatory_prob must be in [0, 1], got {cfg.explanatory_prob!r}")

@@ -41,7 +41,11 @@ def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
 
 
 def problems_error(split_dir: Path, errors: list[Problem]) -> DataError:
-    """One DataError listing every error-level problem (file + reason), all of them."""
+    """One DataError listing every error-level problem (file + reason), all of them (one line for one)."""
+    if len(errors) == 1:
+        p = errors[0]
+        return DataError(split_dir, f"1 data error: {p.file}: {p.kind}: {p.message}. Fix or remove this file, or "
+                                    "let training skip it (data_strict: false, `--data_strict false`)")
     lines = [f"  {p.file}: {p.kind}: {p.message}" for p in errors]
     reason = (f"{len(errors)} data error(s):\n" + "\n".join(lines) +
               "\nFix or remove these files, or let training skip them (data_strict: false, "

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 import modlisa
@@ -34,6 +35,7 @@ from modlisa.atomic import remove_quietly, write_error
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
 from modlisa.weights.files import (
     MANIFEST,
+    CheckpointError,
     WeightsError,
     has_manifest,
     read_safetensors,
@@ -304,7 +306,13 @@ def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, 
     _check_export_folder(folder)
     cfg = _exported_config(folder)
     info = _export_info_of(folder)
-    model, tokenizer, processors = build_model(cfg)
+    try:
+        model, tokenizer, processors = build_model(cfg)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+        if isinstance(err, (ConfigError, WeightsError)):
+            raise
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{folder}: cannot load the export's models ({reason})") from None
     _apply_export_info(model, info, folder / EXPORT_INFO_FILE)
     _load_heads(model, folder / HEADS_FILE)
     model.eval()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -153,7 +154,7 @@ def check_finite(state: dict[str, Tensor], source: str) -> None:
 
 # ---------------------------------------------------------------------- legacy torch files
 TORCH_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError,
-                      AttributeError, TypeError, IndexError, zipfile.BadZipFile, UnicodeDecodeError)
+                     AttributeError, TypeError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, struct.error)
 
 
 def read_torch_safely(path: str | os.PathLike[str], what: str = "checkpoint file") -> Any:
