@@ -68,6 +68,14 @@ def flip(path: Path, offset_fraction: float = 0.5) -> None:
     rewrite(path, bytes(data))
 
 
+def overwrite_64k(path: Path) -> None:
+    """The probe's damage: 64 KiB in the middle of the file overwritten with 0x7f bytes."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - 32 * 1024)
+    data[start:start + 64 * 1024] = b"\x7f" * len(data[start:start + 64 * 1024])
+    rewrite(path, bytes(data))
+
+
 def stderr_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
@@ -314,6 +322,12 @@ CKPT_CASES: list[CkptCase] = [
     CkptCase("best_meta_escapes", _meta_edit({"weights": "../../x.safetensors"}), "eval_run", 2,
              "not a modlisa best-model metadata file"),
     CkptCase("best_meta_missing", lambda p: _unlink(_best(p, ".json")), "eval_best", 2, "metadata"),
+    CkptCase("last_weights_64k_eval", lambda p: overwrite_64k(_last(p) / "model.safetensors"), "eval_last", 2,
+             "checksum mismatch"),
+    CkptCase("last_weights_64k_predict", lambda p: overwrite_64k(_last(p) / "model.safetensors"), "predict_last", 2,
+             "checksum mismatch"),
+    CkptCase("last_weights_64k_resume_falls_back", lambda p: overwrite_64k(_last(p) / "model.safetensors"), "resume",
+             0, ""),
     CkptCase("last_weights_flipped_eval", lambda p: flip(_last(p) / "model.safetensors"), "eval_last", 2,
              "checksum mismatch"),
     CkptCase("last_optimizer_pickle_predict", lambda p: torch_payload(_last(p) / "optimizer.bin"), "predict_last",

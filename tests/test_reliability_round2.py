@@ -202,7 +202,7 @@ def test_disk_full_at_a_write_is_one_line_exit_4_and_keeps_the_last_good_checkpo
 
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(asdict(_run_config(good_root, run, num_epochs=2))))
+    config.write_text(yaml.safe_dump(asdict(_run_config(good_root, run))))  # 2 steps, saves after each
     if where == "last":  # Accelerate's optimizer.bin of the second save of last/
         monkeypatch.setattr(torch, "save", _failing(torch.save, lambda p: "last.tmp" in p and "optimizer" in p, 1))
     elif where == "best":  # the safetensors file of the first best model

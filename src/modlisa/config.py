@@ -394,6 +394,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def save_config(cfg: TrainingConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML (atomically; WriteError naming the file when it fails)."""
+    from modlisa.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

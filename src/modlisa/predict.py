@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modlisa.atomic import WriteError, atomic_write_text, write_error
 from modlisa.config import ConfigError
 from modlisa.data import prompts
 from modlisa.data.reasonseg import DataError, load_image_rgb, reserved_token_reason
@@ -201,8 +202,17 @@ def mask_file_names(stem: str, count: int) -> list[str]:
 def save_prediction(result: PredictionResult, out_dir: str | Path, stem: str) -> dict[str, Any]:
     """Write the mask PNG(s), the overlay (when there is a mask) and ``<stem>.json``; return the record.
 
-    File names in the record are relative to ``out_dir``.
+    File names in the record are relative to ``out_dir``. A failed write raises WriteError naming the folder.
     """
+    try:
+        return _save_prediction(result, Path(out_dir), stem)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(out_dir, err, "write the prediction into") from err
+
+
+def _save_prediction(result: PredictionResult, out_dir: Path, stem: str) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     masks = result.masks
@@ -223,7 +233,7 @@ def save_prediction(result: PredictionResult, out_dir: str | Path, stem: str) ->
         "masks": [{"file": name, "area": int(m.sum())} for m, name in zip(masks, names)],
         "overlay": overlay, "json": f"{stem}.json",
     }
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2))
     return record
 
 
@@ -367,7 +377,6 @@ def _summary_line(record: dict[str, Any], out_dir: Path) -> str:
 
 def main_predict(argv: Sequence[str] | None = None) -> int:
     """`modlisa predict`; returns the exit code (user errors raise ConfigError / DataError)."""
-    from modlisa.atomic import atomic_write_text
     from modlisa.weights import load_checkpoint
 
     parser = build_parser()

@@ -16,7 +16,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from modlisa.atomic import atomic_write_text, remove_quietly
+from modlisa.atomic import atomic_write_text, remove_quietly, write_error
 from modlisa.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,11 @@ def prepare_run_folder(root: Path, *, resuming: bool, overwrite: bool, main_proc
         logger.warning("overwrite_output_dir: removing the previous run's outputs/ and checkpoints/ in %s", root)
         for sub in ("outputs", "checkpoints"):
             shutil.rmtree(root / sub, ignore_errors=True)
-    (root / "outputs").mkdir(parents=True, exist_ok=True)
-    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for sub in ("outputs", "checkpoints"):
+        try:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(root / sub, err, "create the folder") from err
 
 
 # ---------------------------------------------------------------------- the run-folder lock

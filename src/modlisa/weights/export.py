@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 import modlisa
-from modlisa.atomic import remove_quietly, write_error
+from modlisa.atomic import WriteError, remove_quietly, write_error
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
 from modlisa.weights.files import (
     MANIFEST,
@@ -216,7 +216,7 @@ def export_merged(
         _write_folder(tmp, out_dir, model, tokenizer, cfg, exported_cfg, info, language_model, mean, std)
     except (OSError, RuntimeError) as err:
         remove_quietly(tmp)
-        raise err if isinstance(err, WeightsError) else write_error(out_dir, err, "write the export") from err
+        raise err if isinstance(err, WriteError) else write_error(out_dir, err, "write the export") from err
     except BaseException:
         remove_quietly(tmp)
         raise
