@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -24,87 +23,26 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from broken_corpus import CASES, Case, case_file, write_case
-from modlisa.cli import main
-from modlisa.config import TrainingConfig
-from modlisa.data.synthetic import make_dataset
 from modlisa.weights import write_manifest
-
-REPO = Path(__file__).resolve().parents[1]
-MARKER = Path(f"/tmp/modlisa_payload_ran_{os.getpid()}")
-CPU = ["--cpu", "true", "--use_mixed_precision", "false"]
-
-
-class Payload:
-    """Unpickling this runs code (it would create ``MARKER``): the loaders must refuse it."""
-
-    def __reduce__(self):
-        return (exec, (f"open({str(MARKER)!r}, 'w').write('ran')",))
-
-
-def payload_bytes() -> bytes:
-    return pickle.dumps({"state": Payload()})
-
-
-def torch_payload(path: Path) -> None:
-    """A torch.save zip whose pickle holds ``Payload`` (what a planted ``.bin``/``.pkl``/``.pt`` looks like)."""
-    _unlink(path)
-    torch.save({"model": Payload(), "config": {}}, path)
-
-
-def _unlink(path: Path) -> None:
-    if path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def rewrite(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a new file (the run copies share inodes with the module's run)."""
-    _unlink(path)
-    path.write_bytes(data)
-
-
-def flip(path: Path, offset_fraction: float = 0.5) -> None:
-    data = bytearray(path.read_bytes())
-    data[int(len(data) * offset_fraction)] ^= 0x7F
-    rewrite(path, bytes(data))
-
-
-def overwrite_64k(path: Path) -> None:
-    """The probe's damage: 64 KiB in the middle of the file overwritten with 0x7f bytes."""
-    data = bytearray(path.read_bytes())
-    start = max(0, len(data) // 2 - 32 * 1024)
-    data[start:start + 64 * 1024] = b"\x7f" * len(data[start:start + 64 * 1024])
-    rewrite(path, bytes(data))
-
-
-def stderr_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(code: int, err: str, expected_code: int, needle: str, command: str) -> None:
-    assert "Traceback" not in err, err
-    assert code == expected_code, err
-    lines = [line for line in stderr_lines(err) if f"modlisa {command}:" in line or "error:" in line]
-    assert len(lines) == 1, err
-    assert needle in lines[0], lines[0]
+from reliability_helpers import (
+    CPU,
+    MARKER,
+    REPO,
+    _copy_run,
+    _run_config,
+    _unlink,
+    assert_one_line,
+    flip,
+    overwrite_64k,
+    payload_bytes,
+    rewrite,
+    run_cli,
+    stderr_lines,
+    torch_payload,
+)
 
 
 # ====================================================================== 1. broken data files
-@pytest.fixture(scope="module")
-def good_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("good_data")
-    make_dataset(root, seed=0, num_train=4, num_val=1, num_test=1, image_size=64, progress=False)
-    return root
-
-
 @pytest.fixture(scope="module")
 def case_roots(tmp_path_factory, good_root) -> dict[str, Path]:
     """One data root per case: the good data plus the case in train/ (test_reliability_data.py puts all of them
@@ -161,41 +99,6 @@ def test_handled_elongated_and_long_query_items_train_and_predict(case_roots, ch
 
 
 # ====================================================================== 2. corrupt checkpoints
-def _run_config(data_root: Path, out: Path, **overrides) -> TrainingConfig:
-    cfg = TrainingConfig(data_root=str(data_root), output_dir=str(out), model="tiny", img_size=32, sam_image_size=32,
-                         batch_size=2, num_epochs=1, learning_rate=1e-3, warmup_steps=1, use_mixed_precision=False,
-                         cpu=True, log_every_steps=1, seed=5, queries_per_image=1, save_every_steps=1)
-    return replace(cfg, **overrides)
-
-
-@pytest.fixture(scope="module")
-def checkpoint_run(tmp_path_factory, good_root) -> dict[str, Path]:
-    """A finished tiny run (last = step 2, last.old = step 1, best model of epoch 1), its export and a legacy
-    ``.pt`` best model written as older modlisa versions did."""
-    from modlisa.engine.train import train
-
-    base = tmp_path_factory.mktemp("ckpt")
-    run = base / "run"
-    train(_run_config(good_root, run).validate())
-    assert main(["export", "--checkpoint", str(run), "--out", str(base / "export")]) == 0
-    best = next((run / "checkpoints").glob("best_model_epoch_*.safetensors"))
-    meta = json.loads(best.with_suffix(".json").read_text())
-    state = {k[len("model."):]: v for k, v in load_file(str(best)).items() if k.startswith("model.")}
-    legacy = base / "legacy" / "best_model_epoch_1.pt"
-    legacy.parent.mkdir()
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "best_val_giou": 0.1, "epoch": 1,
-                "metrics": {}, "config": meta["config"]}, legacy)
-    return {"run": run, "export": base / "export", "legacy": legacy, "data": good_root}
-
-
-def _copy_run(source: Path, target: Path) -> Path:
-    """Checkpoints hard-linked, outputs copied; lock files left out."""
-    target.mkdir(parents=True)
-    shutil.copytree(source / "checkpoints", target / "checkpoints", copy_function=os.link)
-    shutil.copytree(source / "outputs", target / "outputs")
-    return target
-
-
 @dataclass(frozen=True)
 class CkptCase:
     """A damage done to a copy of the run and the command that must report it."""

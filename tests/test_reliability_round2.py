@@ -20,13 +20,11 @@ import yaml
 from modlisa.cli import main
 from modlisa.engine import checkpoint as ckpt
 from modlisa.weights import find_best, write_manifest
-from test_reliability_corpus import (
+from reliability_helpers import (
     CPU,
     MARKER,
     _copy_run,
     _run_config,
-    checkpoint_run,  # noqa: F401 - a module fixture shared with the corpus
-    good_root,  # noqa: F401
     payload_bytes,
     run_cli,
     stderr_lines,
@@ -50,7 +48,7 @@ def _plant(path: Path) -> None:
         path.write_bytes(payload_bytes())
 
 
-def test_a_payload_in_any_file_a_command_reads_never_runs(checkpoint_run, tmp_path, capsys):  # noqa: F811
+def test_a_payload_in_any_file_a_command_reads_never_runs(checkpoint_run, tmp_path, capsys):
     """Every file of checkpoints/last, the best model, the export and a legacy .pt: replaced by a pickle payload
     (and the manifest recomputed, so the payload reaches the reader) -> exit 2, one line, nothing runs."""
     data = checkpoint_run["data"]
@@ -125,7 +123,7 @@ HOLDER = textwrap.dedent("""
 
 
 @pytest.fixture
-def live_run(checkpoint_run, tmp_path):  # noqa: F811
+def live_run(checkpoint_run, tmp_path):
     """A copy of the run folder whose lock a real second process holds."""
     run = _copy_run(checkpoint_run["run"], tmp_path / "run")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -136,7 +134,7 @@ def live_run(checkpoint_run, tmp_path):  # noqa: F811
     proc.wait(timeout=30)
 
 
-def test_train_resume_and_overwrite_refuse_a_live_run(live_run, checkpoint_run, tmp_path, capsys):  # noqa: F811
+def test_train_resume_and_overwrite_refuse_a_live_run(live_run, checkpoint_run, tmp_path, capsys):
     run, proc = live_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     config = tmp_path / "run.yaml"
@@ -150,7 +148,7 @@ def test_train_resume_and_overwrite_refuse_a_live_run(live_run, checkpoint_run, 
     assert {p: t for p, t in after.items() if p in before} == before  # nothing deleted or rewritten
 
 
-def test_a_stale_lock_is_taken_over(checkpoint_run, tmp_path, capsys, caplog):  # noqa: F811
+def test_a_stale_lock_is_taken_over(checkpoint_run, tmp_path, capsys, caplog):
     run = _copy_run(checkpoint_run["run"], tmp_path / "run")
     (run / ".modlisa.lock.json").write_text(json.dumps({"pid": 999_999_99, "host": os.uname().nodename,
                                                         "started": "yesterday"}))
@@ -188,7 +186,7 @@ def _failing(fn, match, after: int):
 
 
 @pytest.mark.parametrize("where", ["last", "best", "metrics", "log"])
-def test_disk_full_at_a_write_is_one_line_exit_4_and_keeps_the_last_good_checkpoint(where, good_root, tmp_path,  # noqa: F811
+def test_disk_full_at_a_write_is_one_line_exit_4_and_keeps_the_last_good_checkpoint(where, good_root, tmp_path,
                                                                                      capsys, monkeypatch):
     """ENOSPC injected into one kind of write after the first checkpoint (step 1) exists: exit 4, one line
     naming the reason and the fix, no temporary file left, the step-1 checkpoint still good, and the run
@@ -238,7 +236,7 @@ def test_a_read_only_folder_is_a_write_error_too(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------- point 10 and resume records
-def test_summary_after_resume_lists_every_epoch_and_changes_are_recorded(good_root, tmp_path, capsys):  # noqa: F811
+def test_summary_after_resume_lists_every_epoch_and_changes_are_recorded(good_root, tmp_path, capsys):
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(asdict(_run_config(good_root, run, num_epochs=2, stop_after_steps=3))))
@@ -262,7 +260,7 @@ def test_the_best_model_is_picked_by_number_not_text_order(tmp_path):
     assert find_best(tmp_path).name == "best_model_epoch_10.json"
 
 
-def test_no_val_split_ends_with_an_honest_message(good_root, tmp_path, capsys):  # noqa: F811
+def test_no_val_split_ends_with_an_honest_message(good_root, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(good_root, data, copy_function=os.link)
     shutil.rmtree(data / "val")
@@ -273,7 +271,7 @@ def test_no_val_split_ends_with_an_honest_message(good_root, tmp_path, capsys): 
     assert "no val split: no validation, no best model" in out and "-1.0000" not in out
 
 
-def test_a_bad_explanatory_file_is_reported_as_such(good_root, tmp_path, caplog):  # noqa: F811
+def test_a_bad_explanatory_file_is_reported_as_such(good_root, tmp_path, caplog):
     from modlisa.data.dataset import ReasonSegDataset
 
     data = tmp_path / "data"
