@@ -73,6 +73,23 @@ CASES: tuple[Case, ...] = (
     Case("one_pixel", "a 1x1 image", None, None),
     Case("huge", "an 8000x6000 image (a large_image warning: masks are computed at that size)", None, None,
          warning="large_image"),
+    # issue 13: user text that reaches the model, odd structure, odd geometry
+    Case("seg_in_query", "a query holding [SEG]", "special_token", "special_token"),
+    Case("image_in_query", "a query holding <image>", "special_token", "special_token"),
+    Case("seg_lowercase", "a later rephrasing holding [seg]", "special_token", "special_token"),
+    Case("im_start_in_query", "a query holding <im_start>", "special_token", "special_token"),
+    Case("deep_nesting", "JSON nested 100000 levels deep", "malformed_json", "malformed_json"),
+    Case("top_level_list", "a JSON list instead of an object", "bad_field", "bad_field"),
+    Case("text_not_strings", "text: [1, 2]", "no_text", "no_text"),
+    Case("shapes_not_list", "shapes: {}", "bad_field", "bad_field"),
+    Case("shape_without_label", "a shape without label", "bad_field", "bad_field"),
+    Case("points_not_list", "points: 'abc'", "bad_field", "bad_field"),
+    Case("null_is_sentence", "is_sentence: null", "bad_field", "bad_field"),
+    Case("thin_image", "a 1x300 image (its SAM short side keeps 1 pixel)", None, None),
+    Case("tall_image", "a 300x1 image", None, None),
+    Case("long_query", "a 3000-character query (shortened by rule; check-data: a long_query warning)", None, None),
+    Case("bool_points", "points given as booleans", "bad_points", "bad_points"),
+    Case("flag_only", "only 'flag' shapes: no target", "no_target", None),
 )
 
 
@@ -140,6 +157,8 @@ def _image_writers() -> dict[str, Callable[[Path], None]]:
         "palette": lambda p: Image.fromarray(_texture((24, 32), 4)).convert("P").save(p),
         "cmyk": lambda p: Image.fromarray(_texture((24, 32), 5)).convert("CMYK").save(p, quality=90),
         "one_pixel": lambda p: Image.fromarray(np.full((1, 1, 3), 200, dtype=np.uint8)).save(p, quality=90),
+        "thin_image": lambda p: Image.fromarray(_texture((1, 300), 6)).save(p, quality=90),
+        "tall_image": lambda p: Image.fromarray(_texture((300, 1), 7)).save(p, quality=90),
         "huge": _huge_jpeg,
     }
 
@@ -179,6 +198,23 @@ def _json_writers() -> dict[str, Callable[[Path], None]]:
         "ignore_only": lambda p: _write_json(p, _annotation(shapes=[_shape("ignore", _box(2, 2, 12, 12))])),
         "one_pixel": lambda p: _write_json(p, _annotation(shapes=[_shape("target", _box(0, 0, 1, 1))])),
         "huge": lambda p: _write_json(p, _annotation(shapes=[_shape("target", _box(2000, 1500, 6000, 4500))])),
+        "seg_in_query": lambda p: _write_json(p, _annotation(texts=["the [SEG] on the left"])),
+        "image_in_query": lambda p: _write_json(p, _annotation(texts=["<image> what is this"])),
+        "seg_lowercase": lambda p: _write_json(p, _annotation(texts=["the dog", "the [seg] dog"])),
+        "im_start_in_query": lambda p: _write_json(p, _annotation(texts=["<im_start> the dog"])),
+        "deep_nesting": lambda p: p.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8"),
+        "top_level_list": lambda p: p.write_text("[1, 2, 3]", encoding="utf-8"),
+        "text_not_strings": lambda p: _write_json(p, _annotation(texts=[1, 2])),
+        "shapes_not_list": lambda p: _write_json(p, {"text": ["a dog"], "is_sentence": False, "shapes": {}}),
+        "shape_without_label": lambda p: _write_json(p, _annotation(shapes=[{"points": _box(4, 4, 20, 16)}])),
+        "points_not_list": lambda p: _write_json(p, _annotation(shapes=[{"label": "target", "points": "abc"}])),
+        "null_is_sentence": lambda p: _write_json(p, _annotation(is_sentence=None)),
+        "thin_image": lambda p: _write_json(p, _annotation(shapes=[_shape("target", _box(10, 0, 200, 1))])),
+        "tall_image": lambda p: _write_json(p, _annotation(shapes=[_shape("target", _box(0, 10, 1, 200))])),
+        "long_query": lambda p: _write_json(p, _annotation(texts=["the thing " * 300])),
+        "bool_points": lambda p: _write_json(p, _annotation(shapes=[_shape("target", [[True, False], [True, True],
+                                                                                    [False, True]])])),
+        "flag_only": lambda p: _write_json(p, _annotation(shapes=[_shape("flag", _box(2, 2, 12, 12))])),
     }
 
 

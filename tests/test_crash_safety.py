@@ -1,15 +1,16 @@
-"""Crash safety and honest loading (issue 7.2, 7.4).
+"""Crash safety and honest loading (issue 7.2, 7.4, 13).
 
 A kill at any moment of a checkpoint write leaves a loadable checkpoint that ``latest`` finds; a training
 process killed with SIGKILL mid-save and mid-epoch, then resumed, ends with exactly the weights of an
-uninterrupted run (CPU fp32); weights that do not match the model are refused with the keys named.
+uninterrupted run (CPU fp32); weights that do not match the model are refused with the keys named. The save
+points are reached through hooks the tests inject (``checkpoint.add_save_hook``; ``tests/hooked_cli.py`` for
+a real process), never through the environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +24,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from modlisa.atomic import atomic_write_text, atomic_write_with
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
 from modlisa.data.synthetic import make_dataset
 from modlisa.engine import checkpoint as ckpt
-from modlisa.model.io import WeightsError
+from modlisa.weights import WeightsError, load_state_into, trainable_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,46 +70,56 @@ def _latest_tag(root: Path) -> tuple[str, int]:
     return folder.name, state.global_step
 
 
-def _die_at(monkeypatch, point: str) -> None:
-    def sleep(name: str, global_step: int) -> None:
-        if name == point:
-            raise Killed
+@pytest.fixture
+def die_at():
+    """``die_at(point)``: the next save raises Killed at ``point``; hooks are removed after the test."""
+    removers = []
 
-    monkeypatch.setattr(ckpt, "_test_sleep", sleep)
+    def install(point: str) -> None:
+        def hook(name: str, global_step: int) -> None:
+            if name == point:
+                raise Killed
+
+        removers.append(ckpt.add_save_hook(hook))
+
+    yield install
+    for remove in removers:
+        remove()
 
 
 @pytest.mark.parametrize(
     ("where", "expected"),
     [("save_state", ("last", 1)), ("tmp", ("last", 1)), ("swap", ("last.old", 1))],
 )
-def test_a_kill_during_a_save_leaves_the_previous_checkpoint_as_latest(tmp_path, monkeypatch, where, expected):
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_as_latest(tmp_path, die_at, where, expected):
     _save(tmp_path, 1.0)
+    hooks = list(ckpt._save_hooks)
     if where != "save_state":
-        _die_at(monkeypatch, where)
+        die_at(where)
     with pytest.raises(Killed):
         _save(tmp_path, 2.0, die_in_save_state=where == "save_state")
     assert _latest_tag(tmp_path) == expected
-    monkeypatch.setattr(ckpt, "_test_sleep", lambda name, global_step: None)
+    ckpt._save_hooks[:] = hooks
     _save(tmp_path, 3.0)  # the next save cleans up whatever the kill left
     assert _latest_tag(tmp_path) == ("last", 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "last.old"]  # the previous one is kept
+    assert ckpt.read_trainer_state(tmp_path / "last.old").global_step == 1
 
 
-def test_a_kill_before_the_old_checkpoint_is_removed_keeps_the_new_one(tmp_path, monkeypatch):
+def test_the_previous_checkpoint_is_kept_and_a_corrupt_last_falls_back_to_it(tmp_path, caplog):
     _save(tmp_path, 1.0)
-    real_rmtree, calls = shutil.rmtree, []
-
-    def rmtree(path, *args, **kwargs):
-        if Path(path).name == ckpt.LAST_OLD:
-            calls.append(path)
-            if len(calls) == 2:  # the clean-up after the swap
-                raise Killed
-        return real_rmtree(path, *args, **kwargs)
-
-    monkeypatch.setattr(shutil, "rmtree", rmtree)
-    with pytest.raises(Killed):
-        _save(tmp_path, 2.0)
-    assert (tmp_path / ckpt.LAST_OLD).is_dir() and _latest_tag(tmp_path) == ("last", 2)
+    _save(tmp_path, 2.0)
+    assert ckpt.read_trainer_state(tmp_path / "last.old").global_step == 1
+    weights = tmp_path / "last" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit inside the tensor data: safetensors still parses it
+    weights.write_bytes(bytes(data))
+    assert _latest_tag(tmp_path) == ("last.old", 1)
+    assert "checksum mismatch" in caplog.text and str(weights) in caplog.text
+    (tmp_path / "last.old" / "optimizer.bin").write_bytes(b"corrupt")
+    with pytest.raises(ckpt.CheckpointError, match="no good checkpoint to resume.*checksum mismatch.*optimizer.bin"):
+        ckpt.find_latest(tmp_path)
+    assert ckpt.last_good_checkpoint(tmp_path) is None  # never a "last good" that is not good
 
 
 def test_no_complete_checkpoint_means_a_fresh_start(tmp_path):
@@ -118,24 +130,21 @@ def test_no_complete_checkpoint_means_a_fresh_start(tmp_path):
         ckpt.resolve_resume(str(tmp_path / ckpt.LAST_TMP), tmp_path)
 
 
-def test_atomic_writes_keep_the_old_file_when_killed(tmp_path, monkeypatch):
-    target = tmp_path / "best_model_epoch_1.pt"
-    ckpt.atomic_torch_save({"v": 1}, target)
+def test_atomic_writes_keep_the_old_file_when_killed(tmp_path):
+    target = tmp_path / "best_model_epoch_1.safetensors"
+    atomic_write_with(target, lambda tmp: save_file({"v": torch.ones(1)}, str(tmp)))
 
-    def dying_save(obj, fh):
-        fh.write(b"partial")
+    def dying_save(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
         raise Killed
 
-    monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(Killed):
-        ckpt.atomic_torch_save({"v": 2}, target)
-    monkeypatch.undo()
-    assert torch.load(target, weights_only=False) == {"v": 1}
+        atomic_write_with(target, dying_save)
+    assert torch.equal(load_file(str(target))["v"], torch.ones(1))
     text = tmp_path / "metrics.json"
-    ckpt.atomic_write_text(text, '{"a": 1}')
+    atomic_write_text(text, '{"a": 1}')
     assert json.loads(text.read_text()) == {"a": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, ".best_model_epoch_1.pt.tmp",
-                                                                 text.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, text.name])  # no temp file left
 
 
 def test_corrupt_trainer_state_is_a_clear_error(tmp_path):
@@ -157,23 +166,23 @@ def _tiny_module() -> torch.nn.Module:
 
 def test_missing_and_unexpected_keys_fail_unless_allowed(caplog):
     model = _tiny_module()
-    good = {k: v.clone() + 1 for k, v in ckpt.trainable_state(model).items()}
+    good = {k: v.clone() + 1 for k, v in trainable_state(model).items()}
     state = {k: v for k, v in good.items() if k != "1.weight"} | {"2.weight": torch.zeros(1)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightsError) as info:
-        ckpt.load_trainable_into(model, state, "ckpt.safetensors")
+        load_state_into(model, state, "ckpt.safetensors")
     message = str(info.value)
     assert message.startswith("ckpt.safetensors:") and "'1.weight'" in message and "'2.weight'" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing copied
     with pytest.raises(WeightsError, match="unexpected 1"):
-        ckpt.load_trainable_into(model, state, "ckpt.safetensors", allowed_missing=["1.*"])
-    report = ckpt.load_trainable_into(model, state, "ckpt.safetensors", allowed_missing=["1.*"],
+        load_state_into(model, state, "ckpt.safetensors", allowed_missing=["1.*"])
+    report = load_state_into(model, state, "ckpt.safetensors", allowed_missing=["1.*"],
                                       allowed_unexpected=["2.weight"])
     assert report["missing"] == ["1.weight"] and report["unexpected"] == ["2.weight"]
     assert torch.equal(model[0].weight, good["0.weight"])
     assert "1 missing key(s)" in caplog.text  # reported even when allowed
     with pytest.raises(WeightsError, match="shape mismatch.*0.weight"):
-        ckpt.load_trainable_into(model, {**good, "0.weight": torch.zeros(5, 5)}, "ckpt.safetensors")
+        load_state_into(model, {**good, "0.weight": torch.zeros(5, 5)}, "ckpt.safetensors")
 
 
 def _config(data_root: Path, out: Path, **overrides) -> TrainingConfig:
@@ -194,23 +203,27 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def test_resuming_with_another_model_config_names_the_file_and_keys(data_root, tmp_path, capsys):
-    from modlisa.engine.train import train
 
     run = tmp_path / "run"
-    train(_config(data_root, run, num_epochs=1, stop_after_steps=1).validate())
-    code = main(["train", "--data_root", str(data_root), "--output_dir", str(run), "--model", "tiny",
-                 "--img_size", "64", "--sam_image_size", "64", "--cpu", "true", "--use_mixed_precision", "false",
-                 "--freeze_image_encoder", "false", "--freeze_sam", "true", "--resume_from_checkpoint", "latest"])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(asdict(_config(data_root, run, num_epochs=1, stop_after_steps=1))))
+    assert main(["train", "--config", str(config)]) == 0
+    capsys.readouterr()
+    resume = ["train", "--config", str(config), "--resume_from_checkpoint", "latest"]
+    code = main([*resume, "--freeze_sam", "true"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err and "freeze_sam: False -> True" in err  # refused: not exact
+    code = main([*resume, "--freeze_sam", "true", "--allow_config_change", "true"])
     _, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err
     assert f"{run / 'checkpoints' / 'last' / 'model.safetensors'}: checkpoint does not match" in err
     assert "unexpected" in err and "sam." in err
-    (run / "checkpoints" / "last" / "model.safetensors").write_bytes(b"garbage")
-    code = main(["train", "--data_root", str(data_root), "--output_dir", str(run), "--model", "tiny",
-                 "--img_size", "64", "--sam_image_size", "64", "--cpu", "true", "--use_mixed_precision", "false",
-                 "--freeze_image_encoder", "false", "--freeze_sam", "false", "--resume_from_checkpoint", "latest"])
+    for name in ("last", "last.old"):
+        (run / "checkpoints" / name / "model.safetensors").write_bytes(b"garbage")
+    code = main(resume)
     _, err = capsys.readouterr()
-    assert code == 2 and "not a readable safetensors file" in err
+    assert code == 2 and "no good checkpoint to resume" in err and "checksum mismatch" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_eval_of_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
@@ -221,7 +234,7 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
     (last / "model.safetensors").write_bytes(b"\x00" * 4)
     (last / ckpt.TRAINER_STATE).write_text("{}", encoding="utf-8")
     (last / "config.yaml").write_text("model: tiny\n", encoding="utf-8")
-    for target, needle in ((best, "not a readable checkpoint file"), (last, "not a readable safetensors file")):
+    for target, needle in ((best, "not a readable best-model checkpoint"), (last, "not a readable safetensors file")):
         code = main(["eval", "--checkpoint", str(target)])
         _, err = capsys.readouterr()
         assert code == 2 and "Traceback" not in err and needle in err, err
@@ -232,10 +245,8 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
 def _start(config: Path, log: Path, resume: bool, sleep_in_save: str | None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    env.pop(ckpt.TEST_SLEEP_ENV, None)
-    if sleep_in_save:
-        env[ckpt.TEST_SLEEP_ENV] = sleep_in_save
-    args = [sys.executable, "-m", "modlisa.cli", "train", "--config", str(config)]
+    hooked = Path(__file__).with_name("hooked_cli.py")  # injects the save hook, then runs modlisa.cli.main
+    args = [sys.executable, str(hooked), sleep_in_save or "-", "train", "--config", str(config)]
     if resume:
         args += ["--resume_from_checkpoint", "latest"]
     with open(log, "w") as fh:
@@ -315,7 +326,7 @@ def test_sigkill_mid_save_and_mid_epoch_then_resume_gives_the_same_weights(data_
     steps = [json.loads(line)["global_step"] for line in (killed / "outputs" / "train_log.jsonl").open()
              if "loss" in json.loads(line)]
     assert steps == list(range(1, 13))  # each step logged once despite three restarts
-    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == [ckpt.LAST]
+    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == [ckpt.LAST, ckpt.LAST_OLD]
 
 
 def _latest_tag_real(checkpoints: Path) -> tuple[str, int]:
@@ -323,5 +334,5 @@ def _latest_tag_real(checkpoints: Path) -> tuple[str, int]:
     folder = ckpt.resolve_resume("latest", checkpoints)
     assert folder is not None and ckpt.is_complete(folder)
     load_file(str(folder / "model.safetensors"))
-    torch.load(folder / "optimizer.bin", map_location="cpu", weights_only=False)
+    torch.load(folder / "optimizer.bin", map_location="cpu", weights_only=True)
     return folder.name, ckpt.read_trainer_state(folder).global_step

@@ -16,7 +16,7 @@ from modlisa.data.collate import collate_samples
 from modlisa.data.prompts import SEG_TOKEN, eval_question
 from modlisa.data.types import Batch, Sample
 from modlisa.model.factory import build_model
-from modlisa.model.io import (
+from modlisa.weights import (
     WeightsError,
     export_merged,
     load_exported,
@@ -154,7 +154,7 @@ def test_shape_mismatch_and_bad_file_are_clear_errors(trained, tmp_path):
     with pytest.raises(WeightsError, match=rf"shape\.safetensors.*shape mismatch.*{key}"):
         load_trainable(model, tmp_path / "shape.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(WeightsError, match=r"junk\.safetensors is not a readable safetensors file"):
+    with pytest.raises(WeightsError, match=r"junk\.safetensors: not a readable safetensors file"):
         load_trainable(model, tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_trainable(model, tmp_path / "nope.safetensors")

@@ -68,10 +68,14 @@ def test_run_folder_contract(data_root, tmp_path):
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in lines] == list(range(1, 9))
     assert all({"loss", "ce", "mask_bce", "mask_dice", "lr", "grad_norm"} <= set(r) for r in lines)
-    bests = sorted(ck.glob("best_model_epoch_*.pt"))
+    bests = sorted(ck.glob("best_model_epoch_*.safetensors"))
     assert len(bests) == 1 and summary["best_checkpoint"] == str(bests[0])
-    payload = torch.load(bests[0], map_location="cpu", weights_only=False)
-    assert {"model", "optimizer", "best_val_giou", "metrics", "config"} <= set(payload)
+    assert not list(ck.glob("*.pt"))  # no pickle anywhere
+    meta = json.loads(bests[0].with_suffix(".json").read_text())
+    assert {"sha256", "optimizer", "best_val_giou", "metrics", "config", "epoch"} <= set(meta)
+    tensors = load_file(str(bests[0]))
+    assert any(k.startswith("model.") for k in tensors) and any(k.startswith("optimizer.state.") for k in tensors)
+    assert (ck / "last" / "SHA256SUMS").is_file()
     assert (ck / "last" / "trainer_state.json").is_file()
     state = json.loads((ck / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 8)

@@ -74,8 +74,8 @@ def test_bad_images_raise() -> None:
         SamTransform(32)(np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match="uint8 RGB"):
         VisionTransform(32)(np.zeros((4, 4, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="elongated"):
-        SamTransform(8)(np.zeros((1, 100, 3), dtype=np.uint8))
+    thin, hw = SamTransform(8)(np.zeros((1, 100, 3), dtype=np.uint8))  # issue 13: a 1x100 image is usable
+    assert hw == (1, 8) and thin.shape == (3, 8, 8)
     with pytest.raises(ValueError, match="color_jitter"):
         Augmenter(color_jitter=1.5)
 

@@ -1,8 +1,11 @@
-"""`modlisa` command line: make-data | check-data | train | eval (more subcommands are added as they land).
+"""`modlisa` command line: make-data | check-data | train | eval | predict | export | bench | analyze.
 
-User errors (bad config, bad data, missing files, weights that do not match) print one clear message and
-exit with code 2 (1 for `check-data` when the data has errors); a training stopped by non-finite
-losses/gradients exits with code 3; `--debug` shows the traceback instead.
+Exit codes (docs/TROUBLESHOOTING.md): 0 success; 1 `check-data` found errors in the data (or an unexpected
+internal error, with its traceback: a bug to report); 2 a user error (bad config, bad data, missing file,
+corrupt or unsafe checkpoint, weights that do not match), one line; 3 training stopped by non-finite
+losses/gradients; 4 a write failed (disk full or another OS error; temporary files removed, the last good
+checkpoint intact); 5 the run folder is in use by a live run; 130 Ctrl-C; 143 SIGTERM (checkpoint saved).
+`--debug` shows the traceback instead of the one line.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def _cmd_train(argv: list[str]) -> int:
         if summary.get("stopped_early"):
             print(f"\nTraining stopped ({summary.get('stop_reason')}) at step {summary['global_step']}; "
                   "checkpoints/last saved: continue with --resume_from_checkpoint latest")
+        elif not summary.get("has_validation", True):
+            print("\nTraining finished (no val split: no validation, no best model); the final weights are in "
+                  "checkpoints/last")
         else:
             print(f"\nTraining finished: best val gIoU {summary['best_val_giou']:.4f} "
                   f"at epoch {summary['best_epoch']}")
@@ -104,13 +110,25 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ConfigError, OSError]
     try:
         from modlisa.data.reasonseg import DataError
-        from modlisa.engine.checkpoint import CheckpointError
-        from modlisa.model.io import WeightsError
+        from modlisa.model.smol import SmolUnavailableError
+        from modlisa.weights import WeightsError
 
-        types += [DataError, WeightsError, CheckpointError]
+        types += [DataError, WeightsError, SmolUnavailableError]
     except ImportError:  # the data layer is optional for `modlisa --help`
         pass
     return tuple(types)
+
+
+def _special_exit(exc: BaseException) -> int | None:
+    """The exit code of errors that have their own: a failed write (4), a locked run folder (5)."""
+    from modlisa.atomic import WRITE_ERROR_EXIT, WriteError
+    from modlisa.engine.run_folder import RUN_LOCKED_EXIT, RunFolderLocked
+
+    if isinstance(exc, WriteError):
+        return WRITE_ERROR_EXIT
+    if isinstance(exc, RunFolderLocked):
+        return RUN_LOCKED_EXIT
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -154,20 +172,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][0](rest)
-    except _user_error_types() as exc:
-        if debug:
-            raise
-        print(f"modlisa {name}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except _training_stopped_type() as exc:  # non-finite losses/gradients: exit 3, last good checkpoint kept
-        if debug:
-            raise
-        print(f"modlisa {name}: stopped: {exc}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print(f"modlisa {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every known error becomes one line and its exit code; others re-raise
+        code = _exit_code(exc)
+        if code is None or debug:
+            raise
+        verb = "stopped" if code == 3 else "error"
+        print(f"modlisa {name}: {verb}: {_one_line(exc)}", file=sys.stderr)
+        return code
 
+
+def _exit_code(exc: BaseException) -> int | None:
+    """3 training stopped (non-finite), 4 a failed write, 5 a locked run folder, 2 a user error, else None."""
+    special = _special_exit(exc)
+    if special is not None:
+        return special
+    if isinstance(exc, _training_stopped_type()):
+        return 3
+    if isinstance(exc, _user_error_types()):
+        return 2
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -91,6 +92,7 @@ class TrainingConfig:
     save_every_steps: int = 0  # 0 = save checkpoints/last at the end of each epoch only
     resume_from_checkpoint: str | None = None  # latest | PATH
     overwrite_output_dir: bool = False  # a fresh run may replace an earlier run in output_dir
+    allow_config_change: bool = False  # resume although the config differs from the checkpoint's (recorded)
     report_to: str | None = None  # tensorboard
     max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps that stop the run
     cpu: bool = False  # force CPU even where CUDA exists
@@ -111,6 +113,43 @@ class TrainingConfig:
 
 
 # ---------------------------------------------------------------------- validation
+SEED_MAX = 2**32 - 1  # numpy / Python / torch seeds of every process must fit in 32 bits
+# (low, high) of every numeric field, inclusive; None = no bound. Checked after the finiteness check.
+NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, SEED_MAX), "num_epochs": (1, 1_000_000), "batch_size": (1, 65_536),
+    "gradient_accumulation_steps": (1, 65_536), "learning_rate": (1e-12, 10.0), "weight_decay": (0.0, 10.0),
+    "warmup_steps": (0, 10**9), "max_grad_norm": (0.0, 1e6), "steps_per_epoch": (1, 10**9),
+    "stop_after_steps": (1, 10**12), "img_size": (32, 8192), "sam_image_size": (32, 8192),
+    "queries_per_image": (1, 64), "max_length": (32, 1_048_576), "max_train_samples": (1, 10**9),
+    "max_val_samples": (1, 10**9), "num_workers": (0, 1024), "lora_r": (1, 65_536), "lora_alpha": (1, 10**6),
+    "ce_loss_weight": (0.0, 1e6), "bce_loss_weight": (0.0, 1e6), "dice_loss_weight": (0.0, 1e6),
+    "focal_loss_weight": (0.0, 1e6), "focal_alpha": (0.0, 1.0), "focal_gamma": (0.0, 100.0),
+    "log_every_steps": (1, 10**9), "eval_every_steps": (0, 10**12), "save_every_steps": (0, 10**12),
+    "max_nonfinite_steps": (1, 10**9),
+}
+
+
+def _check_finite(cfg: TrainingConfig) -> None:
+    """No numeric field may be NaN or infinite; ConfigError naming the first one."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+
+
+def _check_ranges(cfg: TrainingConfig) -> None:
+    """Every numeric field inside ``NUMERIC_RANGES``; at least one mask loss on."""
+    for name, (low, high) in NUMERIC_RANGES.items():
+        value = getattr(cfg, name)
+        if value is None or isinstance(value, bool):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{name} must be in [{low}, {high}], got {value!r}")
+    if cfg.bce_loss_weight + cfg.dice_loss_weight + cfg.focal_loss_weight <= 0:
+        raise ConfigError("bce_loss_weight, dice_loss_weight and focal_loss_weight are all 0: the mask decoder "
+                          "would learn nothing; set at least one of them > 0")
+
+
 def _positive(cfg: TrainingConfig, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
@@ -219,12 +258,14 @@ def _check_devices(cfg: TrainingConfig, cuda_available: bool) -> None:
 
 def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_available: bool | None = None) -> None:
     """Check every field; raise ConfigError with one clear line naming the field."""
+    _check_finite(cfg)
     _positive(cfg, "num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "img_size",
               "sam_image_size", "queries_per_image", "max_length", "log_every_steps", "max_nonfinite_steps",
               "steps_per_epoch", "stop_after_steps", "max_train_samples", "max_val_samples")
     _non_negative(cfg, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every_steps", "save_every_steps",
                   "num_workers", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight", "focal_loss_weight",
                   "lora_dropout")
+    _check_ranges(cfg)
     _check_lora(cfg)
     if not 0.0 <= cfg.explanatory_prob <= 1.0:
         raise ConfigError(f"explanatory_prob must be in [0, 1], got {cfg.explanatory_prob!r}")
@@ -282,7 +323,7 @@ def coerce_value(name: str, value: Any, tp: Any) -> Any:
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
+            return int(value) if not isinstance(value, str) else int(value.strip())
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -297,7 +338,7 @@ def coerce_value(name: str, value: Any, tp: Any) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [str(v) for v in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         type_name = getattr(base, "__name__", str(base))
         raise ConfigError(f"{name} must be of type {type_name}, got {value!r}") from None
     return value
@@ -319,8 +360,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping of field: value")
     return data
@@ -348,6 +394,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def save_config(cfg: TrainingConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML (atomically; WriteError naming the file when it fails)."""
+    from modlisa.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,6 +1,6 @@
 """`modlisa export`: a checkpoint -> a self-contained Hugging Face-style folder with LoRA merged.
 
-The folder (layout in ``modlisa.model.io``) reloads offline through ``load_checkpoint`` and therefore
+The folder (layout in ``modlisa.weights.export``) reloads offline through ``load_checkpoint`` and therefore
 works with ``modlisa predict --checkpoint DIR`` and ``modlisa eval --checkpoint DIR``.
 """
 
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa export",
                                      description="Export a checkpoint as a merged Hugging Face-style folder.")
     parser.add_argument("--checkpoint", required=True,
-                        help="best_model_epoch_N.pt, checkpoints/last, a run folder or an exported folder")
+                        help="a run folder, best_model_epoch_N.json (or a legacy .pt), checkpoints/last or an "
+                             "exported folder")
     parser.add_argument("--out", required=True, help="the folder to write (must be absent or empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     return parser
@@ -28,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Load ``checkpoint`` and write its merged export to ``out``; returns ``out``."""
-    from modlisa.engine.run_eval import load_checkpoint
-    from modlisa.model.io import export_merged
+    from modlisa.weights import export_merged, load_checkpoint
 
     source, target = Path(checkpoint), Path(out)
     if target.exists() and source.exists() and target.resolve() == source.resolve():

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modlisa.atomic import WriteError, atomic_write_text, write_error
 from modlisa.config import ConfigError
 from modlisa.data import prompts
-from modlisa.data.reasonseg import DataError, load_image_rgb
+from modlisa.data.reasonseg import DataError, load_image_rgb, reserved_token_reason
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,13 @@ def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not query.strip():
         raise ConfigError(f"{image_path}: the query is empty")
+    reason = reserved_token_reason("the query", query)
+    if reason is not None:
+        raise ConfigError(f"{image_path}: {reason}")
+    if mode == "generate":  # teacher mode: the collate's rule shortens a query that does not fit
+        from modlisa.data.collate import minimum_max_length, shorten_query
+
+        query = shorten_query(query, tokenizer, max_length - minimum_max_length(tokenizer))
     if image is None:
         image = load_image_rgb(image_path)
     question = question_for(query, is_sentence)
@@ -194,8 +202,17 @@ def mask_file_names(stem: str, count: int) -> list[str]:
 def save_prediction(result: PredictionResult, out_dir: str | Path, stem: str) -> dict[str, Any]:
     """Write the mask PNG(s), the overlay (when there is a mask) and ``<stem>.json``; return the record.
 
-    File names in the record are relative to ``out_dir``.
+    File names in the record are relative to ``out_dir``. A failed write raises WriteError naming the folder.
     """
+    try:
+        return _save_prediction(result, Path(out_dir), stem)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(out_dir, err, "write the prediction into") from err
+
+
+def _save_prediction(result: PredictionResult, out_dir: Path, stem: str) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     masks = result.masks
@@ -216,7 +233,7 @@ def save_prediction(result: PredictionResult, out_dir: str | Path, stem: str) ->
         "masks": [{"file": name, "area": int(m.sum())} for m, name in zip(masks, names)],
         "overlay": overlay, "json": f"{stem}.json",
     }
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2))
     return record
 
 
@@ -266,6 +283,9 @@ def _request_from_line(line: str, path: Path, lineno: int) -> PredictRequest:
     for key in ("image", "query"):
         if not isinstance(item.get(key), str) or not item[key].strip():
             raise DataError(where, f"'{key}' must be a non-empty string")
+    reason = reserved_token_reason("'query'", item["query"])
+    if reason is not None:
+        raise DataError(where, reason)
     is_sentence = item.get("is_sentence")
     if is_sentence is not None and not isinstance(is_sentence, bool):
         raise DataError(where, f"'is_sentence' must be true, false or absent, got {is_sentence!r}")
@@ -297,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa predict",
                                      description="Segment what a query asks for in an image (or a JSONL batch).")
     parser.add_argument("--checkpoint", required=True,
-                        help="best_model_epoch_N.pt, checkpoints/last, a run folder or an exported folder")
+                        help="a run folder (its best model), best_model_epoch_N.json (or a legacy .pt), "
+                             "checkpoints/last or an exported folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="image file (with --query)")
     source.add_argument("--jsonl", help='batch file: one {"image", "query"[, "is_sentence"]} object per line')
@@ -327,6 +348,9 @@ def _requests_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         return requests
     if not args.query or not args.query.strip():
         parser.error("--image needs a non-empty --query")
+    reason = reserved_token_reason("--query", args.query)
+    if reason is not None:
+        raise ConfigError(reason)
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise DataError(image, "image file not found")
@@ -353,8 +377,7 @@ def _summary_line(record: dict[str, Any], out_dir: Path) -> str:
 
 def main_predict(argv: Sequence[str] | None = None) -> int:
     """`modlisa predict`; returns the exit code (user errors raise ConfigError / DataError)."""
-    from modlisa.engine.checkpoint import atomic_write_text
-    from modlisa.engine.run_eval import load_checkpoint
+    from modlisa.weights import load_checkpoint
 
     parser = build_parser()
     args = parser.parse_args(argv)

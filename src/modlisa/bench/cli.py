@@ -60,7 +60,7 @@ def _workers(text: str | None) -> tuple[int, ...]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    from modlisa.engine.checkpoint import atomic_write_text
+    from modlisa.atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2, default=str))

@@ -33,6 +33,7 @@ from modlisa.data.types import Annotation
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train", "val", "test")
+DEFAULT_MAX_LENGTH = 512  # TrainingConfig.max_length's default
 MAX_LISTED_WARNINGS = 50  # errors are always listed in full; warnings beyond this are counted (--json: all)
 
 
@@ -59,13 +60,29 @@ def _split_stats(annotations: list[Annotation], masks: list[np.ndarray]) -> dict
     }
 
 
-def check_split(root: str | Path, split: str, *, progress: bool = True) -> dict[str, Any]:
+def _long_queries(annotations: list[Annotation], max_length: int) -> list[Problem]:
+    """Warnings for queries longer than ``max_length`` bytes (an upper bound of their tokens): such a query
+    may not fit and is then shortened at its end by the collate's rule."""
+    problems = []
+    for ann in annotations:
+        for i, text in enumerate(ann.texts):
+            size = len(text.encode("utf-8"))
+            if size > max_length:
+                problems.append(Problem(ann.json_path, "long_query", f"text[{i}] is {size} bytes, more than "
+                                        f"max_length={max_length}: if its conversation does not fit, the query is "
+                                        "shortened at its end (see docs/DATA.md)", "warning"))
+    return problems
+
+
+def check_split(root: str | Path, split: str, *, progress: bool = True,
+                max_length: int = DEFAULT_MAX_LENGTH) -> dict[str, Any]:
     """Scan one split, decode every image, rasterise every mask; counts and problems as a dict."""
     split_dir = resolve_split_dir(root, split)
     annotations, problems = scan_split(root, split)
     problems = [p for p in problems if p.kind != "bad_explanatory"]  # reported once, at the top level
     usable: list[Annotation] = []
     masks: list[np.ndarray] = []
+    problems += _long_queries(annotations, max_length)
     for ann in tqdm(annotations, desc=f"check {split}", unit="img", file=sys.stderr, disable=not progress):
         mask, problem = _decode_and_rasterise(ann)
         if problem is not None:
@@ -107,7 +124,8 @@ def check_explanatory(root: str | Path) -> dict[str, Any]:
     return {"file": str(path), "entries": len(entries), "problems": [asdict(p) for p in problems]}
 
 
-def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, progress: bool = True) -> dict[str, Any]:
+def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, progress: bool = True,
+                  max_length: int = DEFAULT_MAX_LENGTH) -> dict[str, Any]:
     """Full report of a ReasonSeg folder: per split counts and problems, the explanatory file, ``ok``.
 
     Missing splits are listed in ``missing_splits`` (an error only when none of the splits exists).
@@ -121,7 +139,7 @@ def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, prog
         return report
     for split in splits or DEFAULT_SPLITS:
         try:
-            report["splits"][split] = check_split(root, split, progress=progress)
+            report["splits"][split] = check_split(root, split, progress=progress, max_length=max_length)
         except DataError as err:
             report["missing_splits"].append(split)
             report["splits"][split] = {"path": None, "missing": True, "reason": err.reason}
@@ -182,12 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to check")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help="the run's max_length: longer queries are reported (long_query warnings)")
     return parser
+
+
+def _print(text: str) -> None:
+    """Print even where stdout cannot encode a file name (non-UTF-8 bytes are shown as escapes)."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        print(text.encode(encoding, errors="backslashreplace").decode(encoding, errors="replace"))
 
 
 def main_check_data(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``modlisa check-data``: 0 when the data is usable, 1 when any error was found."""
-    args = build_parser().parse_args(argv)
-    report = check_dataset(args.root, args.splits, progress=not args.no_progress)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_length < 1:
+        parser.error("--max_length must be >= 1")
+    report = check_dataset(args.root, args.splits, progress=not args.no_progress, max_length=args.max_length)
+    _print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["ok"] else 1

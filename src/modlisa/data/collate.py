@@ -7,6 +7,7 @@ labels are -100 on the prompt and on padding, so only the assistant answer is le
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,10 +16,16 @@ import torch
 from modlisa.data import prompts
 from modlisa.data.types import Batch, Sample
 
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
 
 
-def _encode(text: str, tokenizer: Any) -> list[int]:
+class TooLongError(ValueError):
+    """A conversation does not fit ``max_length`` without cutting its prompt, answer or [SEG]."""
+
+
+def _encode_ids(text: str, tokenizer: Any) -> list[int]:
     """Token ids of ``text`` with the tokenizer's usual special tokens (its BOS), unless the text
     already starts with the BOS string (chat templates often write it), which would double it."""
     bos = getattr(tokenizer, "bos_token", None)
@@ -29,14 +36,80 @@ def _encode(text: str, tokenizer: Any) -> list[int]:
 def encode_query(
     question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
 ) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation, truncated from the right to ``max_length``.
+    """(input_ids, labels) of one conversation that fits ``max_length`` tokens.
 
-    Raises ValueError naming the query when the prompt is not a token prefix of the full text,
-    when the row does not hold exactly one image token, or when truncation would cut the image
-    token, every answer token or any [SEG] token.
+    The truncation rule: text after the answer's [SEG] is cut at ``max_length`` (a long explanation); a
+    conversation that still does not fit gets its QUERY shortened at the end, token by token, until it does
+    (logged as a warning). Raises ValueError naming the query when the prompt is not a token prefix of the full
+    text, when the row does not hold exactly one image token, when the prompt holds a [SEG], or (TooLongError)
+    when even an empty query does not fit (``max_length`` too small for the templates).
     """
+    try:
+        return _encode(question, answer, tokenizer, max_length, query)
+    except TooLongError:
+        if not query.strip() or query.strip() not in question:
+            raise
+    return _encode_shortened(question, answer, tokenizer, max_length, query.strip())
+
+
+def _encode_shortened(question: str, answer: str, tokenizer: Any, max_length: int,
+                      query: str) -> tuple[list[int], list[int]]:
+    """``encode_query`` with the longest prefix (in tokens) of ``query`` that fits (binary search)."""
+    tokens = tokenizer(query, add_special_tokens=False)["input_ids"]
+    low, high, best = 0, len(tokens) - 1, None
+    while low <= high:
+        keep = (low + high) // 2
+        short = tokenizer.decode(tokens[:keep]).strip()
+        try:
+            best = _encode(question.replace(query, short, 1), answer, tokenizer, max_length, short)
+            low = keep + 1
+        except TooLongError:
+            high = keep - 1
+    if best is None:
+        raise TooLongError(f"query {query[:60]!r}: does not fit max_length={max_length} even when emptied; raise "
+                           "max_length")
+    logger.warning("query %r: shortened to %d of its %d tokens to fit max_length=%d", query[:60], high + 1,
+                   len(tokens), max_length)
+    return best
+
+
+def minimum_max_length(tokenizer: Any) -> int:
+    """The smallest ``max_length`` that holds every template with an empty query and a one-[SEG] answer."""
+    questions = [*prompts.SHORT_QUESTIONS, *prompts.LONG_QUESTIONS, *prompts.EXPLANATORY_QUESTIONS]
+    longest = 0
+    for question in questions:
+        for answer in prompts.ANSWERS:
+            prompt, full = prompts.format_conversation(question.format(x="").strip(), answer, tokenizer)
+            ids, seg_id = _encode_ids(full, tokenizer), tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
+            longest = max(longest, ids.index(seg_id) + 1 if seg_id in ids else len(ids))
+    return longest + 1
+
+
+def check_max_length(tokenizer: Any, max_length: int) -> None:
+    """ConfigError when ``max_length`` cannot hold the prompt templates and a one-[SEG] answer."""
+    from modlisa.config import ConfigError
+
+    need = minimum_max_length(tokenizer)
+    if max_length < need:
+        raise ConfigError(f"max_length={max_length} is below the {need} tokens that the prompt templates and an "
+                          f"answer need with this tokenizer (empty query); set max_length >= {need} (LISA: 512)")
+
+
+def shorten_query(query: str, tokenizer: Any, max_tokens: int) -> str:
+    """``query`` cut at the end to at most ``max_tokens`` tokens (whole tokens; logged when cut)."""
+    tokens = tokenizer(query, add_special_tokens=False)["input_ids"]
+    if len(tokens) <= max_tokens:
+        return query
+    logger.warning("query %r: shortened to %d of its %d tokens (max_length)", query[:60], max_tokens, len(tokens))
+    return tokenizer.decode(tokens[:max(0, max_tokens)]).strip()
+
+
+def _encode(
+    question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) truncated from the right; TooLongError when the cut would hit the prompt or [SEG]."""
     prompt, full = prompts.format_conversation(question, answer, tokenizer)
-    ids, prompt_ids = _encode(full, tokenizer), _encode(prompt, tokenizer)
+    ids, prompt_ids = _encode_ids(full, tokenizer), _encode_ids(prompt, tokenizer)
     name = f"query {query or question!r}"
     if ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError(f"{name}: the tokenised prompt is not a prefix of the tokenised conversation; "
@@ -45,14 +118,27 @@ def encode_query(
     seg_id = tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
     if ids.count(image_id) != 1:
         raise ValueError(f"{name}: expected exactly one {prompts.IMAGE_TOKEN} token, found {ids.count(image_id)}")
+    if seg_id in prompt_ids:
+        raise ValueError(f"{name}: the question holds the special token {prompts.SEG_TOKEN}; remove it")
     if len(ids) > max_length:
         if len(prompt_ids) >= max_length or ids[max_length:].count(seg_id) > 0:
-            raise ValueError(f"{name}: {len(ids)} tokens (prompt {len(prompt_ids)}) do not fit max_length="
+            raise TooLongError(f"{name}: {len(ids)} tokens (prompt {len(prompt_ids)}) do not fit max_length="
                              f"{max_length} without cutting the answer or its {prompts.SEG_TOKEN}; "
                              "raise max_length or shorten the query")
         ids = ids[:max_length]
     labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
     return ids, labels
+
+
+def _encode_for(sample: Sample, question: str, answer: str, tokenizer: Any, max_length: int,
+                query: str) -> tuple[list[int], list[int]]:
+    """``encode_query`` whose errors name the sample's annotation file (DataError, one line, exit 2)."""
+    from modlisa.data.reasonseg import DataError
+
+    try:
+        return encode_query(question, answer, tokenizer, max_length, query)
+    except ValueError as err:
+        raise DataError(sample.json_path or sample.image_path or "query", str(err)) from err
 
 
 def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
@@ -86,7 +172,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
         if not len(sample.questions) == len(sample.answers) == len(sample.queries) == sample.masks.shape[0]:
             raise ValueError(f"{sample.json_path}: questions, answers, queries and masks differ in number")
         for question, answer, query in zip(sample.questions, sample.answers, sample.queries):
-            ids, labels = encode_query(question, answer, tokenizer, max_length, query)
+            ids, labels = _encode_for(sample, question, answer, tokenizer, max_length, query)
             ids_rows.append(ids)
             label_rows.append(labels)
             queries.append(query)

@@ -41,7 +41,11 @@ def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
 
 
 def problems_error(split_dir: Path, errors: list[Problem]) -> DataError:
-    """One DataError listing every error-level problem (file + reason), all of them."""
+    """One DataError listing every error-level problem (file + reason), all of them (one line for one)."""
+    if len(errors) == 1:
+        p = errors[0]
+        return DataError(split_dir, f"1 data error: {p.file}: {p.kind}: {p.message}. Fix or remove this file, or "
+                                    "let training skip it (data_strict: false, `--data_strict false`)")
     lines = [f"  {p.file}: {p.kind}: {p.message}" for p in errors]
     reason = (f"{len(errors)} data error(s):\n" + "\n".join(lines) +
               "\nFix or remove these files, or let training skip them (data_strict: false, "
@@ -109,8 +113,7 @@ class ReasonSegDataset(torch.utils.data.Dataset):
             raise problems_error(resolve_split_dir(root, split), errors)
         self.num_skipped = count_annotation_files(root, split) - len(annotations)
         if errors:
-            logger.warning("%s/%s: skipped %d annotation file(s) with errors (%d problems); run "
-                           "`modlisa check-data %s` for the list", root, split, self.num_skipped, len(errors), root)
+            _log_skipped(root, split, self.num_skipped, errors)
         if not annotations:
             raise DataError(resolve_split_dir(root, split), "no usable annotation in this split")
         self.annotations: list[Annotation] = annotations[:max_samples] if max_samples else annotations
@@ -204,6 +207,17 @@ class ReasonSegDataset(torch.utils.data.Dataset):
             is_sentence=ann.is_sentence,
             index=index,
         )
+
+
+def _log_skipped(root: str | Path, split: str, num_skipped: int, errors: list[Problem]) -> None:
+    """One warning: annotation files skipped, and other problems (the explanatory file) by kind."""
+    others = [p for p in errors if p.kind == "bad_explanatory"]
+    if num_skipped:
+        logger.warning("%s/%s: skipped %d annotation file(s) with errors; run `modlisa check-data %s` for the "
+                       "list", root, split, num_skipped, root)
+    for problem in others:
+        logger.warning("%s: %s: explanations not used (training goes on without them): %s", problem.file,
+                       problem.kind, problem.message)
 
 
 def _check_arguments(seed: int, queries_per_image: int, explanatory_prob: float, max_samples: int | None) -> None:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from modlisa.data.prompts import IMAGE_TOKEN, SEG_TOKEN
 from modlisa.data.types import Annotation, Shape
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,24 @@ OUT_OF_BOUNDS_FRACTION = 0.1  # points further than 10% of the image size outsid
 LARGE_IMAGE_PIXELS = 40_000_000  # above: a "large_image" warning (masks and losses run at the original size)
 EXIF_ORIENTATION_TAG = 0x0112
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# Tokens the model reserves: in a query or an explanation they would add a mask ([SEG]) or an image slot
+# (<image>) the data does not have. User text holding one is REJECTED (never escaped): see docs/DATA.md.
+RESERVED_TOKENS = (SEG_TOKEN, IMAGE_TOKEN, "<im_start>", "<im_end>")
+
+
+def reserved_token_in(text: str) -> str | None:
+    """The first reserved token (``[SEG]``, ``<image>``, ...) that ``text`` contains, case-insensitively."""
+    lowered = text.lower()
+    return next((token for token in RESERVED_TOKENS if token.lower() in lowered), None)
+
+
+def reserved_token_reason(field: str, text: str) -> str | None:
+    """The rejection message of a user text holding a reserved token, or None."""
+    token = reserved_token_in(text)
+    if token is None:
+        return None
+    return (f"{field} contains the special token {token}, which the model reserves (it would add a mask or an "
+            f"image slot); remove or reword it: {text[:80]!r}")
 
 
 class DataError(Exception):
@@ -108,6 +127,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(path, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
+    except RecursionError:
+        raise DataError(path, "malformed JSON: nested too deeply (thousands of levels); an annotation is a flat "
+                              "object of text, is_sentence and shapes") from None
 
 
 def find_image(json_path: str | Path) -> Path | None:
@@ -134,6 +156,10 @@ def _parse_texts(data: dict, path: Path) -> list[str]:
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError(path, "field 'text' is missing or empty: no query")
+    for i, text in enumerate(texts):
+        reason = reserved_token_reason(f"text[{i}]", text)
+        if reason is not None:
+            raise DataError(path, reason)
     return texts
 
 
@@ -398,6 +424,10 @@ def read_explanatory_entries(path: str | Path) -> list[dict[str, str]]:
         for key in ("image", "outputs"):
             if not isinstance(entry.get(key), str):
                 raise DataError(path, f"entry {i} has no string '{key}'")
+        for key in ("outputs", "query"):
+            reason = reserved_token_reason(f"entry {i} '{key}'", entry[key]) if isinstance(entry.get(key), str) else None
+            if reason is not None:
+                raise DataError(path, reason)
     return entries
 
 
@@ -490,7 +520,8 @@ def scan_annotation(
     try:
         ann = annotation_from_dict(data, json_path, image_path)
     except DataError as err:
-        kind = "no_text" if "'text'" in err.reason else "bad_field"
+        kind = ("special_token" if "special token" in err.reason else "no_text" if "'text'" in err.reason
+                else "bad_field")
         return None, [Problem(str(json_path), kind, err.reason)]
     try:
         hw = read_image_size(image_path)

@@ -65,7 +65,8 @@ class SamTransform:
         self.image_size = image_size
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Resize longest side to S (PIL bilinear), normalise, zero-pad bottom/right.
+        """Resize longest side to S (PIL bilinear; the short side keeps at least 1 pixel), normalise, zero-pad
+        bottom/right.
 
         Returns (sam_image (3, S, S) float32, resize_hw (h', w')); pixels outside the resized
         region are exactly 0.
@@ -73,11 +74,9 @@ class SamTransform:
         _check_rgb_uint8(image, "SamTransform")
         h, w = image.shape[:2]
         new_h, new_w = resize_longest_side_shape(h, w, self.image_size)
-        if new_h == 0 or new_w == 0:
-            raise ValueError(
-                f"SamTransform: image of {h}x{w} is too elongated for SAM size {self.image_size} "
-                f"(its short side would become 0 pixels)"
-            )
+        # A very elongated image (1x300 at S=32) would get a 0-pixel short side, where SAM's own code fails;
+        # it keeps 1 pixel instead (the mask is still computed at the original size).
+        new_h, new_w = max(1, new_h), max(1, new_w)
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
         out = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float32)
         out[:, :new_h, :new_w] = _normalise(resized, SAM_MEAN, SAM_STD)

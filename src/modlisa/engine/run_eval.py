@@ -14,71 +14,21 @@ import argparse
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from modlisa.config import ConfigError, TrainingConfig, config_from_dict
-from modlisa.engine import checkpoint as ckpt
+from modlisa.atomic import atomic_write_text
+from modlisa.config import ConfigError, TrainingConfig
 from modlisa.engine.evaluate import EvalResult, evaluate, subset_of
 from modlisa.engine.grounding import query_blind_warning
 from modlisa.metrics import IoUAccumulator, intersection_union
+from modlisa.weights import load_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-def _config_near(folder: Path) -> dict[str, Any] | None:
-    for candidate in (folder / "config.yaml", folder.parent / "outputs" / "config.yaml",
-                      folder.parent.parent / "outputs" / "config.yaml"):
-        if candidate.is_file():
-            return yaml.safe_load(candidate.read_text(encoding="utf-8"))
-    return None
-
-
-def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, TrainingConfig]:
-    """Build the model of a checkpoint and load its weights.
-
-    ``path``: a ``best_model_epoch_N.pt`` file, a ``checkpoints/last`` folder, a run folder (its best
-    checkpoint), or an exported folder (``modlisa_config.yaml`` inside). Returns (model, tokenizer,
-    processors, cfg).
-    """
-    from modlisa.model.factory import build_model
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_dir() and (path / "modlisa_config.yaml").is_file():
-        from modlisa.model.io import load_exported
-
-        return load_exported(path)
-    if path.is_dir() and (path / "checkpoints").is_dir():  # a run folder: its best model
-        bests = sorted((path / "checkpoints").glob("best_model_epoch_*.pt"))
-        if not bests:
-            raise FileNotFoundError(f"run folder {path} has no checkpoints/best_model_epoch_*.pt")
-        path = bests[-1]
-    if path.is_file():
-        payload = ckpt.read_torch_file(path)
-        if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-            raise ConfigError(f"{path} is not a modlisa best-model checkpoint (keys model, config expected)")
-        cfg_dict, state = payload["config"], payload["model"]
-    else:
-        if not ckpt.is_complete(path):
-            raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
-        cfg_dict = _config_near(path)
-        if cfg_dict is None:
-            raise FileNotFoundError(f"no config.yaml found next to checkpoint folder {path}")
-        state = ckpt.read_weights(path / "model.safetensors")
-    cfg = config_from_dict({**cfg_dict, **(overrides or {})}, source=str(path))
-    cfg = replace(cfg, resume_from_checkpoint=None)
-    model, tokenizer, processors = build_model(cfg)
-    ckpt.load_trainable_into(model, state, str(path))
-    model.eval()
-    return model, tokenizer, processors, cfg
 
 
 MODES = ("teacher", "generate")
@@ -97,8 +47,8 @@ def write_eval_outputs(out_dir: Path, split: str, metrics: dict[str, Any], recor
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path, pred_path = out_dir / f"eval_{name}.json", out_dir / f"predictions_{name}.jsonl"
     payload = {"split": split, **extra, **metrics}
-    ckpt.atomic_write_text(eval_path, json.dumps(payload, indent=2, default=str))
-    ckpt.atomic_write_text(pred_path, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(eval_path, json.dumps(payload, indent=2, default=str))
+    atomic_write_text(pred_path, "".join(json.dumps(r) + "\n" for r in records))
     return eval_path, pred_path
 
 
@@ -213,7 +163,7 @@ def save_mask_pictures(folder: Path, picks: list[tuple[str, int, dict[str, Any]]
         entries.append({"tag": tag, "rank": rank, "file": record["file"], "query": record["query"],
                         "is_sentence": record["is_sentence"], "IoU": record["IoU"], "I": record["I"],
                         "U": record["U"], "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"})
-    ckpt.atomic_write_text(folder / "index.json", json.dumps(entries, indent=2))
+    atomic_write_text(folder / "index.json", json.dumps(entries, indent=2))
     return entries
 
 
@@ -347,8 +297,8 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `modlisa eval`."""
-    parser.add_argument("--checkpoint", required=True, help="best_model_epoch_N.pt, checkpoints/last, a run folder "
-                                                              "or an exported folder")
+    parser.add_argument("--checkpoint", required=True, help="a run folder (its best model), best_model_epoch_N.json "
+                        "(or .safetensors, or a legacy .pt), checkpoints/last or an exported folder")
     parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
     parser.add_argument("--mode", default="teacher", choices=list(MODES),

@@ -21,18 +21,20 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modlisa.config import TrainingConfig, save_config
-from modlisa.data.collate import make_collate_fn
+from modlisa.atomic import append_line, atomic_write_text
+from modlisa.config import ConfigError, TrainingConfig, load_yaml, save_config
+from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.evaluate import evaluate, subset_of
 from modlisa.engine.meters import ThroughputMeter, peak_memory
-from modlisa.engine.run_folder import prepare_run_folder
+from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
 from modlisa.engine.schedule import lr_lambda
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
+from modlisa.weights import save_best
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class Components:
     loss_weights: LossWeights
     data_report: dict[str, Any] = field(default_factory=dict)
     sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
+    config: dict[str, Any] = field(default_factory=dict)  # cfg.to_dict(), stored in checkpoints/last
 
 
 @dataclass
@@ -160,10 +163,10 @@ def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDatas
     return train_set, val_set
 
 
-def _setup(cfg: TrainingConfig) -> Components:
+def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Components:
     from modlisa.model.factory import build_model
 
-    accelerator = make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
     paths = RunPaths(Path(cfg.output_dir))
     prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
@@ -172,6 +175,7 @@ def _setup(cfg: TrainingConfig) -> Components:
         save_config(cfg, paths.outputs / "config.yaml")
     accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
+    check_max_length(tokenizer, cfg.max_length)
     sam_cache = build_sam_cache(cfg, model, processors)
     train_set, val_set = build_datasets(cfg, processors)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -192,7 +196,7 @@ def _setup(cfg: TrainingConfig) -> Components:
     # The scheduler is NOT prepared: Accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.lr_schedule))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler's state goes into trainer_state.json (JSON), not a pickle: see checkpoint.save_last.
     ckpt.register_trainable_only_hooks(accelerator, model)
     data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
                            "problems": [asdict(p) if hasattr(p, "__dataclass_fields__") else str(p)
@@ -202,7 +206,7 @@ def _setup(cfg: TrainingConfig) -> Components:
                           focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
     return Components(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
-                      data_report, sam_cache=sam_cache)
+                      data_report, sam_cache=sam_cache, config=cfg.to_dict())
 
 
 # ---------------------------------------------------------------------- one optimizer step
@@ -329,8 +333,7 @@ def _live_line(step: int, total: int, stats: EpochStats, acc: IoUAccumulator, me
 
 
 def _log_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
 
 
 def _restore_stats(state: ckpt.TrainerState, partial: dict | None, acc: IoUAccumulator) -> EpochStats:
@@ -427,8 +430,18 @@ def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, st
 def _save_last(c: Components, state: ckpt.TrainerState, stats: EpochStats, acc: IoUAccumulator) -> None:
     state.partial = {"loss_sum": stats.loss_sum, "terms": stats.terms, "micro_batches": stats.micro_batches,
                      "acc_state": acc.state_tensor().tolist()}
-    ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
+    _write_last(c, state)
     state.partial = None
+
+
+def _write_last(c: Components, state: ckpt.TrainerState) -> None:
+    """``checkpoints/last`` with the scheduler state and the run's config in its trainer state (JSON)."""
+    state.scheduler, state.num_processes = c.scheduler.state_dict(), c.accelerator.num_processes
+    state.config = c.config
+    try:
+        ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
+    finally:
+        state.scheduler = None
 
 
 def _reduce_stats(c: Components, stats: EpochStats, acc: IoUAccumulator) -> EpochStats:
@@ -481,13 +494,13 @@ def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, tra
               "data": {k: {"usable": v["usable"], "skipped": v["skipped"]} for k, v in c.data_report.items()}}
     state.epoch, state.step_in_epoch = epoch, 0
     if val is not None and val["giou"] > state.best_giou and c.accelerator.is_main_process:
-        state.best_path = ckpt.save_best(c.paths.checkpoints, epoch, c.unwrapped, c.optimizer, val["giou"], record,
-                                         cfg.to_dict(), state.best_path)
+        state.best_path = save_best(c.paths.checkpoints, epoch, c.unwrapped, c.optimizer, val["giou"], record,
+                                    cfg.to_dict(), state.best_path)
         state.best_giou, state.best_epoch = val["giou"], epoch
     state_list = [state.best_giou, state.best_epoch]
     state.best_giou, state.best_epoch = _broadcast(c, state_list)
     if c.accelerator.is_main_process:
-        ckpt.atomic_write_text(c.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
+        atomic_write_text(c.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
         print(f"\nEpoch {epoch}/{cfg.num_epochs}")
         _print_block("Training Metrics", train_metrics)
         if val is not None:
@@ -495,7 +508,7 @@ def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, tra
         if c.accelerator.trackers:
             c.accelerator.log({"train/loss": train_metrics["loss"], "train/giou": train_metrics["giou"],
                                **({"val/giou": val["giou"], "val/ciou": val["ciou"]} if val else {})}, step=epoch)
-    ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
+    _write_last(c, state)
     return record
 
 
@@ -522,26 +535,98 @@ def _trim_train_log(path: Path, global_step: int) -> None:
             continue
         if isinstance(record, dict) and int(record.get("global_step", 0)) <= global_step:
             kept.append(line)
-    ckpt.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def _resume(c: Components, cfg: TrainingConfig) -> tuple[ckpt.TrainerState, dict | None]:
+@dataclass
+class ResumePlan:
+    """What ``--resume_from_checkpoint`` resolved to, checked before anything is built or written."""
+
+    folder: Path | None = None
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def _saved_config(folder: Path, state: ckpt.TrainerState, root: Path) -> dict[str, Any] | None:
+    """The config the checkpoint was trained with (its trainer state; a legacy one: outputs/config.yaml)."""
+    if state.config is not None:
+        return {**state.config, "num_processes": state.num_processes}
+    legacy = root / "outputs" / "config.yaml"
+    return load_yaml(legacy) if legacy.is_file() else None
+
+
+def _plan_resume(cfg: TrainingConfig, num_processes: int) -> ResumePlan:
+    """Resolve and verify the checkpoint to resume, and compare its config with ``cfg`` (ConfigError on a
+    change that breaks exactness, unless ``allow_config_change``). ``latest`` with no checkpoint starts fresh
+    only in a folder that holds no earlier run."""
     if not cfg.resume_from_checkpoint:
-        return ckpt.TrainerState(), None
-    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, c.paths.checkpoints)
+        return ResumePlan()
+    root = Path(cfg.output_dir)
+    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, root / "checkpoints")
     if folder is None:
-        logger.info("resume_from_checkpoint=latest: no checkpoint yet, starting fresh")
-        state, partial = ckpt.TrainerState(), None
-    else:
-        state = ckpt.read_trainer_state(folder)
-        c.accelerator.load_state(str(folder))
-        partial, state.partial = state.partial, None
+        marker = previous_run_marker(root)
+        if marker is not None:
+            raise ConfigError(f"resume_from_checkpoint latest: {root} holds a run ({marker}) but no checkpoint to "
+                              "resume (checkpoints/last is missing); start over with --overwrite_output_dir true, "
+                              "or resume from a checkpoint folder")
+        logger.info("resume_from_checkpoint=latest: no checkpoint yet in %s, starting fresh", root)
+        return ResumePlan()
+    state = ckpt.read_trainer_state(folder)
+    current = {**cfg.to_dict(), "num_processes": num_processes}
+    changes = ckpt.check_resume_config(_saved_config(folder, state, root), current, cfg.allow_config_change,
+                                       folder)
+    return ResumePlan(folder, changes)
+
+
+def _apply_optimizer_changes(c: Components, cfg: TrainingConfig, changes: dict[str, Any]) -> None:
+    """With ``allow_config_change``: a changed lr / weight decay / betas takes effect after the resume."""
+    if not {"learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps", "lr_schedule",
+            "num_epochs"} & set(changes):
+        return
+    c.scheduler.base_lrs = [cfg.learning_rate] * len(c.optimizer.param_groups)
+    for group, lmbda in zip(c.optimizer.param_groups, c.scheduler.lr_lambdas):
+        group.update(initial_lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                     betas=(cfg.adam_beta1, cfg.adam_beta2), lr=cfg.learning_rate * lmbda(c.scheduler.last_epoch))
+    c.scheduler._last_lr = [group["lr"] for group in c.optimizer.param_groups]
+
+
+def _record_changes(path: Path, state: ckpt.TrainerState, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Append the accepted config changes to ``outputs/config_changes.json``."""
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    history.append({"global_step": state.global_step, "epoch": state.epoch, "time": time.time(),
+                    "changes": {k: {"checkpoint": old, "new": new} for k, (old, new) in changes.items()}})
+    atomic_write_text(path, json.dumps(history, indent=2, default=str))
+
+
+def _resume(c: Components, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.TrainerState, dict | None]:
+    if plan.folder is None:
+        return ckpt.TrainerState(), None
+    folder = plan.folder
+    if c.accelerator.is_main_process:
+        ckpt.set_corrupt_aside(c.paths.checkpoints, folder)
+    state = ckpt.load_last(c.accelerator, folder, c.scheduler)
+    partial, state.partial = state.partial, None
+    _apply_optimizer_changes(c, cfg, plan.changes)
     if c.accelerator.is_main_process:
         _trim_train_log(c.paths.outputs / "train_log.jsonl", state.global_step)
-        if folder is not None:
-            print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
-                  f"(global step {state.global_step})")
+        if plan.changes:
+            _record_changes(c.paths.outputs / "config_changes.json", state, plan.changes)
+        print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
+              f"(global step {state.global_step})")
     return state, partial
+
+
+def _epoch_records(c: Components, state: ckpt.TrainerState, records: list[dict]) -> list[dict]:
+    """Every finished epoch's record: this process's, and those of earlier processes (a resumed run) read
+    back from ``outputs/metrics_epoch_N.json``."""
+    mine = {r["epoch"]: r for r in records}
+    for epoch in range(1, state.epoch + 1):
+        path = c.paths.outputs / f"metrics_epoch_{epoch}.json"
+        if epoch not in mine and path.is_file():
+            try:
+                mine[epoch] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                logger.warning("%s: unreadable (%s); left out of train_summary.json", path, err)
+    return [mine[e] for e in sorted(mine)]
 
 
 def _rank_checksums(c: Components) -> list[float]:
@@ -586,10 +671,11 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
     summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
                "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
                "stop_reason": stop_reason, "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
-               "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c), "epochs": records,
+               "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c),
+               "epochs": _epoch_records(c, state, records), "has_validation": c.val_loader is not None,
                "num_processes": num_processes, "rank_param_checksums": checksums}
     if c.accelerator.is_main_process:
-        ckpt.atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -597,13 +683,22 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
 
     ``data_strict``: the train and val splits are checked first (images verified) and ONE DataError lists
-    every bad file before any model is built. TrainingStopped (non-finite steps) is raised after the
-    summary, with ``stop_reason``, is written.
+    every bad file before any model is built. The run folder is locked for the whole run (``hold_run_folder``:
+    a second train, resume or overwrite of a live run is refused). A resume is verified and its config compared
+    before anything is built. TrainingStopped (non-finite steps) is raised after the summary, with
+    ``stop_reason``, is written.
     """
     if cfg.data_strict:
         check_training_data(cfg.data_root)
-    c = _setup(cfg)
-    state, partial = _resume(c, cfg)
+    accelerator = make_accelerator(cfg)
+    with hold_run_folder(Path(cfg.output_dir), accelerator):
+        plan = _plan_resume(cfg, accelerator.num_processes)
+        return _train(cfg, accelerator, plan)
+
+
+def _train(cfg: TrainingConfig, accelerator: Accelerator, plan: ResumePlan) -> dict[str, Any]:
+    c = _setup(cfg, accelerator)
+    state, partial = _resume(c, cfg, plan)
     if cfg.report_to and c.accelerator.is_main_process:
         c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
                                                        if isinstance(v, (int, float, str, bool))})

@@ -1,4 +1,4 @@
-"""Weights I/O of a ModifiedLISA model: trainable weights as safetensors, and the merged export folder.
+"""The merged export folder of a ModifiedLISA model: write it (LoRA merged) and load it back offline.
 
 Export layout (``export_merged``), loadable offline by ``load_exported`` or by hand::
 
@@ -10,30 +10,39 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
       modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
       modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats
       README.md                  how to load
+      SHA256SUMS                 the SHA-256 of every file above (``sha256sum -c SHA256SUMS``), verified on load
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import json
 import logging
 import os
 import shutil
 import types
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import modlisa
+from modlisa.atomic import WriteError, remove_quietly, write_error
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
+from modlisa.weights.files import (
+    MANIFEST,
+    CheckpointError,
+    WeightsError,
+    has_manifest,
+    read_safetensors,
+    verify_manifest,
+    write_manifest,
+    write_safetensors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,112 +51,6 @@ HEADS_FILE = "modlisa_heads.safetensors"
 CONFIG_FILE = "modlisa_config.yaml"
 EXPORT_INFO_FILE = "modlisa_export.json"
 EXPORT_PATHS = {"language_model": "language_model", "vision_model": "vision_tower", "sam_model": "sam"}
-
-
-class WeightsError(ValueError):
-    """A weights file does not match the model: the message names the file and the keys."""
-
-
-# ---------------------------------------------------------------------- safetensors helpers
-def _write_safetensors(state: dict[str, Tensor], path: Path, kind: str) -> None:
-    """Write ``state`` atomically (temp file + rename); tensors are cloned to CPU (no shared storage)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-    metadata = {"format": "pt", "modlisa_version": modlisa.__version__, "kind": kind}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """All tensors of a safetensors file (CPU); FileNotFoundError / WeightsError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    """True when ``name`` equals or fnmatch-matches one of ``patterns`` (e.g. ``"sam.*"``)."""
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _copy_into(params: dict[str, Tensor], state: dict[str, Tensor], names: Iterable[str], path: Path) -> None:
-    """Copy ``state[name]`` into ``params[name]`` (dtype/device of the parameter); shapes must agree."""
-    names = list(names)
-    bad = [f"{n}: file {tuple(state[n].shape)} vs model {tuple(params[n].shape)}"
-           for n in names if state[n].shape != params[n].shape]
-    if bad:
-        raise WeightsError(f"{path}: {len(bad)} shape mismatch(es): " + "; ".join(bad[:10]))
-    with torch.no_grad():
-        for name in names:
-            params[name].copy_(state[name])
-
-
-# ---------------------------------------------------------------------- trainable weights
-def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``{name: tensor}`` of the parameters that require grad (tied parameters once, first name).
-
-    These are the weights a run changes: LoRA A/B, [SEG]-row deltas or full embeddings, text_hidden_fcs,
-    the SAM mask decoder, plus whatever the config unfroze. Tensors are detached views, not copies.
-    """
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_trainable(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Save ``trainable_state_dict(model)`` to ``path`` (safetensors, atomic). Returns the path."""
-    path = Path(path)
-    state = trainable_state_dict(model)
-    if not state:
-        raise WeightsError(f"{path}: the model has no trainable parameters to save")
-    _write_safetensors(state, path, kind="trainable")
-    logger.info("saved %d trainable tensors (%d values) to %s", len(state),
-                sum(t.numel() for t in state.values()), path)
-    return path
-
-
-def load_trainable(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    allowed_missing: Iterable[str] = (),
-    allowed_unexpected: Iterable[str] = (),
-) -> dict[str, list[str]]:
-    """Load a ``save_trainable`` file into the trainable parameters of ``model``, in place.
-
-    Missing keys (trainable parameters absent from the file) and unexpected keys (file entries that are
-    not trainable parameters of the model) are logged; any of them not matched by ``allowed_missing`` /
-    ``allowed_unexpected`` (exact names or fnmatch patterns such as ``"sam.*"``) raises WeightsError
-    naming the file and the keys, before anything is copied. Shape mismatches always raise.
-    Returns ``{"loaded": [...], "missing": [...], "unexpected": [...]}``.
-    """
-    path = Path(path)
-    state = _read_safetensors(path)
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing = [n for n in params if n not in state]
-    unexpected = [k for k in state if k not in params]
-    if missing:
-        logger.warning("%s: %d trainable parameter(s) missing from the file: %s", path, len(missing), missing[:10])
-    if unexpected:
-        logger.warning("%s: %d unexpected key(s) (not trainable parameters of the model): %s", path,
-                       len(unexpected), unexpected[:10])
-    bad_missing = [n for n in missing if not _matches(n, allowed_missing)]
-    bad_unexpected = [n for n in unexpected if not _matches(n, allowed_unexpected)]
-    if bad_missing or bad_unexpected:
-        parts = []
-        if bad_missing:
-            parts.append(f"missing {len(bad_missing)} key(s) {bad_missing[:10]}")
-        if bad_unexpected:
-            parts.append(f"unexpected {len(bad_unexpected)} key(s) {bad_unexpected[:10]}")
-        raise WeightsError(f"{path} does not match the model's trainable parameters: {'; '.join(parts)}. "
-                           "Build the model with the config the file was saved with, or pass "
-                           "allowed_missing / allowed_unexpected")
-    loaded = [n for n in params if n in state]
-    _copy_into(params, state, loaded, path)
-    logger.info("loaded %d trainable tensors from %s", len(loaded), path)
-    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
 
 
 # ---------------------------------------------------------------------- export
@@ -248,7 +151,7 @@ A ModifiedLISA model (modlisa {version}, source preset `{preset}`) with LoRA mer
 Load (offline):
 
 ```python
-from modlisa.model.io import load_exported
+from modlisa.weights import load_exported
 model, tokenizer, processors, cfg = load_exported("{folder}")
 ```
 
@@ -266,6 +169,25 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+def _write_folder(tmp: Path, out_dir: Path, model: nn.Module, tokenizer: Any, cfg: TrainingConfig,
+                  exported_cfg: TrainingConfig, info: dict[str, Any], language_model: nn.Module,
+                  mean: list[float], std: list[float]) -> None:
+    """Write every file of the export into ``tmp``, its SHA256SUMS last, then rename ``tmp`` to ``out_dir``."""
+    language_model.save_pretrained(tmp / "language_model")
+    tokenizer.save_pretrained(tmp / "language_model")
+    _save_vision_tower(model, tmp / "vision_tower", mean, std)
+    model.sam.save_pretrained(tmp / "sam")
+    write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=cfg.model,
+                                                      folder=out_dir.name), encoding="utf-8")
+    write_manifest(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
 
 
 def export_merged(
@@ -290,28 +212,41 @@ def export_merged(
     info = _export_info(model, cfg, mean, std)
     exported_cfg = export_config(cfg, model)
     language_model = merged_language_model(model, in_place=in_place)
-    language_model.save_pretrained(tmp / "language_model")
-    tokenizer.save_pretrained(tmp / "language_model")
-    _save_vision_tower(model, tmp / "vision_tower", mean, std)
-    model.sam.save_pretrained(tmp / "sam")
-    _write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
-    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=cfg.model,
-                                                      folder=out_dir.name), encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    try:
+        _write_folder(tmp, out_dir, model, tokenizer, cfg, exported_cfg, info, language_model, mean, std)
+    except (OSError, RuntimeError) as err:
+        remove_quietly(tmp)
+        raise err if isinstance(err, WriteError) else write_error(out_dir, err, "write the export") from err
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     logger.info("exported %s (LoRA merged: %s) to %s", cfg.model, info["lora_merged"], out_dir)
     return out_dir
 
 
 # ---------------------------------------------------------------------- reload
 def _check_export_folder(folder: Path) -> None:
+    """Every part present; with SHA256SUMS (exports of this version) every file verified, none unlisted."""
     required = [CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE, *EXPORT_PATHS.values()]
     absent = [name for name in required if not (folder / name).exists()]
     if absent:
         raise FileNotFoundError(f"{folder} is not a complete modlisa export: missing {', '.join(absent)}")
+    if not has_manifest(folder):
+        logger.warning("%s has no %s (an export of an older modlisa): its files are not verified", folder, MANIFEST)
+        return
+    verify_manifest(folder, required=[CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE], strict=True)
+
+
+def _export_info_of(folder: Path) -> dict[str, Any]:
+    path = folder / EXPORT_INFO_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise WeightsError(f"{path}: unreadable export information ({' '.join(str(err).split())[:160]})") from None
+    keys = ("seg_token_id", "image_token_id", "vision_feature_layer", "drop_cls")
+    if not isinstance(info, dict) or any(k not in info for k in keys):
+        raise WeightsError(f"{path}: not a modlisa export information file (keys {', '.join(keys)} expected)")
+    return info
 
 
 def _exported_config(folder: Path) -> TrainingConfig:
@@ -343,14 +278,20 @@ def _apply_export_info(model: nn.Module, info: dict[str, Any], source: Path) -> 
 
 def _load_heads(model: nn.Module, path: Path) -> None:
     """Load ``modlisa_heads.safetensors`` strictly into the non-backbone weights of ``model``."""
-    state = _read_safetensors(path)
+    state = read_safetensors(path)
     targets = dict(heads_state_dict(model))
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     if missing or unexpected:
         raise WeightsError(f"{path} does not match the rebuilt model: missing {missing[:10]}, "
                            f"unexpected {unexpected[:10]}")
-    _copy_into(targets, state, list(targets), path)
+    bad = [f"{n}: file {tuple(state[n].shape)} vs model {tuple(t.shape)}" for n, t in targets.items()
+           if state[n].shape != t.shape]
+    if bad:
+        raise WeightsError(f"{path}: {len(bad)} shape mismatch(es): " + "; ".join(bad[:5]))
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(state[name])
 
 
 def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, TrainingConfig]:
@@ -364,8 +305,14 @@ def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, 
     folder = Path(folder)
     _check_export_folder(folder)
     cfg = _exported_config(folder)
-    info = json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-    model, tokenizer, processors = build_model(cfg)
+    info = _export_info_of(folder)
+    try:
+        model, tokenizer, processors = build_model(cfg)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+        if isinstance(err, (ConfigError, WeightsError)):
+            raise
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{folder}: cannot load the export's models ({reason})") from None
     _apply_export_info(model, info, folder / EXPORT_INFO_FILE)
     _load_heads(model, folder / HEADS_FILE)
     model.eval()

@@ -1,0 +1,103 @@
+"""``load_checkpoint(path)``: any checkpoint a user can name -> (model, tokenizer, processors, cfg).
+
+``path`` may be a run folder (its best model by epoch NUMBER, else its ``checkpoints/last``), a best model
+(``best_model_epoch_N.json`` / ``.safetensors``, or a legacy ``.pt`` read with ``weights_only=True``), a
+``checkpoints/last`` folder (verified against its SHA256SUMS), or an exported folder. Every weights file is
+checksum-verified before it is read; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modlisa.config import ConfigError, TrainingConfig, config_from_dict
+from modlisa.weights.best import find_best, read_best
+from modlisa.weights.export import CONFIG_FILE, load_exported
+from modlisa.weights.files import (
+    MODEL_FILE,
+    TRAINER_STATE,
+    CheckpointError,
+    read_json_file,
+    read_safetensors,
+    verify_folder,
+)
+from modlisa.weights.trainable import load_state_into
+
+logger = logging.getLogger(__name__)
+
+
+def _config_near(folder: Path) -> dict[str, Any] | None:
+    """The run's ``outputs/config.yaml`` near a legacy ``last`` folder (its trainer state holds no config)."""
+    for candidate in (folder / "config.yaml", folder.parent / "outputs" / "config.yaml",
+                      folder.parent.parent / "outputs" / "config.yaml"):
+        if candidate.is_file():
+            try:
+                values = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                raise ConfigError(f"{candidate}: unreadable config ({' '.join(str(err).split())[:160]})") from None
+            if not isinstance(values, dict):
+                raise ConfigError(f"{candidate}: not a mapping of field: value")
+            return values
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """(kind, path) of what ``path`` names: ``export``, ``best`` (a file) or ``last`` (a folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return "export", path
+    if path.is_dir() and (path / TRAINER_STATE).is_file():
+        return "last", path
+    if path.is_dir():
+        checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        best = find_best(checkpoints)
+        if best is not None:
+            return "best", best
+        if (checkpoints / "last" / TRAINER_STATE).is_file():
+            logger.info("%s has no best model (no validation split?): using %s", path, checkpoints / "last")
+            return "last", checkpoints / "last"
+        raise FileNotFoundError(f"{path}: no checkpoint found (no checkpoints/best_model_epoch_*.json or .pt, no "
+                                "checkpoints/last); name a checkpoint file or folder")
+    return "best", path
+
+
+def _last_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, trainable state) of a verified ``last`` folder."""
+    verify_folder(folder)
+    state = read_json_file(folder / TRAINER_STATE, "trainer state")
+    cfg_dict = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(cfg_dict, dict):
+        cfg_dict = _config_near(folder)
+    if cfg_dict is None:
+        raise FileNotFoundError(f"no config.yaml found next to checkpoint folder {folder}")
+    return cfg_dict, read_safetensors(folder / MODEL_FILE)
+
+
+def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None
+                    ) -> tuple[Any, Any, Any, TrainingConfig]:
+    """Build the model of a checkpoint and load its weights (strict). Returns (model, tokenizer, processors, cfg)."""
+    from modlisa.model.factory import build_model
+
+    kind, source = resolve_checkpoint(path)
+    if kind == "export":
+        return load_exported(source)
+    if kind == "last":
+        cfg_dict, state = _last_state(source)
+    else:
+        state, meta = read_best(source)
+        cfg_dict = meta["config"]
+    if not isinstance(cfg_dict, dict):
+        raise CheckpointError(f"{source}: the checkpoint's config is not a mapping")
+    cfg = config_from_dict({**cfg_dict, **(overrides or {})}, source=str(source))
+    cfg = replace(cfg, resume_from_checkpoint=None)
+    model, tokenizer, processors = build_model(cfg)
+    load_state_into(model, state, str(source))
+    model.eval()
+    return model, tokenizer, processors, cfg
