@@ -58,6 +58,9 @@ class TrainingConfig:
     quantization_bits: int = 8
     sam_cache: bool = False  # reuse frozen-SAM image embeddings
     sam_cache_dir: str | None = None  # optional on-disk SAM cache folder (used when sam_cache is on)
+    # --- prompts (SPEC-LISA.md §3) ---
+    use_chat_template: bool = False  # render prompts with the tokenizer's chat template (default: LLaVA v1, LISA's)
+    use_mm_start_end: bool = False  # <im_start><image><im_end> around the image (LISA-7B-v1: true; llava-1.5: false)
 
     # --- optimisation (SPEC-LISA.md §6) ---
     num_epochs: int = 10

@@ -414,7 +414,7 @@ def _loader_run(c: Any, cfg: TrainingConfig, workers: int, batches: int) -> dict
     from modlisa.bench.data_bench import loader_throughput
     from modlisa.data.collate import make_collate_fn
 
-    return loader_throughput(c.train_set, make_collate_fn(c.tokenizer, cfg.max_length), cfg.batch_size, workers,
+    return loader_throughput(c.train_set, make_collate_fn(c.tokenizer, cfg.max_length, c.unwrapped.conversation), cfg.batch_size, workers,
                              batches, seed=cfg.seed)
 
 

@@ -27,7 +27,8 @@ def _encode(text: str, tokenizer: Any) -> list[int]:
 
 
 def encode_query(
-    question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
+    question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
+    conversation: prompts.ConversationFormat | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation, truncated from the right to ``max_length``.
 
@@ -35,7 +36,7 @@ def encode_query(
     when the row does not hold exactly one image token, or when truncation would cut the image
     token, every answer token or any [SEG] token.
     """
-    prompt, full = prompts.format_conversation(question, answer, tokenizer)
+    prompt, full = prompts.format_conversation(question, answer, tokenizer, conversation)
     ids, prompt_ids = _encode(full, tokenizer), _encode(prompt, tokenizer)
     name = f"query {query or question!r}"
     if ids[: len(prompt_ids)] != prompt_ids:
@@ -71,8 +72,12 @@ def _stack_images(samples: Sequence[Sample], attr: str) -> torch.Tensor:
     return torch.stack([getattr(s, attr) for s in samples])
 
 
-def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512) -> Batch:
-    """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes."""
+def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512,
+                    conversation: prompts.ConversationFormat | None = None) -> Batch:
+    """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes.
+
+    ``conversation``: how prompts are rendered (LLaVA v1 by default; ``prompts.ConversationFormat``).
+    """
     if not samples:
         raise ValueError("collate_samples: empty list of samples")
     if tokenizer.pad_token_id is None:
@@ -83,10 +88,14 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     is_sentence: list[bool] = []
     offsets = [0]
     for sample in samples:
-        if not len(sample.questions) == len(sample.answers) == len(sample.queries) == sample.masks.shape[0]:
-            raise ValueError(f"{sample.json_path}: questions, answers, queries and masks differ in number")
+        if not len(sample.questions) == len(sample.answers) == len(sample.queries):
+            raise ValueError(f"{sample.json_path}: questions, answers and queries differ in number")
+        seg_count = sum(answer.count(prompts.SEG_TOKEN) for answer in sample.answers)
+        if seg_count != sample.masks.shape[0]:
+            raise ValueError(f"{sample.json_path}: {sample.masks.shape[0]} masks for {seg_count} {prompts.SEG_TOKEN} "
+                             "tokens in the answers (one mask per [SEG]; text-only answers have none)")
         for question, answer, query in zip(sample.questions, sample.answers, sample.queries):
-            ids, labels = encode_query(question, answer, tokenizer, max_length, query)
+            ids, labels = encode_query(question, answer, tokenizer, max_length, query, conversation)
             ids_rows.append(ids)
             label_rows.append(labels)
             queries.append(query)
@@ -112,6 +121,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     )
 
 
-def make_collate_fn(tokenizer: Any, max_length: int = 512) -> Callable[[list[Sample]], Batch]:
+def make_collate_fn(tokenizer: Any, max_length: int = 512,
+                    conversation: prompts.ConversationFormat | None = None) -> Callable[[list[Sample]], Batch]:
     """A picklable ``collate_fn`` for DataLoader (workers included)."""
-    return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length)
+    return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length, conversation=conversation)

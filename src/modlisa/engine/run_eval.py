@@ -169,7 +169,7 @@ def _teacher_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, max_len
     sample = dataset[record["index"]]
     device = next(model.text_hidden_fcs.parameters()).device
     with torch.no_grad():
-        out = model(collate_samples([sample], tokenizer, max_length).to(device))
+        out = model(collate_samples([sample], tokenizer, max_length, model.conversation).to(device))
     q = record["query_index"]
     return out.pred_masks[0][q].float().cpu(), sample.masks[q].numpy(), load_image_rgb(sample.image_path)
 
@@ -229,7 +229,7 @@ def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any
                                  max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
     sampler = EvalShardSampler(len(dataset), rank=accelerator.process_index, world_size=accelerator.num_processes)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                        collate_fn=make_collate_fn(tokenizer, cfg.max_length))
+                        collate_fn=make_collate_fn(tokenizer, cfg.max_length, model.conversation))
     return evaluate(model, loader, device=accelerator.device, accelerator=accelerator, desc=f"eval {split}")
 
 

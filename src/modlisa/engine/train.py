@@ -179,7 +179,7 @@ def _setup(cfg: TrainingConfig) -> Components:
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))
     train_sampler = TrainSampler(len(train_set), steps_per_epoch * accum * cfg.batch_size, seed=cfg.seed,
                                  rank=rank, world_size=world)
-    collate = make_collate_fn(tokenizer, cfg.max_length)
+    collate = make_collate_fn(tokenizer, cfg.max_length, model.conversation)
     train_loader = _loader(train_set, train_sampler, cfg, collate, cfg.seed)
     val_loader = None
     if val_set is not None:

@@ -15,6 +15,7 @@ from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.adapters import apply_adapters
 from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbones
 from modlisa.model.lisa import ModifiedLISA
+from modlisa.model.precision import apply_dtype_policy
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,39 @@ def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
     )
 
 
+def add_image_span_tokens(parts: Backbones) -> None:
+    """Add ``<im_start>``/``<im_end>`` (LISA-7B-v1's ``use_mm_start_end``) as single tokens; grow the LM's
+    embeddings when the tokenizer outgrows them (new rows are trained with ``train_embeddings: full``)."""
+    from modlisa.data.prompts import IM_END_TOKEN, IM_START_TOKEN
+
+    tokenizer = parts.tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
+                                 replace_extra_special_tokens=False)
+    for token in (IM_START_TOKEN, IM_END_TOKEN):
+        encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
+        if encoded.count(tokenizer.convert_tokens_to_ids(token)) != 1:
+            raise ConfigError(f"use_mm_start_end: the tokenizer does not encode {token} as one token: {encoded}")
+    rows = parts.language_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        parts.language_model.resize_token_embeddings(len(tokenizer))
+        logger.info("use_mm_start_end: added %s/%s, LM token embeddings %d -> %d", IM_START_TOKEN, IM_END_TOKEN,
+                    rows, len(tokenizer))
+
+
 def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     """Build the model of preset ``cfg.model``, its tokenizer (with [SEG]/<image>) and image processors."""
+    from modlisa.data.prompts import ConversationFormat
+
     if cfg.model not in model_registry:
         raise ConfigError(f"model must be one of {', '.join(model_registry)}; got {cfg.model!r}")
     cfg = apply_preset(cfg)
     parts = build_backbones(cfg)
+    if cfg.use_mm_start_end:
+        add_image_span_tokens(parts)
     model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
+    model.conversation = ConversationFormat.from_config(cfg)
     apply_adapters(model, cfg)
+    apply_dtype_policy(model, cfg.precision)  # fp32 master weights for what trains (model/precision.py)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model, parts.tokenizer, build_processors(cfg, parts)
