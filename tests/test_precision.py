@@ -111,3 +111,22 @@ def test_policy_keeps_frozen_storage_and_makes_trainable_fp32():
     converted = torch.nn.Linear(4, 4).half().requires_grad_(False)
     assert apply_dtype_policy(converted, "bf16")["converted_frozen"] == 20
     assert converted.weight.dtype == torch.bfloat16
+
+
+def test_memory_planner_counts_fp32_master_weights_of_an_fp16_checkpoint():
+    from pathlib import Path
+
+    from modlisa.bench import memory_plan
+    from modlisa.config import config_from_dict, load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = config_from_dict(load_yaml(repo / "configs" / "lisa7b.yaml"))  # llava-1.5-7b-hf: fp16 weights
+    plan = memory_plan.estimate(TrainingConfig(**{**cfg.to_dict(), "data_root": "missing"}))
+    trainable = plan["trainable_params"]  # LoRA + the whole embedding and LM head (2 x 32064 x 4096) + decoder
+    assert trainable > 2 * 32000 * 4096
+    gb = 1024**3
+    assert plan["terms_gb"]["gradients"] * gb == pytest.approx(4 * trainable)
+    assert plan["terms_gb"]["optimizer_states"] * gb == pytest.approx(8 * trainable)
+    frozen = plan["params_total"] - trainable
+    lm_vision_frozen_bytes = plan["terms_gb"]["weights"] * gb - 4 * trainable
+    assert lm_vision_frozen_bytes < 2.6 * frozen  # frozen LLaVA weights stay 16-bit (SAM ViT-H is fp32)
