@@ -7,8 +7,10 @@ so the real-scale code paths (fp16 weights, chat template, resized vocabulary) r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 from modlisa.data import prompts
@@ -49,3 +51,15 @@ def save_tiny_llava(folder: Path, *, dtype: torch.dtype = torch.float16, chat_te
     torch.manual_seed(seed)
     LlavaForConditionalGeneration(config).to(dtype).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One torch thread for the test: on a shared 2-core machine two threads spin against the other load and
+    made the 30-step runs 5-9x slower (measured); results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

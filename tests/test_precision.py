@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from llava_fixtures import IMG, save_tiny_llava
+from llava_fixtures import (
+    IMG,
+    save_tiny_llava,
+    single_thread,  # noqa: F401  (fixture)
+)
 from modlisa.config import TrainingConfig
 from modlisa.data.collate import collate_samples
 from modlisa.data.prompts import eval_question
@@ -23,6 +27,8 @@ from modlisa.model.factory import build_model
 from modlisa.model.precision import apply_dtype_policy, parameter_dtypes
 
 PRECISIONS = {"fp32": (False, "bf16"), "fp16": (True, "fp16"), "bf16": (True, "bf16")}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def train_loop(model, batch, precision: str, steps: int = 30, lr: float = 1e-3) 
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = model(batch)
             loss = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks)["loss"]
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

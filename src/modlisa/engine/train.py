@@ -21,7 +21,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modlisa.config import TrainingConfig, save_config
+from modlisa.config import TrainingConfig, infer_sources, save_config
 from modlisa.data.collate import make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
@@ -160,16 +160,17 @@ def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDatas
     return train_set, val_set
 
 
-def _setup(cfg: TrainingConfig) -> Components:
-    from modlisa.model.factory import build_model
+def _setup(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> Components:
+    from modlisa.model.factory import build_model, resolve_preset
 
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     paths = RunPaths(Path(cfg.output_dir))
     prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
                        main_process=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        save_config(cfg, paths.outputs / "config.yaml")
+    if accelerator.is_main_process:  # the resolved config, and where each value came from
+        resolved, resolved_sources = resolve_preset(cfg, sources or infer_sources(cfg))
+        save_config(resolved, paths.outputs / "config.yaml", resolved_sources)
     accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
     sam_cache = build_sam_cache(cfg, model, processors)
@@ -593,16 +594,18 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
     return summary
 
 
-def train(cfg: TrainingConfig) -> dict[str, Any]:
+def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
 
+    ``sources`` ({field: default | preset | yaml | cli}, from ``config_and_sources_from_args``) is written as
+    ``outputs/config_sources.yaml`` beside the resolved ``config.yaml``; without it, sources are inferred.
     ``data_strict``: the train and val splits are checked first (images verified) and ONE DataError lists
     every bad file before any model is built. TrainingStopped (non-finite steps) is raised after the
     summary, with ``stop_reason``, is written.
     """
     if cfg.data_strict:
         check_training_data(cfg.data_root)
-    c = _setup(cfg)
+    c = _setup(cfg, sources)
     state, partial = _resume(c, cfg)
     if cfg.report_to and c.accelerator.is_main_process:
         c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()

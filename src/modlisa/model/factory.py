@@ -25,11 +25,11 @@ model_registry: dict[str, Callable[[TrainingConfig], Backbones]] = BACKBONE_BUIL
 LISA_7B_LLAVA = "llava-hf/llava-1.5-7b-hf"
 LISA_7B_SAM = "facebook/sam-vit-huge"
 LISA_7B_LLAVA_IMAGE_SIZE = 336  # CLIP ViT-L/14-336 of LLaVA-1.5
+LISA_7B_SAM_IMAGE_SIZE = 1024  # SAM ViT-H's input size
 
 # LISA's model settings (SPEC-LISA.md §2): LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj; full
 # embeddings + LM head; frozen vision tower, projector, SAM encoders.
 LISA_7B_OVERRIDES: dict[str, Any] = {
-    "sam_image_size": 1024,
     "use_lora": True,
     "lora_r": 8,
     "lora_alpha": 16,
@@ -42,23 +42,47 @@ LISA_7B_OVERRIDES: dict[str, Any] = {
 }
 
 
-def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
-    """Return ``cfg`` with the preset's fixed settings applied (only ``lisa-7b`` has any).
+def fixed_preset_fields(cfg: TrainingConfig) -> dict[str, Any]:
+    """The model settings preset ``cfg.model`` fixes ({} for presets without any).
 
     ``lisa-7b``: the LISA overrides above; ``llava_model`` / ``sam_model`` default to LLaVA-1.5-7B and
-    SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size).
+    SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size), with the
+    default SAM ``sam_image_size`` becomes 1024 (a SAM given in ``sam_model`` keeps the size it takes).
+    (Its optimisation recipe is ``config.PRESET_RECIPES``: defaults the YAML / command line may override.)
     """
     if cfg.model != "lisa-7b":
-        return cfg
+        return {}
     changes = dict(LISA_7B_OVERRIDES)
     changes["llava_model"] = cfg.llava_model or LISA_7B_LLAVA
     changes["sam_model"] = cfg.sam_model or LISA_7B_SAM
     if changes["llava_model"] == LISA_7B_LLAVA:
         changes["img_size"] = LISA_7B_LLAVA_IMAGE_SIZE
+    if changes["sam_model"] == LISA_7B_SAM:
+        changes["sam_image_size"] = LISA_7B_SAM_IMAGE_SIZE
+    return changes
+
+
+def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
+    """Return ``cfg`` with the preset's fixed model settings applied (``fixed_preset_fields``)."""
+    changes = fixed_preset_fields(cfg)
     changed = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
     if changed:
-        logger.info("lisa-7b preset sets %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
-    return dataclasses.replace(cfg, **changes)
+        logger.info("%s preset sets %s", cfg.model, ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[TrainingConfig, dict[str, str]]:
+    """``apply_preset`` plus provenance: a fixed model setting the preset supplies or changes is marked
+    ``preset``; one that overrides a value the user set (yaml / cli / api) is also warned about."""
+    sources = dict(sources)
+    for name, value in fixed_preset_fields(cfg).items():
+        given = getattr(cfg, name)
+        if given != value and sources.get(name) in ("yaml", "cli", "api"):
+            logger.warning("%s preset fixes %s=%r (LISA's model); the %s value %r is not used", cfg.model, name,
+                           value, sources[name], given)
+        if given != value or sources.get(name, "default") == "default":
+            sources[name] = "preset"
+    return apply_preset(cfg), sources
 
 
 def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
