@@ -11,11 +11,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.adapters import apply_adapters
 from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbones
 from modlisa.model.lisa import ModifiedLISA
 from modlisa.model.precision import apply_dtype_policy
+from modlisa.model.random_init import random_init_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +125,15 @@ def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     if cfg.model not in model_registry:
         raise ConfigError(f"model must be one of {', '.join(model_registry)}; got {cfg.model!r}")
     cfg = apply_preset(cfg)
+    # A model is a function of its config: random initialisations (tiny parts, new projector, added token
+    # rows, LoRA A) draw from cfg.seed, as after the training loop's set_seed (model/random_init.py).
+    torch.manual_seed(cfg.seed)
     parts = build_backbones(cfg)
     if cfg.use_mm_start_end:
         add_image_span_tokens(parts)
     model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
     model.conversation = ConversationFormat.from_config(cfg)
+    model.random_init_prefixes = random_init_prefixes(cfg)  # frozen random parts are saved with checkpoints
     apply_adapters(model, cfg)
     apply_dtype_policy(model, cfg.precision)  # fp32 master weights for what trains (model/precision.py)
     if cfg.gradient_checkpointing:

@@ -112,6 +112,7 @@ class ModifiedLISA(nn.Module):
         self.drop_cls = drop_cls
         self.sam_image_size = int(sam.config.vision_config.image_size)
         self.conversation = prompts.ConversationFormat()  # how prompts are rendered (set by build_model)
+        self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
         self._num_image_tokens: int | None = None
 
     @classmethod

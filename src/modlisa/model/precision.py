@@ -47,10 +47,10 @@ def parameter_dtypes(model: nn.Module) -> dict[str, dict[str, int]]:
 
 def _cast_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Forward pre-hook: floating tensor arguments -> the module's parameter dtype, unless autocast is on."""
-    dtype = getattr(module, _HOOKED)
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
     if not tensors or torch.is_autocast_enabled(tensors[0].device.type):
         return None
+    dtype = next(p.dtype for p in module.parameters(recurse=False) if p.is_floating_point())  # current dtype
 
     def cast(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
@@ -67,7 +67,7 @@ def _install_bridges(model: nn.Module) -> int:
         own = [p for p in module.parameters(recurse=False) if p.is_floating_point()]
         if not own or any(True for _ in module.children()) or hasattr(module, _HOOKED):
             continue
-        setattr(module, _HOOKED, own[0].dtype)
+        setattr(module, _HOOKED, True)
         module.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
         count += 1
     return count
