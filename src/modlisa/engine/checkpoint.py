@@ -298,7 +298,7 @@ def save_best(checkpoint_dir: str | Path, epoch: int, model: torch.nn.Module, op
         {
             "model": trainable_state(model),
             FROZEN_RANDOM_KEY: frozen_random_state(model),  # random-initialised frozen weights (may be empty)
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},  # None: DeepSpeed (sharded)
             "best_val_giou": best_giou,
             "epoch": epoch,
             "metrics": metrics,

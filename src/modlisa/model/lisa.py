@@ -64,10 +64,11 @@ def _dtype(module: nn.Module) -> torch.dtype:
 
 
 def _compute_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype ``module`` computes in: that of its first frozen floating parameter (its stored weights),
-    float32 when everything in it trains (model/precision.py keeps trainable weights in fp32)."""
-    frozen = (p.dtype for p in module.parameters() if not p.requires_grad and p.is_floating_point())
-    return next(frozen, torch.float32)
+    """The dtype ``module`` computes in: that of its first frozen floating parameter (its stored weights), else
+    of its first parameter (fp32 by model/precision.py's policy; bf16 when DeepSpeed cast the whole model)."""
+    floating = [p for p in module.parameters() if p.is_floating_point()]
+    frozen = (p.dtype for p in floating if not p.requires_grad)
+    return next(frozen, floating[0].dtype if floating else torch.float32)
 
 
 class ModifiedLISA(nn.Module):
