@@ -1,6 +1,6 @@
 """Backends check: the same tiny run under every backend this machine can launch, compared with one process.
 
-Each run trains the tiny preset (everything trainable, fp32, no dropout) on the same synthetic data with
+Each run trains the tiny preset (everything trainable, no LoRA so no dropout, fp32) on the same synthetic data with
 batch 1 per process. The single process accumulates 4 micro-batches; the 2-process runs accumulate 2 each:
 the same 4 images form every optimizer step (TrainSampler deals the epoch order round-robin), so a right
 accumulation path gives the same optimizer steps, learning rates, epoch losses and final weights.
@@ -51,7 +51,7 @@ def write_config(root: Path) -> Path:
         data_root=str(root / "data"), output_dir=str(root / "run"), model="tiny", img_size=64, sam_image_size=64,
         batch_size=1, steps_per_epoch=STEPS_PER_EPOCH, num_epochs=EPOCHS, learning_rate=1e-3, warmup_steps=2,
         use_mixed_precision=False, freeze_image_encoder=False, freeze_sam=False, freeze_text_encoder=False,
-        log_every_steps=1, seed=7, queries_per_image=2, overwrite_output_dir=True,
+        use_lora=False, log_every_steps=1, seed=7, queries_per_image=2, overwrite_output_dir=True,
     )
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
