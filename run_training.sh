@@ -9,12 +9,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # shellcheck disable=SC1091
 source scripts/setup_env.sh
 CONFIG="${CONFIG:-configs/demo.yaml}"
+# The demo data: 3-5 shapes per image that share colours and kinds, each train image asked about up to 3
+# different shapes (one file each), so that a model must read its query (docs/TRAINING_GUIDE.md).
+DEMO_DATA_FLAGS="--seed 0 --num-train 200 --num-val 32 --num-test 48 --image-size 128 --objects 3-5 --lookalike-prob 0.5 --query-types attributes,property,superlative,extreme --targets-per-scene 3"
 DATA_ROOT="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_root'])" "$CONFIG")"
 OUTPUT_DIR="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$CONFIG")"
 
-if [[ ! -d "$DATA_ROOT/train" && "$DATA_ROOT" == data/demo* ]]; then
+if [[ "$DATA_ROOT" == data/demo* ]] && ! grep -qF -- "$DEMO_DATA_FLAGS" "$DATA_ROOT/README.txt" 2>/dev/null; then
   echo "[run] generating synthetic ReasonSeg-format data in $DATA_ROOT"
-  modlisa make-data "$DATA_ROOT" --seed 0 --num-train 96 --num-val 32 --num-test 48 --image-size 128
+  # shellcheck disable=SC2086
+  modlisa make-data "$DATA_ROOT" $DEMO_DATA_FLAGS --force --no-progress
 fi
 modlisa check-data "$DATA_ROOT"
 modlisa train --config "$CONFIG" --overwrite_output_dir true "$@"

@@ -1,10 +1,10 @@
-"""The tiny preset really learns: it overfits 8 synthetic images to val gIoU >= 0.9 within a minute of CPU."""
+"""The tiny preset really learns: it overfits 8 synthetic images (val gIoU >= 0.9). No wall-clock assertion:
+time belongs in benchmarks (docs/BENCHMARKS.md), never in a test."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 
 import pytest
 
@@ -29,13 +29,10 @@ def test_tiny_overfits_eight_samples(tmp_path):
 
     logging.disable(logging.WARNING)
     try:
-        start = time.perf_counter()
         summary = train(cfg)
-        elapsed = time.perf_counter() - start
     finally:
         logging.disable(logging.NOTSET)
     gious = [e["val"]["giou"] for e in summary["epochs"]]
-    print(f"val gIoU every 10 steps: {[round(g, 3) for g in gious[9::10]]}; {elapsed:.1f} s")
+    print(f"val gIoU every 10 steps: {[round(g, 3) for g in gious[9::10]]}")
     assert gious[0] < 0.2  # it starts knowing nothing
     assert summary["best_val_giou"] >= 0.9, gious[-10:]
-    assert elapsed < 90, f"took {elapsed:.1f} s (target: under 60 s on 2 idle cores)"

@@ -125,10 +125,28 @@ def test_eval_percentages_sources_and_prediction_check(tmp_path, synthetic_root)
     assert rows["test overall"][1] == f"{100 * expected_overall:.1f}"
     assert rows["test overall"][2] == f"{100 * 85 / 220:.1f}"  # cIoU = sum I / sum U
     assert rows["test short"][3] == "2" and rows["test long"][3] == "3"
-    assert rows["val"][4:] == ["0.0", T.MISSING, "eval_val.json"]  # empty-mask baseline, no [SEG] rate
+    # empty-mask baseline; no wrong-query baseline, grounding or [SEG] rate in this file
+    assert rows["val"][4:] == ["0.0", T.MISSING, T.MISSING, T.MISSING, "eval_val.json"]
     stats = prediction_stats(run)
     assert stats["test"]["matches_eval"] is True and stats["test"]["queries"] == 5
     assert stats["test"]["recomputed_ciou"] == pytest.approx(85 / 220)
+
+
+def test_wrong_query_baseline_and_grounding_columns(tmp_path, synthetic_root):
+    root = write_run(tmp_path / "r", data_root=synthetic_root)
+    path = root / "outputs" / "eval_test.json"
+    payload = json.loads(path.read_text())
+    payload["wrong_query_baseline"] = {"giou": 0.125, "ciou": 0.1, "num_queries": 5,
+                                       "subsets": {"short": {"giou": 0.25, "ciou": 0.2, "num_queries": 2},
+                                                   "long": {"giou": 0.0, "ciou": 0.0, "num_queries": 3}}}
+    payload["grounding"] = {"accuracy": 0.8, "num_queries": 5}
+    payload["warnings"] = ["the masks do not depend on the query: ..."]
+    path.write_text(json.dumps(payload))
+    run = load_run(root)
+    rows = {r[0]: r for r in T.eval_table(run_summary(run)).rows}
+    assert rows["test overall"][5:7] == ["12.5", "80.0"]
+    assert rows["test short"][5] == "25.0" and rows["test long"][5] == "0.0"
+    assert any("do not depend on the query" in note for note in run.notes)
 
 
 def test_generate_mode_and_eval_warnings(tmp_path, synthetic_root):
@@ -143,7 +161,7 @@ def test_generate_mode_and_eval_warnings(tmp_path, synthetic_root):
     assert "eval_test_generate.json warns: gIoU below the empty-mask baseline" in run.notes
     s = run_summary(run)
     rows = {r[0]: r for r in T.eval_table(s).rows}
-    assert rows["test overall (generate)"][5] == "60.0" and rows["test long (generate)"][5] == "100.0"
+    assert rows["test overall (generate)"][7] == "60.0" and rows["test long (generate)"][7] == "100.0"
     assert rows["test overall (generate)"][-1] == "eval_test_generate.json"
     assert rows["test overall"][5] == T.MISSING  # teacher mode: no [SEG] rate
     assert s["predictions"]["test_generate"]["matches_eval"] is True

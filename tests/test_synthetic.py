@@ -66,7 +66,8 @@ def test_layout_and_json_schema(dataset: tuple[Path, dict]) -> None:
         assert summary["splits"][split]["images"] == n
         for i in range(n):
             data = json.loads((root / split / f"{split}_{i:04d}.json").read_text(encoding="utf-8"))
-            assert list(data) == ["text", "is_sentence", "shapes"]
+            # LISA's keys first; then the modlisa extension (target attributes, the other shapes)
+            assert list(data) == ["text", "is_sentence", "shapes", "target", "distractors"]
             assert isinstance(data["is_sentence"], bool)
             assert all(isinstance(t, str) and t for t in data["text"])
             assert data["shapes"][0]["label"] == "target"

@@ -150,6 +150,20 @@ def _parse_shape(item: Any, index: int, path: Path) -> Shape:
     return Shape(label=label, points=points, shape_type=str(shape_type))
 
 
+def _parse_distractors(data: dict, path: Path) -> list[Shape]:
+    """The optional modlisa key "distractors": [{"points", "kind", "colour", "size"}, ...] (synthetic data)."""
+    items = data.get("distractors", [])
+    if not isinstance(items, list):
+        raise DataError(path, "field 'distractors' must be a list of shapes")
+    shapes = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("points"), list):
+            raise DataError(path, f"distractors[{index}] has no 'points' list")
+        label = " ".join(str(item[k]) for k in ("size", "colour", "kind") if item.get(k)) or "distractor"
+        shapes.append(Shape(label=label, points=item["points"]))
+    return shapes
+
+
 def annotation_from_dict(data: Any, json_path: str | Path, image_path: str | Path | None = None) -> Annotation:
     """Build an Annotation from parsed JSON; DataError naming the file and field when malformed."""
     path = Path(json_path)
@@ -170,6 +184,7 @@ def annotation_from_dict(data: Any, json_path: str | Path, image_path: str | Pat
         texts=texts,
         is_sentence=is_sentence,
         shapes=[_parse_shape(item, i, path) for i, item in enumerate(shapes)],
+        distractors=_parse_distractors(data, path),
     )
 
 

@@ -62,6 +62,41 @@ EXTRA_SHAPE_PROB = 0.10  # probability of an "ignore" shape, and independently o
 EXPLANATORY_PROB = 0.5  # fraction of train images listed in explanatory/train.json
 MAX_SCENE_ATTEMPTS = 200
 
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """How scenes and queries are drawn (the defaults reproduce the original generator byte for byte).
+
+    min_objects / max_objects: shapes per image (fewer when they do not fit).
+    lookalike_prob: chance that a new shape reuses a colour or kind already in the image, so that a
+        query must name more than one attribute (and "segment every shape" scores poorly).
+    query_types: the query kinds drawn: "attributes" (short phrases) and any of ``LONG_PROPOSERS``.
+    targets_per_scene: train split only: each scene is written K times (``<name>_k``), each file asking for
+        a different shape, so the same image must be segmented differently for different queries.
+    """
+
+    min_objects: int = 2
+    max_objects: int = 5
+    lookalike_prob: float = 0.35
+    query_types: tuple[str, ...] = ()  # empty = every kind
+    targets_per_scene: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"objects per image must satisfy 1 <= min <= max, got {self.min_objects}-{self.max_objects}")
+        if not 0.0 <= self.lookalike_prob <= 1.0:
+            raise ValueError(f"lookalike_prob must be in [0, 1], got {self.lookalike_prob}")
+        if self.targets_per_scene < 1:
+            raise ValueError(f"targets_per_scene must be >= 1, got {self.targets_per_scene}")
+        unknown = sorted(set(self.query_types) - set(QUERY_TYPES))
+        if unknown:
+            raise ValueError(f"unknown query type(s) {', '.join(unknown)}; choose from {', '.join(QUERY_TYPES)}")
+        if self.query_types and "attributes" not in self.query_types:
+            raise ValueError("query_types must include 'attributes' (the short phrases of half the images)")
+        if self.query_types and set(self.query_types) == {"attributes"}:
+            raise ValueError("query_types needs at least one sentence kind besides 'attributes' "
+                             f"(one of {', '.join(LONG_PROPOSERS)})")
+
 # ----------------------------------------------------------------------------------------------------
 # Vocabulary
 # ----------------------------------------------------------------------------------------------------
@@ -287,9 +322,9 @@ def _polygon_area(points: np.ndarray) -> float:
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
 
-def _pick_attribute(rng: np.random.Generator, options: Sequence[str], used: list[str]) -> str:
-    """A value from ``options``; with probability 0.35 one already used (to create look-alikes)."""
-    if used and rng.random() < 0.35:
+def _pick_attribute(rng: np.random.Generator, options: Sequence[str], used: list[str], lookalike: float) -> str:
+    """A value from ``options``; with probability ``lookalike`` one already used (to create look-alikes)."""
+    if used and rng.random() < lookalike:
         return str(used[int(rng.integers(len(used)))])
     return str(options[int(rng.integers(len(options)))])
 
@@ -310,12 +345,12 @@ def _place(
 
 
 def _make_object(
-    rng: np.random.Generator, width: int, height: int, placed: list[SceneObject]
+    rng: np.random.Generator, width: int, height: int, placed: list[SceneObject], lookalike: float
 ) -> SceneObject | None:
     """Draw one object's attributes and place it; ``None`` when it does not fit."""
     side = float(min(width, height))
-    colour = _pick_attribute(rng, list(COLOURS), [o.colour for o in placed])
-    kind = _pick_attribute(rng, KINDS, [o.kind for o in placed])
+    colour = _pick_attribute(rng, list(COLOURS), [o.colour for o in placed], lookalike)
+    kind = _pick_attribute(rng, KINDS, [o.kind for o in placed], lookalike)
     size = SIZES[int(rng.integers(2))]
     unit = unit_polygon(kind, rng)
     diameter = rng.uniform(*SIZE_RANGES[size]) * side
@@ -337,15 +372,17 @@ def _make_object(
     )
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
-    """A random scene with 2-5 non-overlapping objects (fewer are placed when they do not fit)."""
+def make_scene(rng: np.random.Generator, width: int, height: int, options: SceneOptions | None = None) -> Scene:
+    """A random scene with ``options.min_objects``-``max_objects`` non-overlapping objects (default 2-5;
+    fewer are placed when they do not fit, never fewer than min(2, min_objects))."""
+    options = options or SceneOptions()
     while True:
         placed: list[SceneObject] = []
-        for _ in range(int(rng.integers(2, 6))):
-            obj = _make_object(rng, width, height, placed)
+        for _ in range(int(rng.integers(options.min_objects, options.max_objects + 1))):
+            obj = _make_object(rng, width, height, placed, options.lookalike_prob)
             if obj is not None:
                 placed.append(obj)
-        if len(placed) >= 2:
+        if len(placed) >= min(2, options.min_objects):
             break
     grey = int(rng.integers(200, 236))
     background = tuple(int(c) for c in np.clip(grey + rng.integers(-6, 7, 3), 0, 255))
@@ -631,15 +668,22 @@ LONG_PROPOSERS: dict[str, Proposer] = {
 }
 
 
-def choose_query(rng: np.random.Generator, scene: Scene, is_sentence: bool) -> tuple[QuerySpec, int] | None:
+QUERY_TYPES = (*SHORT_PROPOSERS, *LONG_PROPOSERS)
+
+
+def choose_query(rng: np.random.Generator, scene: Scene, is_sentence: bool, *,
+                 query_types: Sequence[str] = (), targets: Sequence[int] | None = None
+                 ) -> tuple[QuerySpec, int] | None:
     """A random (spec, target) with ``resolve(scene, spec) == [target]``; ``None`` if the scene has none.
 
     A kind of query is drawn first (so that kinds are balanced), then a target, then one valid spec.
+    ``query_types`` limits the kinds (empty = all); ``targets`` limits the objects that may be the target.
     """
     proposers = LONG_PROPOSERS if is_sentence else SHORT_PROPOSERS
-    names = list(proposers)
+    names = [n for n in proposers if not query_types or n in query_types]
     for name_index in rng.permutation(len(names)):
-        for target in rng.permutation(len(scene.objects)):
+        order = rng.permutation(len(scene.objects)) if targets is None else rng.permutation(list(targets))
+        for target in order:
             target = int(target)
             valid = [s for s in proposers[names[name_index]](scene, target) if resolve(scene, s) == [target]]
             if valid:
@@ -965,34 +1009,63 @@ def _pick_texts(rng: np.random.Generator, candidates: list[str], split: str) -> 
 
 
 def _scene_and_query(
-    rng: np.random.Generator, width: int, height: int, is_sentence: bool, name: str
+    rng: np.random.Generator, width: int, height: int, is_sentence: bool, name: str, options: SceneOptions
 ) -> tuple[Scene, QuerySpec, int]:
     for _ in range(MAX_SCENE_ATTEMPTS):
-        scene = make_scene(rng, width, height)
-        chosen = choose_query(rng, scene, is_sentence)
+        scene = make_scene(rng, width, height, options)
+        chosen = choose_query(rng, scene, is_sentence, query_types=options.query_types)
         if chosen is not None:
             return scene, chosen[0], chosen[1]
     raise RuntimeError(f"{name}: no scene with a unique query after {MAX_SCENE_ATTEMPTS} attempts")
 
 
-def generate_example(seed: int, split: str, index: int, image_size: int) -> Example:
-    """Example ``index`` of ``split``; depends only on the arguments (own generator per image).
-
-    Even indices get a short phrase, odd indices a reasoning sentence.
-    """
-    if split not in SPLIT_IDS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    name = f"{split}_{index:04d}"
-    width, height = _image_dims(rng, image_size)
-    is_sentence = index % 2 == 1
-    scene, spec, target = _scene_and_query(rng, width, height, is_sentence, name)
+def _example(rng: np.random.Generator, name: str, split: str, scene: Scene, spec: QuerySpec, target: int,
+             is_sentence: bool, image: Image.Image | None) -> Example:
+    """Texts, explanation (train, about half) and extra shapes of one query on ``scene``."""
     texts = _pick_texts(rng, phrasings(spec), split)
     explanation = None
     if split == "train" and rng.random() < EXPLANATORY_PROB:
         explanation = explain(scene, spec, target)
     extras = _extra_shapes(rng, scene, target)
-    return Example(name, scene, spec, target, texts, is_sentence, extras, explanation, render(rng, scene))
+    return Example(name, scene, spec, target, texts, is_sentence, extras, explanation,
+                   image if image is not None else render(rng, scene))
+
+
+def generate_scene_examples(seed: int, split: str, index: int, image_size: int,
+                            options: SceneOptions | None = None) -> list[Example]:
+    """The examples of scene ``index`` of ``split``; depends only on the arguments (own generator per scene).
+
+    Even indices get a short phrase, odd indices a reasoning sentence. With ``options.targets_per_scene`` K > 1
+    (train split only) the scene is asked about up to K different shapes, alternating short and long, one
+    example each, named ``<split>_<index>_<k>``; all share the same image.
+    """
+    if split not in SPLIT_IDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    options = options or SceneOptions()
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    name = f"{split}_{index:04d}"
+    width, height = _image_dims(rng, image_size)
+    is_sentence = index % 2 == 1
+    scene, spec, target = _scene_and_query(rng, width, height, is_sentence, name, options)
+    k_max = options.targets_per_scene if split == "train" else 1
+    if k_max == 1:
+        return [_example(rng, name, split, scene, spec, target, is_sentence, None)]
+    first = _example(rng, f"{name}_0", split, scene, spec, target, is_sentence, None)
+    examples, used = [first], {target}
+    for k in range(1, k_max):
+        free = [i for i in range(len(scene.objects)) if i not in used]
+        long_k = (index + k) % 2 == 1
+        chosen = choose_query(rng, scene, long_k, query_types=options.query_types, targets=free) if free else None
+        if chosen is None:
+            break
+        used.add(chosen[1])
+        examples.append(_example(rng, f"{name}_{k}", split, scene, chosen[0], chosen[1], long_k, first.image))
+    return examples
+
+
+def generate_example(seed: int, split: str, index: int, image_size: int) -> Example:
+    """Example ``index`` of ``split`` with the default options (one target per scene)."""
+    return generate_scene_examples(seed, split, index, image_size)[0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1013,13 +1086,25 @@ def _shape_dict(label: str, points: Points, image_name: str) -> dict[str, Any]:
     }
 
 
+def _object_dict(obj: SceneObject) -> dict[str, Any]:
+    return {"kind": obj.kind, "colour": obj.colour, "size": obj.size,
+            "points": [[float(x), float(y)] for x, y in obj.points]}
+
+
 def annotation_dict(example: Example) -> dict[str, Any]:
-    """The ReasonSeg annotation JSON of ``example`` (target polygon first, then ignore/flag shapes)."""
+    """The ReasonSeg annotation JSON of ``example`` (target polygon first, then ignore/flag shapes).
+
+    ``distractors`` (a modlisa extension that LISA's reader ignores: it reads only text, is_sentence and
+    shapes) lists every other shape of the image with its attributes; ``target`` names the target's.
+    """
     image_name = f"{example.name}.jpg"
     target = example.scene.objects[example.target]
     shapes = [_shape_dict("target", target.points, image_name)]
     shapes += [_shape_dict(label, pts, image_name) for label, pts in example.extra_shapes]
-    return {"text": list(example.texts), "is_sentence": example.is_sentence, "shapes": shapes}
+    others = [o for i, o in enumerate(example.scene.objects) if i != example.target]
+    return {"text": list(example.texts), "is_sentence": example.is_sentence, "shapes": shapes,
+            "target": {k: v for k, v in _object_dict(target).items() if k != "points"},
+            "distractors": [_object_dict(o) for o in others]}
 
 
 def _write_json(data: Any, path: Path) -> None:
@@ -1032,8 +1117,22 @@ def write_example(example: Example, split_dir: Path) -> None:
     _write_json(annotation_dict(example), split_dir / f"{example.name}.json")
 
 
-def _readme_text(seed: int, counts: dict[str, int], image_size: int) -> str:
-    args = " ".join(f"--num-{s} {counts[s]}" for s in SPLITS)
+def option_arguments(options: SceneOptions) -> str:
+    """The ``make-data`` flags that reproduce ``options`` (empty for the defaults)."""
+    default, parts = SceneOptions(), []
+    if (options.min_objects, options.max_objects) != (default.min_objects, default.max_objects):
+        parts.append(f"--objects {options.min_objects}-{options.max_objects}")
+    if options.lookalike_prob != default.lookalike_prob:
+        parts.append(f"--lookalike-prob {options.lookalike_prob}")
+    if options.query_types:
+        parts.append(f"--query-types {','.join(options.query_types)}")
+    if options.targets_per_scene != default.targets_per_scene:
+        parts.append(f"--targets-per-scene {options.targets_per_scene}")
+    return "".join(f" {p}" for p in parts)
+
+
+def _readme_text(seed: int, counts: dict[str, int], image_size: int, options: SceneOptions) -> str:
+    args = " ".join(f"--num-{s} {counts[s]}" for s in SPLITS) + option_arguments(options)
     return (
         "Synthetic ReasonSeg-format dataset (images of flat coloured shapes).\n\n"
         f"Generated by modlisa {__version__} (module modlisa.data.synthetic) with:\n"
@@ -1042,9 +1141,12 @@ def _readme_text(seed: int, counts: dict[str, int], image_size: int) -> str:
         "Layout (the ReasonSeg layout of LISA, Lai et al., CVPR 2024):\n"
         "  train/, val/, test/     <split>_NNNN.jpg + <split>_NNNN.json (polygons: target / ignore / flag)\n"
         "  explanatory/train.json  explanations for about half of the train images\n\n"
-        "Each image shows 2-5 shapes; each query designates exactly one of them, either with a short\n"
+        f"Each image shows {options.min_objects}-{options.max_objects} shapes; each query designates exactly one "
+        "of them, either with a short\n"
         "phrase (is_sentence false) or a reasoning sentence about colour, shape, size, position and\n"
         "spatial relations (is_sentence true). Train files carry 2-6 rephrasings, val/test files 1.\n"
+        "Beside LISA's keys, each JSON lists the other shapes of the image under \"distractors\" (polygon,\n"
+        "kind, colour, size) and the target's attributes under \"target\"; LISA's reader ignores both.\n"
     )
 
 
@@ -1082,10 +1184,13 @@ def make_dataset(
     num_test: int = 32,
     image_size: int = 256,
     progress: bool = True,
+    options: SceneOptions | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic ReasonSeg-format dataset into ``out_dir`` (created if needed; same-named files
-    are overwritten). Returns a summary: per split its path and counts of images, short/long queries,
+    are overwritten). ``num_*`` count scenes; with ``options.targets_per_scene`` K > 1 a train scene gives
+    up to K files. Returns a summary: per split its path and counts of images (files), short/long queries,
     texts, ignore/flag shapes; the explanatory file and README paths."""
+    options = options or SceneOptions()
     counts = {"train": num_train, "val": num_val, "test": num_test}
     _validate(seed, counts, image_size)
     root = Path(out_dir)
@@ -1094,8 +1199,11 @@ def make_dataset(
         (root / split).mkdir(parents=True, exist_ok=True)
     jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
     explanatory = []
-    for split, index in tqdm(jobs, desc="make-data", unit="img", disable=not progress, file=sys.stderr):
-        example = generate_example(seed, split, index, image_size)
+    examples = (ex for split, index in tqdm(jobs, desc="make-data", unit="scene", disable=not progress,
+                                            file=sys.stderr)
+                for ex in generate_scene_examples(seed, split, index, image_size, options))
+    for example in examples:
+        split = example.name.split("_", 1)[0]
         write_example(example, root / split)
         _count(splits[split], example)
         if example.explanation is not None:
@@ -1111,7 +1219,7 @@ def make_dataset(
     explanatory_path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(explanatory, explanatory_path)
     readme = root / "README.txt"
-    readme.write_text(_readme_text(seed, counts, image_size), encoding="utf-8")
+    readme.write_text(_readme_text(seed, counts, image_size, options), encoding="utf-8")
     logger.info("wrote %d images to %s", len(jobs), root)
     return {
         "out_dir": str(root),
@@ -1144,6 +1252,18 @@ def _image_size(text: str) -> int:
     return value
 
 
+def _object_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX such as 3-5, got {text!r}") from None
+
+
+def _query_types(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modlisa make-data",
@@ -1156,6 +1276,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-val", type=_non_negative, default=32, help="val images (default 32)")
     parser.add_argument("--num-test", type=_non_negative, default=32, help="test images (default 32)")
     parser.add_argument("--image-size", type=_image_size, default=256, help="longer image side (default 256)")
+    parser.add_argument("--objects", type=_object_range, default=(2, 5), metavar="MIN-MAX",
+                        help="shapes per image (default 2-5)")
+    parser.add_argument("--lookalike-prob", type=float, default=0.35,
+                        help="chance that a shape reuses a colour or kind already in the image (default 0.35)")
+    parser.add_argument("--query-types", type=_query_types, default=(), metavar="T1,T2,...",
+                        help=f"query kinds to draw (default all): {', '.join(QUERY_TYPES)}")
+    parser.add_argument("--targets-per-scene", type=int, default=1, metavar="K",
+                        help="train split: ask about up to K different shapes of each image, one file each "
+                             "(default 1)")
     parser.add_argument(
         "--force", action="store_true", help="replace train/, val/, test/, explanatory/ and README.txt"
     )
@@ -1190,8 +1319,12 @@ def main_make_data(argv: Sequence[str] | None = None) -> int:
             return 2
         _remove_generated(root)
     try:
+        options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
+                               lookalike_prob=args.lookalike_prob, query_types=args.query_types,
+                               targets_per_scene=args.targets_per_scene)
         summary = make_dataset(
             root,
+            options=options,
             seed=args.seed,
             num_train=args.num_train,
             num_val=args.num_val,

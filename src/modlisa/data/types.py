@@ -31,6 +31,9 @@ class Annotation:
     is_sentence: bool  # True = long sentence query, False = short phrase
     shapes: list[Shape] = field(default_factory=list)
     explanation: str | None = None  # from explanatory/train.json, when present
+    # modlisa extension (synthetic data): the image's non-target shapes, for grounding accuracy. LISA's
+    # reader ignores the JSON key "distractors"; here label = "size colour kind" of the shape.
+    distractors: list[Shape] = field(default_factory=list)
 
 
 @dataclass

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from modlisa.data.types import Batch
+from modlisa.engine.grounding import grounding_accuracy, is_grounded
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
 
@@ -47,10 +50,16 @@ def subset_of(is_sentence: bool) -> str:
     return "long" if is_sentence else "short"
 
 
-def query_records(batch: Batch, pred_masks: list[torch.Tensor], acc: IoUAccumulator) -> list[dict[str, Any]]:
+DistractorFn = Callable[[int, tuple[int, int]], "np.ndarray | None"]
+
+
+def query_records(batch: Batch, pred_masks: list[torch.Tensor], acc: IoUAccumulator,
+                  distractors_of: DistractorFn | None = None) -> list[dict[str, Any]]:
     """Score each query of the batch (one [SEG] per query) and return its record.
 
     pred_masks: B tensors (n_b, H_b, W_b) of mask logits; batch.masks: B tensors (n_b, H_b, W_b) uint8.
+    ``distractors_of(sample_id, (H, W))`` -> (n_d, H, W) bool masks of the image's other shapes or None; when
+    given, each record gets ``grounded`` (see ``grounding.is_grounded``; None where no distractor is known).
     """
     records = []
     for b in range(batch.num_images):
@@ -61,9 +70,15 @@ def query_records(batch: Batch, pred_masks: list[torch.Tensor], acc: IoUAccumula
                 f"{batch.image_paths[b]}: {logits.shape[0]} predicted masks for {gts.shape[0]} queries "
                 "(each query must contain exactly one [SEG])"
             )
+        distractors = None
+        if distractors_of is not None and batch.sample_ids:
+            distractors = distractors_of(batch.sample_ids[b], tuple(gts.shape[-2:]))
         for q in range(gts.shape[0]):
             is_sentence = bool(batch.is_sentence[start + q])
             i, u, iou = acc.update(logits[q] > 0, gts[q], subset=subset_of(is_sentence))
+            grounded = None
+            if distractors is not None:
+                grounded = is_grounded((logits[q] > 0).cpu().numpy(), gts[q].cpu().numpy(), distractors)
             records.append({
                 "index": batch.sample_ids[b] if batch.sample_ids else -1,
                 "query_index": q,
@@ -71,6 +86,7 @@ def query_records(batch: Batch, pred_masks: list[torch.Tensor], acc: IoUAccumula
                 "query": batch.queries[start + q],
                 "is_sentence": is_sentence,
                 "I": int(i), "U": int(u), "IoU": float(iou),
+                **({"grounded": grounded} if distractors_of is not None else {}),
             })
     return records
 
@@ -94,10 +110,12 @@ def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accelerator: Any = None,
              loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True,
-             sam_cache: Any = None, autocast: Any = None) -> EvalResult:
+             sam_cache: Any = None, distractors_of: DistractorFn | None = None,
+             autocast: Any = None) -> EvalResult:
     """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop).
 
     ``sam_cache`` (a ``SamEmbeddingCache``) serves frozen-SAM image embeddings instead of re-encoding.
+    ``distractors_of``: see ``query_records``; adds ``grounding`` (accuracy, num_queries) to the metrics.
     ``autocast``: the precision context to run in (`modlisa eval`: ``autocast_context``); default: the
     accelerator's (the run's mixed precision, as in training).
     """
@@ -120,7 +138,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accel
                 losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, loss_weights)
                 loss_sum += float(losses["loss"]) * batch.num_images
                 loss_count += batch.num_images
-            records.extend(query_records(batch, out.pred_masks, acc))
+            records.extend(query_records(batch, out.pred_masks, acc, distractors_of))
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -130,6 +148,8 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accel
         loss_sum, loss_count = float(totals[0]), int(totals[1])
     records = _dedupe(records)
     metrics = metrics_from_records(records)
+    if distractors_of is not None:
+        metrics["grounding"] = grounding_accuracy(records)
     metrics["loss"] = loss_sum / loss_count if loss_count else None
     metrics["protocol"] = PROTOCOL
     if was_training:

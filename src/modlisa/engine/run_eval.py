@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.evaluate import EvalResult, autocast_context, evaluate, subset_of
+from modlisa.engine.grounding import query_blind_warning
 from modlisa.metrics import IoUAccumulator, intersection_union
 
 logger = logging.getLogger(__name__)
@@ -224,21 +225,62 @@ def save_mask_pictures(folder: Path, picks: list[tuple[str, int, dict[str, Any]]
 
 
 # ---------------------------------------------------------------------- the command
+def _distractor_lookup(dataset: Any) -> Any:
+    """``distractors_of(index, (H, W))`` for ``evaluate``: the distractor masks of annotation ``index``."""
+    from modlisa.engine.grounding import distractor_masks
+
+    def distractors_of(index: int, hw: tuple[int, int]) -> np.ndarray | None:
+        return distractor_masks(dataset.annotations[index], hw)
+
+    return distractors_of
+
+
+def _teacher_loader(dataset: Any, tokenizer: Any, cfg: TrainingConfig, batch_size: int, accelerator: Any,
+                    conversation: Any = None) -> Any:
+    from modlisa.data.collate import make_collate_fn
+    from modlisa.engine.sampling import EvalShardSampler
+
+    sampler = EvalShardSampler(len(dataset), rank=accelerator.process_index, world_size=accelerator.num_processes)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      collate_fn=make_collate_fn(tokenizer, cfg.max_length, conversation))
+
+
+def wrong_query_baseline(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg: TrainingConfig, split: str,
+                         batch_size: int, accelerator: Any, precision: str | None = None) -> EvalResult | None:
+    """Teacher-forced scores of every image asked another image's query (``grounding.WrongQueryDataset``);
+    None for a split of fewer than two images. ``precision``: as the evaluation's (default: the run's)."""
+    from modlisa.engine.grounding import WrongQueryDataset, wrong_query_partners
+
+    partners = wrong_query_partners(dataset.annotations)
+    if partners is None:
+        return None
+    loader = _teacher_loader(WrongQueryDataset(dataset, partners), tokenizer, cfg, batch_size, accelerator,
+                             getattr(model, "conversation", None))
+    return evaluate(model, loader, device=accelerator.device, accelerator=accelerator,
+                    desc=f"eval {split} (wrong query)",
+                    autocast=autocast_context(accelerator.device, precision or cfg.precision))
+
+
+def _baseline_summary(result: EvalResult) -> dict[str, Any]:
+    keep = ("giou", "ciou", "num_queries")
+    m = result.metrics
+    return {**{k: m[k] for k in keep}, "pairing": "each image asked the first query of another image of the same "
+            "kind (short/long), half-way round the split, with a different text",
+            "subsets": {n: {k: sub[k] for k in keep} for n, sub in m["subsets"].items()}}
+
+
 def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any, dataset: Any,
               cfg: TrainingConfig, split: str, batch_size: int, max_new_tokens: int,
               accelerator: Any, precision: str) -> EvalResult:
-    from modlisa.data.collate import make_collate_fn
     from modlisa.engine.generate_eval import evaluate_generate
-    from modlisa.engine.sampling import EvalShardSampler
 
     if mode == "generate":
         with autocast_context(accelerator.device, precision):
             return evaluate_generate(model, tokenizer, processors, dataset.annotations,
                                      max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
-    sampler = EvalShardSampler(len(dataset), rank=accelerator.process_index, world_size=accelerator.num_processes)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                        collate_fn=make_collate_fn(tokenizer, cfg.max_length, model.conversation))
+    loader = _teacher_loader(dataset, tokenizer, cfg, batch_size, accelerator, model.conversation)
     return evaluate(model, loader, device=accelerator.device, accelerator=accelerator, desc=f"eval {split}",
+                    distractors_of=_distractor_lookup(dataset),
                     autocast=autocast_context(accelerator.device, precision))
 
 
@@ -301,6 +343,14 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         areas = gt_areas(dataset.annotations)
     metrics["empty_baseline"] = baseline = empty_mask_baseline(areas)
     metrics["warnings"] = sanity_warnings(metrics, baseline, mode)
+    wrong = None
+    if mode == "teacher":
+        wrong = wrong_query_baseline(model, tokenizer, dataset, cfg, split, batch_size, accelerator, amp)
+        metrics["wrong_query_baseline"] = _baseline_summary(wrong) if wrong is not None else None
+        blind = query_blind_warning(metrics, metrics["wrong_query_baseline"])
+        if blind:
+            logger.warning("%s", blind)
+            metrics["warnings"].append(blind)
     target = Path(out_dir) if out_dir else Path(cfg.output_dir) / "outputs"
     name = output_name(split, mode)
     extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode,
@@ -312,6 +362,8 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         return {"metrics": metrics, "eval_json": None, "predictions": None, "warnings": metrics["warnings"],
                 "masks_dir": None}
     eval_path, pred_path = write_eval_outputs(target, split, metrics, result.records, extra, name=name)
+    if wrong is not None:
+        write_eval_outputs(target, split, wrong.metrics, wrong.records, extra, name=f"{name}_wrong_query")
     masks_dir = None
     if save_masks:
         masks_dir = target / f"eval_{name}_masks"
@@ -365,6 +417,14 @@ def _print_summary(split: str, result: dict[str, Any]) -> None:
         if sub["num_queries"]:
             print(f"  {name}: gIoU {100 * sub['giou']:.2f}  cIoU {100 * sub['ciou']:.2f}  ({sub['num_queries']})")
     print(f"  empty-mask baseline: gIoU {100 * m['empty_baseline']['giou']:.2f}  cIoU 0.00")
+    wrong = m.get("wrong_query_baseline")
+    if wrong:
+        print(f"  wrong-query baseline (another image's query): gIoU {100 * wrong['giou']:.2f}  "
+              f"cIoU {100 * wrong['ciou']:.2f}  -> query effect {100 * (m['giou'] - wrong['giou']):+.2f} gIoU points")
+    if m.get("grounding"):
+        g = m["grounding"]
+        print(f"  grounding accuracy (mask overlaps the target more than any other shape): "
+              f"{100 * g['accuracy']:.1f}% of {g['num_queries']}")
     for warning in result["warnings"]:
         print(f"WARNING: {warning}")
     print(f"wrote {result['eval_json']} and {result['predictions']}")

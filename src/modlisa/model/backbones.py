@@ -39,7 +39,7 @@ from transformers import (
 
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.data.transforms import CLIP_MEAN, CLIP_STD
-from modlisa.model.tokenizer import add_special_tokens, build_byte_tokenizer
+from modlisa.model.tokenizer import add_special_tokens, build_word_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +129,12 @@ def tiny_sam(image_size: int) -> SamModel:
     with torch.no_grad():
         sam.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
         # Hugging Face's init leaves the SAM image encoder's linear/conv weights at ~1e-10 for these configs, so
-        # its embeddings come out ~1e-20 and masks could not depend on the image: use PyTorch's default init.
-        for module in sam.vision_encoder.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+        # its embeddings come out ~1e-20 and masks could not depend on the image; it draws the mask decoder's at
+        # std 0.02, which makes the decoder deaf to its sparse prompt: trained from there it learns "segment every
+        # shape" and never reads the [SEG] prompt, even an oracle one (docs/TRAINING_GUIDE.md, "Does it follow the
+        # query?"). PyTorch's default init for both.
+        for module in [*sam.vision_encoder.modules(), *sam.mask_decoder.modules()]:
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 module.reset_parameters()
     return sam
 
@@ -197,7 +200,7 @@ def _load_lm_kwargs(cfg: TrainingConfig) -> dict:
 # ---------------------------------------------------------------------- presets
 def build_tiny(cfg: TrainingConfig) -> Backbones:
     """Random tiny CLIP + Llama + SAM; deterministic given the torch seed."""
-    tokenizer = build_byte_tokenizer()
+    tokenizer = build_word_tokenizer()
     vision = tiny_vision_tower(cfg.img_size)
     language_model = tiny_language_model(tokenizer)
     resize_vocabulary(language_model, tokenizer)

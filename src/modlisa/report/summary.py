@@ -147,9 +147,10 @@ def _scalar(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- evaluation
-def _cell(metrics: Any, baseline: Any = None) -> dict[str, Any] | None:
-    """{"giou", "ciou", "num_queries", "empty_giou", "seg_rate"} of a metrics dict; None when absent or
-    with no queries. empty_giou: the empty-mask baseline written by `modlisa eval`; seg_rate: generate mode."""
+def _cell(metrics: Any, baseline: Any = None, wrong: Any = None) -> dict[str, Any] | None:
+    """{"giou", "ciou", "num_queries", "empty_giou", "wrong_giou", "grounding", "seg_rate"} of a metrics dict;
+    None when absent or with no queries. empty_giou / wrong_giou: the empty-mask and wrong-query baselines
+    written by `modlisa eval`; grounding: its grounding accuracy (overall only); seg_rate: generate mode."""
     if not isinstance(metrics, dict):
         return None
     n = metrics.get("num_queries")
@@ -158,6 +159,9 @@ def _cell(metrics: Any, baseline: Any = None) -> dict[str, Any] | None:
         return None
     return {"giou": giou, "ciou": ciou, "num_queries": n if isinstance(n, int) else None,
             "empty_giou": finite(baseline.get("giou")) if isinstance(baseline, dict) else None,
+            "wrong_giou": finite(wrong.get("giou")) if isinstance(wrong, dict) else None,
+            "grounding": finite(metrics["grounding"].get("accuracy")) if isinstance(metrics.get("grounding"), dict)
+            else None,
             "seg_rate": finite(metrics.get("seg_rate"))}
 
 
@@ -166,9 +170,11 @@ def _split_cells(payload: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     subsets = payload.get("subsets") if isinstance(payload.get("subsets"), dict) else {}
     baseline = payload.get("empty_baseline") if isinstance(payload.get("empty_baseline"), dict) else {}
     base_subsets = baseline.get("subsets") if isinstance(baseline.get("subsets"), dict) else {}
-    return {"overall": _cell(payload, baseline or None),
-            "short": _cell(subsets.get("short"), base_subsets.get("short")),
-            "long": _cell(subsets.get("long"), base_subsets.get("long"))}
+    wrong = payload.get("wrong_query_baseline") if isinstance(payload.get("wrong_query_baseline"), dict) else {}
+    wrong_subsets = wrong.get("subsets") if isinstance(wrong.get("subsets"), dict) else {}
+    return {"overall": _cell(payload, baseline or None, wrong or None),
+            "short": _cell(subsets.get("short"), base_subsets.get("short"), wrong_subsets.get("short")),
+            "long": _cell(subsets.get("long"), base_subsets.get("long"), wrong_subsets.get("long"))}
 
 
 def eval_results(run: RunData) -> dict[str, Any]:

@@ -122,12 +122,17 @@ def eval_table(s: dict[str, Any]) -> Table:
         entries += [(f"{split}{'' if n == 'overall' and split == 'val' else ' ' + n} (generate)", cells[n],
                      f"eval_{split}_generate.json") for n in names]
     rows = [[label, pct(c and c["giou"]), pct(c and c["ciou"]), num(c and c["num_queries"]),
-             pct(c and c["empty_giou"]), pct(c and c["seg_rate"]), source or "not evaluated"]
+             pct(c and c["empty_giou"]), pct(c and c.get("wrong_giou")), pct(c and c.get("grounding")),
+             pct(c and c["seg_rate"]), source or "not evaluated"]
             for label, c, source in entries]
     notes = [f"Data: {s['data']['detail']}.",
              "Empty-mask gIoU: the score of predicting nothing for every query (queries whose target is empty "
-             "score 1); a model should beat it. [SEG] rate: share of free answers (generate mode) with a [SEG]."]
-    columns = ["Split", "gIoU (%)", "cIoU (%)", "Queries", "Empty-mask gIoU (%)", "[SEG] rate (%)", "Source"]
+             "score 1); a model should beat it. Wrong-query gIoU: the same images asked another image's query; "
+             "a model that reads its query scores far lower there, a query-blind one the same (docs/EVALUATION.md). "
+             "Grounding: share of queries whose mask overlaps the target more than any other shape (data that "
+             "lists the other shapes). [SEG] rate: share of free answers (generate mode) with a [SEG]."]
+    columns = ["Split", "gIoU (%)", "cIoU (%)", "Queries", "Empty-mask gIoU (%)", "Wrong-query gIoU (%)",
+               "Grounding (%)", "[SEG] rate (%)", "Source"]
     return Table(f"Evaluation: {s['name']}", columns, rows, notes)
 
 
