@@ -127,10 +127,10 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         return train_dialogue(ann, rng, self.queries_per_image, self.explanatory_prob)
 
     @staticmethod
-    def _eval_dialogue(ann: Annotation) -> Dialogue:
+    def _eval_dialogue(ann: Annotation) -> tuple[list[str], list[str], list[str]]:
         """LISA's evaluation protocol: the first text only, the fixed prompt, the answer "[SEG]."."""
         query = ann.texts[0]
-        return Dialogue([prompts.eval_question(query, ann.is_sentence)], [prompts.EVAL_ANSWER], [query], SEG_ONLY)
+        return [prompts.eval_question(query, ann.is_sentence)], [prompts.EVAL_ANSWER], [query]
 
     def _load(self, ann: Annotation) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W, 3) uint8 RGB, mask (H, W) uint8 in {0, 1, 255}); DataError naming the file."""
@@ -169,7 +169,7 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         if self.train:
             dialogue = self._train_dialogue(ann, random.Random(item_seed(self.seed, self.epoch, index)))
         else:
-            dialogue = self._eval_dialogue(ann)
+            dialogue = Dialogue(*self._eval_dialogue(ann), kind=SEG_ONLY)
         questions, answers, queries = dialogue.questions, dialogue.answers, dialogue.queries
         # one mask per [SEG]; a text-only image carries no mask at all (LISA: masks of shape (0, H, W))
         masks = np.repeat(mask[None], dialogue.num_masks, axis=0)
