@@ -132,7 +132,8 @@ def test_empty_mask_baseline_and_warning_below_it(run_dir, data_with_empty_gt, t
         run_eval(str(run_dir), str(data_with_empty_gt), "val", str(tmp_path))
     payload = json.loads((tmp_path / "eval_val.json").read_text())
     assert payload["giou"] < payload["empty_baseline"]["giou"] == pytest.approx(1 / 6)
-    assert len(payload["warnings"]) == 1 and "below the empty-mask baseline" in payload["warnings"][0]
+    # (the patched whole-image masks ignore the query: the query-blind warning may come too)
+    assert any("below the empty-mask baseline" in w for w in payload["warnings"])
     assert "below the empty-mask baseline" in caplog.text
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from modlisa.config import ConfigError, add_config_arguments, config_from_args
+from modlisa.config import ConfigError, add_config_arguments, config_and_sources_from_args
 
 
 def _cmd_make_data(argv: list[str]) -> int:
@@ -35,10 +35,11 @@ def _cmd_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="modlisa train", description="Train ModifiedLISA (Accelerate).")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).validate()
+    cfg, sources = config_and_sources_from_args(args)
+    cfg.validate()
     from modlisa.engine.train import train
 
-    summary = train(cfg)
+    summary = train(cfg, sources)
     if summary.get("num_processes", 1) == 1 or os.environ.get("RANK", "0") == "0":
         if summary.get("stopped_early"):
             print(f"\nTraining stopped ({summary.get('stop_reason')}) at step {summary['global_step']}; "

@@ -59,6 +59,9 @@ class TrainingConfig:
     quantization_bits: int = 8
     sam_cache: bool = False  # reuse frozen-SAM image embeddings
     sam_cache_dir: str | None = None  # optional on-disk SAM cache folder (used when sam_cache is on)
+    # --- prompts (SPEC-LISA.md §3) ---
+    use_chat_template: bool = False  # render prompts with the tokenizer's chat template (default: LLaVA v1, LISA's)
+    use_mm_start_end: bool = False  # <im_start><image><im_end> around the image (LISA-7B-v1: true; llava-1.5: false)
 
     # --- optimisation (SPEC-LISA.md §6) ---
     num_epochs: int = 10
@@ -382,19 +385,75 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                            help=f"default: {default}")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """Merge ``--config`` YAML with the per-field command-line overrides."""
-    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    source = args.config or "command line"
+# ---------------------------------------------------------------------- presets' recipes and provenance
+# The optimisation recipe a preset brings (LISA-7B: SPEC-LISA.md §6, per GPU). It replaces the defaults; a value
+# set in the YAML or on the command line wins over it. (The preset's MODEL settings, model/factory.py, are fixed.)
+PRESET_RECIPES: dict[str, dict[str, Any]] = {
+    "lisa-7b": {
+        "learning_rate": 3e-4, "adam_beta1": 0.9, "adam_beta2": 0.95, "weight_decay": 0.0, "warmup_steps": 100,
+        "lr_schedule": "linear", "max_grad_norm": 1.0, "batch_size": 2, "gradient_accumulation_steps": 10,
+        "steps_per_epoch": 500, "num_epochs": 10, "use_mixed_precision": True, "mixed_precision": "bf16",
+        "queries_per_image": 3, "explanatory_prob": 0.1, "ce_loss_weight": 1.0, "bce_loss_weight": 2.0,
+        "dice_loss_weight": 0.5,
+    },
+}
+SOURCES = ("default", "preset", "yaml", "cli", "api")  # where a resolved value came from, weakest first
+SOURCES_FILE = "config_sources.yaml"  # beside outputs/config.yaml
+
+
+def resolve_config(yaml_values: dict[str, Any], cli_values: dict[str, Any],
+                   source: str = "command line") -> tuple[TrainingConfig, dict[str, str]]:
+    """Defaults < the preset's recipe < YAML < command line; returns the config and ``{field: source}``.
+
+    The preset is the ``model`` the YAML or the command line names (the command line wins).
+    """
+    names = list(_field_types())
+    sources = dict.fromkeys(names, "default")
+    model = cli_values.get("model", yaml_values.get("model", _default("model")))
+    layers = [(PRESET_RECIPES.get(str(model), {}), "preset"), (yaml_values, "yaml"), (cli_values, "cli")]
+    values: dict[str, Any] = {}
+    for layer, name in layers:
+        values.update(layer)
+        sources.update(dict.fromkeys((k for k in layer if k in sources), name))
+    return config_from_dict(values, source=source), sources
+
+
+def infer_sources(cfg: TrainingConfig) -> dict[str, str]:
+    """``{field: source}`` of a config built in code: ``default`` where it equals the default, ``preset``
+    where it equals its preset's recipe, else ``api``."""
+    recipe = PRESET_RECIPES.get(cfg.model, {})
+    out = {}
     for name in _field_types():
-        override = getattr(args, f"cfg_{name}", None)
-        if override is not None:
-            values[name] = override
-    return config_from_dict(values, source=source)
+        value = getattr(cfg, name)
+        if name in recipe and value == recipe[name]:
+            out[name] = "preset"
+        else:
+            out[name] = "default" if value == _default(name) else "api"
+    return out
 
 
-def save_config(cfg: TrainingConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically; WriteError naming the file when it fails)."""
+def config_and_sources_from_args(args: argparse.Namespace) -> tuple[TrainingConfig, dict[str, str]]:
+    """Resolve ``--config`` YAML, the preset's recipe and the per-field command-line overrides."""
+    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    cli = {name: getattr(args, f"cfg_{name}") for name in _field_types()
+           if getattr(args, f"cfg_{name}", None) is not None}
+    return resolve_config(values, cli, source=getattr(args, "config", None) or "command line")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """Merge the preset's recipe, ``--config`` YAML and the per-field command-line overrides."""
+    return config_and_sources_from_args(args)[0]
+
+
+def save_config(cfg: TrainingConfig, path: str | Path, sources: dict[str, str] | None = None) -> None:
+    """Write the resolved config as YAML (atomically; WriteError naming the file when it fails); with ``sources``, ``config_sources.yaml`` beside it says where each
+    value came from (default / preset / yaml / cli / api)."""
     from modlisa.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if sources is not None:
+        header = ("# Where each value of config.yaml came from: default (TrainingConfig), preset (the model "
+                  f"preset's recipe or fixed model settings: {cfg.model}), yaml (--config), cli (--field), api "
+                  "(set in code)\n")
+        ordered = {name: sources.get(name, "default") for name in cfg.to_dict()}
+        atomic_write_text(Path(path).parent / SOURCES_FILE, header + yaml.safe_dump(ordered, sort_keys=False))

@@ -108,7 +108,7 @@ def _teacher_logits(model: torch.nn.Module, tokenizer: Any, processors: Any, ima
                     questions=[question], answers=[prompts.EVAL_ANSWER], queries=[query],
                     masks=torch.zeros(1, height, width, dtype=torch.uint8), is_sentence=False, index=0)
     device = next(model.text_hidden_fcs.parameters()).device
-    batch = collate_samples([sample], tokenizer, max_length).to(device)
+    batch = collate_samples([sample], tokenizer, max_length, model.conversation).to(device)
     was_training = model.training
     model.eval()
     try:

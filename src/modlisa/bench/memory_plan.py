@@ -3,10 +3,11 @@ that make the run fit.
 
 Terms (bytes), from the meta-device skeleton (exact parameter counts and trainable set) and the configs:
 
-- weights: each parameter at its stored dtype (random presets fp32; checkpoints their own dtype; LoRA
-  adapters, [SEG] deltas and ``text_hidden_fcs`` fp32; with ``use_quantization`` the LM's decoder-layer
-  linear weights at 4.25 bits (nf4 + block scales) or 8.1 bits).
-- gradients (= trainable weights) and AdamW states (2 x trainable weights).
+- weights: every trainable parameter in fp32 (master weights, ``model/precision.py``: an fp16 checkpoint's
+  trained embedding + LM head count 4 bytes a value), frozen ones at the checkpoint's dtype (random presets
+  fp32; with ``use_quantization`` the LM's decoder-layer linear weights at 4.25 bits (nf4 + block scales)
+  or 8.1 bits).
+- gradients (= trainable weights, fp32) and AdamW states (2 x trainable weights, fp32).
 - activations saved for backward in one micro-batch: LM decoder layers (per token: the norms' inputs, the
   attention q/k/v/out, the MLP's gate/up products, LoRA inputs; the layer inputs only with gradient
   checkpointing, plus one layer being recomputed), the logits (Q x L' x V) and their gradient, trainable
@@ -109,8 +110,10 @@ def workload_for(cfg: TrainingConfig, arch: Architecture, image_hw: tuple[int, i
 
 # ---------------------------------------------------------------------- parameters
 def _param_dtype_bytes(name: str, param: torch.nn.Parameter, arch: Architecture, cfg: TrainingConfig) -> float:
+    """Bytes per value: trainable = fp32 master weights (model/precision.py), whatever the checkpoint's dtype;
+    frozen = the checkpoint's dtype (a 16-bit one converted to the other 16-bit autocast dtype keeps its size)."""
     part = name.split(".", 1)[0]
-    if param.requires_grad and ("lora_" in name or name.endswith("delta") or part == "text_hidden_fcs"):
+    if param.requires_grad:
         return 4.0
     if part == "text_hidden_fcs":
         return 4.0

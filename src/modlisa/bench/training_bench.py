@@ -14,7 +14,6 @@ flops_per_step / step_time_mean_s / peak_flops_per_s, the peak measured by a mat
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -124,9 +123,12 @@ def _accumulate_iou(acc: IoUAccumulator, batch: Batch, pred_masks: list[torch.Te
 
 
 def _optimizer_step(c: Any, cfg: TrainingConfig) -> float:
-    params = [p for p in c.unwrapped.parameters() if p.requires_grad]
+    from modlisa.engine.backends import clip_parameters
+
+    params = clip_parameters(c.accelerator, c.model, c.unwrapped)
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(c.accelerator.clip_grad_norm_(params, max_norm))
+    norm = c.accelerator.clip_grad_norm_(params, max_norm)
+    grad_norm = float(norm) if norm is not None else float("nan")
     c.optimizer.step()
     c.optimizer.zero_grad(set_to_none=True)
     c.scheduler.step()
@@ -142,21 +144,20 @@ def train_step(c: Any, cfg: TrainingConfig, batches: Iterator[Batch], timer: Com
     record = StepRecord()
     encoded = _encoded(c)
     timer.start_step()
-    for micro in range(accum):
+    for _ in range(accum):
         with timer.region("data_wait"):
             host_batch = next(batches)
         with timer.region("host_to_device"):
             batch = host_batch.to(c.accelerator.device)
         with timer.region("sam_cache"):
             sam_embeddings = cached_sam_embeddings(c, batch)
-        sync = micro == accum - 1
-        with c.accelerator.no_sync(c.model) if not sync else contextlib.nullcontext():
+        with c.accelerator.accumulate(c.model):  # the training loop's accumulation (engine/backends.py)
             with timer.region("forward_other"):
                 out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
             with timer.region("loss"):
                 losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
             with timer.region("backward"):
-                c.accelerator.backward(losses["loss"] / accum)
+                c.accelerator.backward(losses["loss"])  # scaled by 1/accumulation inside
         with timer.region("metrics"):
             float(losses["loss"].detach())
             _accumulate_iou(acc, batch, out.pred_masks)
@@ -229,7 +230,7 @@ def _count_train_flops(c: Any, cfg: TrainingConfig, record: StepRecord, encoder_
         def run(batch: Batch = batch, emb: torch.Tensor | None = emb) -> None:
             out = c.model(batch) if emb is None else c.model(batch, sam_embeddings=emb)
             losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
-            c.accelerator.backward(losses["loss"] / cfg.gradient_accumulation_steps)
+            losses["loss"].backward()  # FLOPs only: no accumulation bookkeeping, gradients dropped below
 
         total += flops_mod.count_flops(run)
     c.optimizer.zero_grad(set_to_none=True)
@@ -414,7 +415,7 @@ def _loader_run(c: Any, cfg: TrainingConfig, workers: int, batches: int) -> dict
     from modlisa.bench.data_bench import loader_throughput
     from modlisa.data.collate import make_collate_fn
 
-    return loader_throughput(c.train_set, make_collate_fn(c.tokenizer, cfg.max_length), cfg.batch_size, workers,
+    return loader_throughput(c.train_set, make_collate_fn(c.tokenizer, cfg.max_length, c.unwrapped.conversation), cfg.batch_size, workers,
                              batches, seed=cfg.seed)
 
 

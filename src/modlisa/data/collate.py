@@ -34,7 +34,8 @@ def _encode_ids(text: str, tokenizer: Any) -> list[int]:
 
 
 def encode_query(
-    question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
+    question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
+    conversation: prompts.ConversationFormat | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation that fits ``max_length`` tokens.
 
@@ -45,15 +46,16 @@ def encode_query(
     when even an empty query does not fit (``max_length`` too small for the templates).
     """
     try:
-        return _encode(question, answer, tokenizer, max_length, query)
+        return _encode(question, answer, tokenizer, max_length, query, conversation)
     except TooLongError:
         if not query.strip() or query.strip() not in question:
             raise
-    return _encode_shortened(question, answer, tokenizer, max_length, query.strip())
+    return _encode_shortened(question, answer, tokenizer, max_length, query.strip(), conversation)
 
 
 def _encode_shortened(question: str, answer: str, tokenizer: Any, max_length: int,
-                      query: str) -> tuple[list[int], list[int]]:
+                      query: str, conversation: prompts.ConversationFormat | None = None
+                      ) -> tuple[list[int], list[int]]:
     """``encode_query`` with the longest prefix (in tokens) of ``query`` that fits (binary search)."""
     tokens = tokenizer(query, add_special_tokens=False)["input_ids"]
     low, high, best = 0, len(tokens) - 1, None
@@ -61,7 +63,7 @@ def _encode_shortened(question: str, answer: str, tokenizer: Any, max_length: in
         keep = (low + high) // 2
         short = tokenizer.decode(tokens[:keep]).strip()
         try:
-            best = _encode(question.replace(query, short, 1), answer, tokenizer, max_length, short)
+            best = _encode(question.replace(query, short, 1), answer, tokenizer, max_length, short, conversation)
             low = keep + 1
         except TooLongError:
             high = keep - 1
@@ -105,10 +107,11 @@ def shorten_query(query: str, tokenizer: Any, max_tokens: int) -> str:
 
 
 def _encode(
-    question: str, answer: str, tokenizer: Any, max_length: int, query: str = ""
+    question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
+    conversation: prompts.ConversationFormat | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) truncated from the right; TooLongError when the cut would hit the prompt or [SEG]."""
-    prompt, full = prompts.format_conversation(question, answer, tokenizer)
+    prompt, full = prompts.format_conversation(question, answer, tokenizer, conversation)
     ids, prompt_ids = _encode_ids(full, tokenizer), _encode_ids(prompt, tokenizer)
     name = f"query {query or question!r}"
     if ids[: len(prompt_ids)] != prompt_ids:
@@ -131,12 +134,12 @@ def _encode(
 
 
 def _encode_for(sample: Sample, question: str, answer: str, tokenizer: Any, max_length: int,
-                query: str) -> tuple[list[int], list[int]]:
+                query: str, conversation: prompts.ConversationFormat | None = None) -> tuple[list[int], list[int]]:
     """``encode_query`` whose errors name the sample's annotation file (DataError, one line, exit 2)."""
     from modlisa.data.reasonseg import DataError
 
     try:
-        return encode_query(question, answer, tokenizer, max_length, query)
+        return encode_query(question, answer, tokenizer, max_length, query, conversation)
     except ValueError as err:
         raise DataError(sample.json_path or sample.image_path or "query", str(err)) from err
 
@@ -157,8 +160,12 @@ def _stack_images(samples: Sequence[Sample], attr: str) -> torch.Tensor:
     return torch.stack([getattr(s, attr) for s in samples])
 
 
-def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512) -> Batch:
-    """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes."""
+def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512,
+                    conversation: prompts.ConversationFormat | None = None) -> Batch:
+    """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes.
+
+    ``conversation``: how prompts are rendered (LLaVA v1 by default; ``prompts.ConversationFormat``).
+    """
     if not samples:
         raise ValueError("collate_samples: empty list of samples")
     if tokenizer.pad_token_id is None:
@@ -169,10 +176,14 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     is_sentence: list[bool] = []
     offsets = [0]
     for sample in samples:
-        if not len(sample.questions) == len(sample.answers) == len(sample.queries) == sample.masks.shape[0]:
-            raise ValueError(f"{sample.json_path}: questions, answers, queries and masks differ in number")
+        if not len(sample.questions) == len(sample.answers) == len(sample.queries):
+            raise ValueError(f"{sample.json_path}: questions, answers and queries differ in number")
+        seg_count = sum(answer.count(prompts.SEG_TOKEN) for answer in sample.answers)
+        if seg_count != sample.masks.shape[0]:
+            raise ValueError(f"{sample.json_path}: {sample.masks.shape[0]} masks for {seg_count} {prompts.SEG_TOKEN} "
+                             "tokens in the answers (one mask per [SEG]; text-only answers have none)")
         for question, answer, query in zip(sample.questions, sample.answers, sample.queries):
-            ids, labels = _encode_for(sample, question, answer, tokenizer, max_length, query)
+            ids, labels = _encode_for(sample, question, answer, tokenizer, max_length, query, conversation)
             ids_rows.append(ids)
             label_rows.append(labels)
             queries.append(query)
@@ -198,6 +209,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     )
 
 
-def make_collate_fn(tokenizer: Any, max_length: int = 512) -> Callable[[list[Sample]], Batch]:
+def make_collate_fn(tokenizer: Any, max_length: int = 512,
+                    conversation: prompts.ConversationFormat | None = None) -> Callable[[list[Sample]], Batch]:
     """A picklable ``collate_fn`` for DataLoader (workers included)."""
-    return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length)
+    return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length, conversation=conversation)

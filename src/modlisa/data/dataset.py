@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +126,8 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         """Select the epoch whose random draws (queries, templates, augmentation) items use."""
         self.epoch = int(epoch)
 
-    def _train_dialogue(self, ann: Annotation, rng: random.Random) -> tuple[list[str], list[str], list[str]]:
-        """(questions, answers, query texts) of a training item: k distinct texts, random templates."""
-        k = min(self.queries_per_image, len(ann.texts))
-        chosen = [ann.texts[j] for j in rng.sample(range(len(ann.texts)), k)]
-        explain = bool(ann.explanation) and rng.random() < self.explanatory_prob
-        questions, answers = [], []
-        for j, text in enumerate(chosen):
-            if j == 0 and explain:
-                question, answer = prompts.explanatory_pair(text, ann.explanation or "", rng)
-            else:
-                # LISA lower-cases short phrases in training (class_name=text.lower()).
-                shown = text if ann.is_sentence else text.lower()
-                question, answer = prompts.train_question(shown, ann.is_sentence, rng), prompts.train_answer(rng)
-            questions.append(question)
-            answers.append(answer)
-        return questions, answers, chosen
+    def _train_dialogue(self, ann: Annotation, rng: random.Random) -> Dialogue:
+        return train_dialogue(ann, rng, self.queries_per_image, self.explanatory_prob)
 
     @staticmethod
     def _eval_dialogue(ann: Annotation) -> tuple[list[str], list[str], list[str]]:
@@ -183,11 +170,12 @@ class ReasonSegDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self.annotations)} items")
         ann, image, mask = self._load_item(index)
         if self.train:
-            rng = random.Random(item_seed(self.seed, self.epoch, index))
-            questions, answers, queries = self._train_dialogue(ann, rng)
+            dialogue = self._train_dialogue(ann, random.Random(item_seed(self.seed, self.epoch, index)))
         else:
-            questions, answers, queries = self._eval_dialogue(ann)
-        masks = np.repeat(mask[None], len(queries), axis=0)
+            dialogue = Dialogue(*self._eval_dialogue(ann), kind=SEG_ONLY)
+        questions, answers, queries = dialogue.questions, dialogue.answers, dialogue.queries
+        # one mask per [SEG]; a text-only image carries no mask at all (LISA: masks of shape (0, H, W))
+        masks = np.repeat(mask[None], dialogue.num_masks, axis=0)
         if self.train and self.augmenter is not None:
             aug_rng = np.random.default_rng(item_seed(self.seed, self.epoch, index, stream=1))
             # The flip rule reads every text the model sees: queries AND answers (explanations name sides).
@@ -218,6 +206,61 @@ def _log_skipped(root: str | Path, split: str, num_skipped: int, errors: list[Pr
     for problem in others:
         logger.warning("%s: %s: explanations not used (training goes on without them): %s", problem.file,
                        problem.kind, problem.message)
+
+
+SEG_ONLY, SEG_EXPLANATION, TEXT_ONLY = "seg", "seg+explanation", "text"
+
+
+@dataclass
+class Dialogue:
+    """The sequences of one image: n_q questions (user turns without the image placeholder), n_q answers,
+    the n_q raw query texts, and ``kind``: ``seg`` ([SEG] answers), ``seg+explanation`` ([SEG] + a space +
+    the explanation) or ``text`` (the explanation alone: no [SEG], no mask)."""
+
+    questions: list[str]
+    answers: list[str]
+    queries: list[str]
+    kind: str
+
+    @property
+    def num_masks(self) -> int:
+        return 0 if self.kind == TEXT_ONLY else len(self.queries)
+
+
+def explanation_choice(ann: Annotation, rng: random.Random, explanatory_prob: float) -> str:
+    """LISA's ONE draw per image with an explanation (``reason_seg_dataset.py``): text only with probability
+    ``explanatory_prob``, else a fair coin between [SEG] and [SEG] + explanation. Images without one: [SEG]."""
+    if not ann.explanation:
+        return SEG_ONLY
+    if rng.random() < explanatory_prob:
+        return TEXT_ONLY
+    return SEG_EXPLANATION if rng.random() < 0.5 else SEG_ONLY
+
+
+def train_dialogue(ann: Annotation, rng: random.Random, queries_per_image: int, explanatory_prob: float) -> Dialogue:
+    """A training item's sequences as LISA's ReasonSeg dataset builds them (SPEC-LISA.md §3).
+
+    Up to ``queries_per_image`` distinct texts; one ``explanation_choice`` for the image, applied to ALL of them:
+    ``seg``: a random question template (short phrases lower-cased, as LISA does) and a random answer;
+    ``seg+explanation``: "{query} {explanatory question}" answered "{random answer} {explanation}";
+    ``text``: the raw query as the question, the explanation as the answer (no [SEG], no mask).
+    """
+    k = min(queries_per_image, len(ann.texts))
+    chosen = [ann.texts[j] for j in rng.sample(range(len(ann.texts)), k)]
+    kind = explanation_choice(ann, rng, explanatory_prob)
+    explanation = (ann.explanation or "").strip()
+    questions, answers = [], []
+    for text in chosen:
+        if kind == TEXT_ONLY:
+            question, answer = text.strip(), explanation
+        elif kind == SEG_EXPLANATION:
+            question, answer = prompts.explanatory_pair(text, explanation, rng)
+        else:
+            shown = text if ann.is_sentence else text.lower()  # LISA: class_name=text.lower()
+            question, answer = prompts.train_question(shown, ann.is_sentence, rng), prompts.train_answer(rng)
+        questions.append(question)
+        answers.append(answer)
+    return Dialogue(questions, answers, chosen, kind)
 
 
 def _check_arguments(seed: int, queries_per_image: int, explanatory_prob: float, max_samples: int | None) -> None:

@@ -1,15 +1,22 @@
 """LISA's question and answer templates and the conversation text of one query.
 
-The first template of each list is the fixed evaluation prompt (SPEC-LISA.md §3, §5).
+The first template of each list is the fixed evaluation prompt (SPEC-LISA.md §3, §5). Conversations are
+rendered in LLaVA v1 (LISA's format) unless ``ConversationFormat.use_chat_template`` asks for the
+tokenizer's own chat template.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
+
+from modlisa.config import ConfigError
 
 IMAGE_TOKEN = "<image>"
 SEG_TOKEN = "[SEG]"
+IM_START_TOKEN = "<im_start>"  # LISA-7B-v1 (LLaVA-Lightning v1) wraps the image features in these
+IM_END_TOKEN = "<im_end>"
 
 SHORT_QUESTIONS = [
     "What is {x} in this image? Please output segmentation mask.",
@@ -34,7 +41,6 @@ ANSWERS = [
     "[SEG].",
 ]
 EVAL_ANSWER = "[SEG]."
-EXPLANATION_ANSWER = "Sure, [SEG]. {explanation}"
 
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -42,9 +48,41 @@ LLAVA_V1_SYSTEM = (
 )
 
 
+EVAL_QUESTION_PREFIX = " "  # LISA's validation prompt: "<image>\n What is ..." (a space after the newline)
+
+
+class ChatTemplateError(ConfigError):
+    """The tokenizer's chat template cannot render a single-turn image conversation."""
+
+
+@dataclass(frozen=True)
+class ConversationFormat:
+    """How a question and answer become text.
+
+    use_chat_template: render with the tokenizer's chat template (``TrainingConfig.use_chat_template``);
+        False (default): LLaVA v1, LISA's format, whatever template the tokenizer carries.
+    image_start_end: the image placeholder is ``<im_start><image><im_end>`` (LISA-7B-v1's
+        ``use_mm_start_end``; ``TrainingConfig.use_mm_start_end``) instead of ``<image>``.
+    """
+
+    use_chat_template: bool = False
+    image_start_end: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ConversationFormat:
+        """The format a ``TrainingConfig`` asks for."""
+        return cls(use_chat_template=bool(getattr(cfg, "use_chat_template", False)),
+                   image_start_end=bool(getattr(cfg, "use_mm_start_end", False)))
+
+    @property
+    def image_placeholder(self) -> str:
+        return f"{IM_START_TOKEN}{IMAGE_TOKEN}{IM_END_TOKEN}" if self.image_start_end else IMAGE_TOKEN
+
+
 def eval_question(query: str, is_sentence: bool) -> str:
-    """The fixed evaluation prompt for one query (first template of its kind)."""
-    return (LONG_QUESTIONS[0] if is_sentence else SHORT_QUESTIONS[0]).format(x=query.strip())
+    """The fixed evaluation prompt for one query (first template of its kind), with LISA's leading space."""
+    template = LONG_QUESTIONS[0] if is_sentence else SHORT_QUESTIONS[0]
+    return EVAL_QUESTION_PREFIX + template.format(x=query.strip())
 
 
 def train_question(query: str, is_sentence: bool, rng: random.Random) -> str:
@@ -59,38 +97,60 @@ def train_answer(rng: random.Random) -> str:
 
 
 def explanatory_pair(query: str, explanation: str, rng: random.Random) -> tuple[str, str]:
-    """(question, answer) asking for the mask AND an explanation: "Sure, [SEG]. {explanation}"."""
+    """(question, answer) asking for the mask AND an explanation, as LISA does: "{query} {explanatory
+    question}" answered with a random answer template, a space and the explanation."""
     question = rng.choice(EXPLANATORY_QUESTIONS).format(x=query.strip())
-    return question, EXPLANATION_ANSWER.format(explanation=explanation.strip())
+    return question, f"{train_answer(rng)} {explanation.strip()}"
 
 
-def _has_chat_template(tokenizer: Any) -> bool:
-    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+def _render(tokenizer: Any, user: Any, answer: str | None) -> tuple[str, str]:
+    """(prompt, full) through the tokenizer's chat template with user content ``user`` (text or items)."""
+    answer_content: Any = answer if isinstance(user, str) else [{"type": "text", "text": answer}]
+    messages = [{"role": "user", "content": user}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if answer is None:
+        return prompt, prompt
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer_content}],
+                                         tokenize=False)
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    if not full.startswith(prompt):  # the assistant turn renders unlike the generation prompt: concatenate
+        full = prompt + answer
+    if eos and not full.rstrip().endswith(eos):  # the answer must end its turn, or generation never stops
+        full = full.rstrip() + eos
+    return prompt, full
 
 
-def format_conversation(question: str, answer: str | None, tokenizer: Any = None) -> tuple[str, str]:
+def _chat_template_conversation(question: str, answer: str | None, tokenizer: Any,
+                                fmt: ConversationFormat) -> tuple[str, str]:
+    """Render through the chat template: text content first, then llava-hf style content items."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError("use_chat_template is true but the tokenizer has no chat template; set "
+                                "use_chat_template: false (LLaVA v1, LISA's format)")
+    prompt, full = _render(tokenizer, f"{fmt.image_placeholder}\n{question}", answer)
+    if IMAGE_TOKEN not in prompt or question.strip() not in prompt:  # e.g. llava-hf: content must be items
+        prompt, full = _render(tokenizer, [{"type": "image"}, {"type": "text", "text": question}], answer)
+        if fmt.image_start_end:
+            prompt = prompt.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
+            full = full.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
+    if prompt.count(IMAGE_TOKEN) != 1 or question.strip() not in prompt:
+        raise ChatTemplateError(f"the tokenizer's chat template does not render the image and the question "
+                                f"({prompt[:120]!r}); set use_chat_template: false (LLaVA v1, LISA's format)")
+    return prompt, full
+
+
+def format_conversation(question: str, answer: str | None, tokenizer: Any = None,
+                        fmt: ConversationFormat | None = None) -> tuple[str, str]:
     """Render one single-turn conversation with the image placeholder before the question.
 
     Returns ``(prompt, full)``: ``prompt`` ends where the assistant answer starts (the text given
     when generating), ``full`` = ``prompt + answer + end-of-turn``. With ``answer=None`` both are
-    the prompt. Uses the tokenizer's chat template when it has one, else LLaVA v1 (LISA's format).
+    the prompt. LLaVA v1 (LISA's format) unless ``fmt.use_chat_template``: a chat template the tokenizer
+    happens to carry is NOT used by default (llava-hf's renders string content as "USER: ASSISTANT:").
     """
-    user = f"{IMAGE_TOKEN}\n{question}"
-    if _has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": user}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if answer is None:
-            return prompt, prompt
-        full = tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": answer}], tokenize=False
-        )
-        if full.startswith(prompt):
-            return prompt, full
-        # Some templates render the assistant turn differently from the generation prompt;
-        # fall back to concatenation so that the prompt is always an exact prefix.
-        eos = getattr(tokenizer, "eos_token", None) or ""
-        return prompt, prompt + answer + eos
-    prompt = f"{LLAVA_V1_SYSTEM} USER: {user} ASSISTANT:"
+    fmt = fmt or ConversationFormat()
+    if fmt.use_chat_template:
+        return _chat_template_conversation(question, answer, tokenizer, fmt)
+    prompt = f"{LLAVA_V1_SYSTEM} USER: {fmt.image_placeholder}\n{question} ASSISTANT:"
     if answer is None:
         return prompt, prompt
     eos = getattr(tokenizer, "eos_token", None) or "</s>"

@@ -42,7 +42,8 @@ class Sample:
 
     sam_image:    (3, S, S) float32, SAM-normalised, resized longest side to S, zero-padded bottom/right.
     vision_image: (3, V, V) float32, normalised for the vision tower (resize shortest side + centre crop).
-    masks:        (n_q, H, W) uint8 in {0, 1, 255} at the ORIGINAL image resolution (255 = ignore).
+    masks:        (n_m, H, W) uint8 in {0, 1, 255} at the ORIGINAL image resolution (255 = ignore), one per
+                  [SEG] of the answers: n_m = n_q, or 0 for a text-only (explanation) item.
     """
 
     image_path: str
@@ -52,7 +53,7 @@ class Sample:
     resize_hw: tuple[int, int]  # (h, w) of the image inside sam_image, before padding
     original_hw: tuple[int, int]  # (H, W) of the original image
     questions: list[str]  # n_q user turns WITHOUT the image placeholder (prompts.py adds it)
-    answers: list[str]  # n_q assistant answers, each containing "[SEG]" (or several)
+    answers: list[str]  # n_q assistant answers, each with one "[SEG]" (none in a text-only item)
     queries: list[str]  # n_q raw query texts (for predictions files)
     masks: torch.Tensor
     is_sentence: bool

@@ -100,15 +100,20 @@ def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module) 
     A 7B LM with LoRA would otherwise write its frozen 14 GB every checkpoint.
     """
 
+    from modlisa.model.random_init import load_frozen_random_file, save_frozen_random_file
+
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for i, _ in enumerate(models):
             if i < len(weights):
                 weights[i].clear()
                 weights[i].update(trainable_state(unwrapped))
+        if accelerator.is_main_process:  # frozen random-initialised weights, which no pretrained source holds
+            save_frozen_random_file(unwrapped, output_dir)
 
     def load_hook(models: list, input_dir: str) -> None:
         path = Path(input_dir) / MODEL_FILE
         load_state_into(unwrapped, read_safetensors(path), str(path))
+        load_frozen_random_file(unwrapped, input_dir)
         models.clear()  # loaded here; Accelerate must not load the full state dict again
 
     accelerator.register_save_state_pre_hook(save_hook)

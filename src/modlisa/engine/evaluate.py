@@ -31,6 +31,13 @@ PROTOCOL = {"name": "lisa-reasonseg", "version": 1, "mode": "teacher",
             "ignore": "255 removed from prediction and ground truth"}
 
 
+def autocast_context(device: torch.device, precision: str) -> Any:
+    """``torch.autocast`` for an Accelerate ``mixed_precision`` value ("no" -> no autocast). Unlike
+    Accelerate, fp16 autocast is also honoured on CPU (evaluation only: no grad scaler is needed)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 @dataclass
 class EvalResult:
     """metrics: giou, ciou, loss, num_queries, subsets{short,long}; records: one dict per query."""
@@ -103,18 +110,22 @@ def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accelerator: Any = None,
              loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True,
-             sam_cache: Any = None, distractors_of: DistractorFn | None = None) -> EvalResult:
+             sam_cache: Any = None, distractors_of: DistractorFn | None = None,
+             autocast: Any = None) -> EvalResult:
     """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop).
 
     ``sam_cache`` (a ``SamEmbeddingCache``) serves frozen-SAM image embeddings instead of re-encoding.
     ``distractors_of``: see ``query_records``; adds ``grounding`` (accuracy, num_queries) to the metrics.
+    ``autocast``: the precision context to run in (`modlisa eval`: ``autocast_context``); default: the
+    accelerator's (the run's mixed precision, as in training).
     """
     was_training = model.training
     model.eval()
     acc = IoUAccumulator(subsets=("short", "long"))
     records: list[dict[str, Any]] = []
     loss_sum, loss_count = 0.0, 0
-    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    if autocast is None:
+        autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     show = progress and (accelerator is None or accelerator.is_main_process)
     with autocast:
         for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):

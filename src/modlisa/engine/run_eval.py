@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from modlisa.atomic import atomic_write_text
 from modlisa.config import ConfigError, TrainingConfig
-from modlisa.engine.evaluate import EvalResult, evaluate, subset_of
+from modlisa.engine.evaluate import EvalResult, autocast_context, evaluate, subset_of
 from modlisa.engine.grounding import query_blind_warning
 from modlisa.metrics import IoUAccumulator, intersection_union
 from modlisa.weights import load_checkpoint
@@ -120,7 +120,7 @@ def _teacher_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, max_len
     sample = dataset[record["index"]]
     device = next(model.text_hidden_fcs.parameters()).device
     with torch.no_grad():
-        out = model(collate_samples([sample], tokenizer, max_length).to(device))
+        out = model(collate_samples([sample], tokenizer, max_length, model.conversation).to(device))
     q = record["query_index"]
     return out.pred_masks[0][q].float().cpu(), sample.masks[q].numpy(), load_image_rgb(sample.image_path)
 
@@ -178,27 +178,30 @@ def _distractor_lookup(dataset: Any) -> Any:
     return distractors_of
 
 
-def _teacher_loader(dataset: Any, tokenizer: Any, cfg: TrainingConfig, batch_size: int, accelerator: Any) -> Any:
+def _teacher_loader(dataset: Any, tokenizer: Any, cfg: TrainingConfig, batch_size: int, accelerator: Any,
+                    conversation: Any = None) -> Any:
     from modlisa.data.collate import make_collate_fn
     from modlisa.engine.sampling import EvalShardSampler
 
     sampler = EvalShardSampler(len(dataset), rank=accelerator.process_index, world_size=accelerator.num_processes)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                      collate_fn=make_collate_fn(tokenizer, cfg.max_length))
+                      collate_fn=make_collate_fn(tokenizer, cfg.max_length, conversation))
 
 
 def wrong_query_baseline(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg: TrainingConfig, split: str,
-                         batch_size: int, accelerator: Any) -> EvalResult | None:
+                         batch_size: int, accelerator: Any, precision: str | None = None) -> EvalResult | None:
     """Teacher-forced scores of every image asked another image's query (``grounding.WrongQueryDataset``);
-    None for a split of fewer than two images."""
+    None for a split of fewer than two images. ``precision``: as the evaluation's (default: the run's)."""
     from modlisa.engine.grounding import WrongQueryDataset, wrong_query_partners
 
     partners = wrong_query_partners(dataset.annotations)
     if partners is None:
         return None
-    loader = _teacher_loader(WrongQueryDataset(dataset, partners), tokenizer, cfg, batch_size, accelerator)
+    loader = _teacher_loader(WrongQueryDataset(dataset, partners), tokenizer, cfg, batch_size, accelerator,
+                             getattr(model, "conversation", None))
     return evaluate(model, loader, device=accelerator.device, accelerator=accelerator,
-                    desc=f"eval {split} (wrong query)")
+                    desc=f"eval {split} (wrong query)",
+                    autocast=autocast_context(accelerator.device, precision or cfg.precision))
 
 
 def _baseline_summary(result: EvalResult) -> dict[str, Any]:
@@ -211,15 +214,33 @@ def _baseline_summary(result: EvalResult) -> dict[str, Any]:
 
 def _evaluate(mode: str, model: torch.nn.Module, tokenizer: Any, processors: Any, dataset: Any,
               cfg: TrainingConfig, split: str, batch_size: int, max_new_tokens: int,
-              accelerator: Any) -> EvalResult:
+              accelerator: Any, precision: str) -> EvalResult:
     from modlisa.engine.generate_eval import evaluate_generate
 
     if mode == "generate":
-        return evaluate_generate(model, tokenizer, processors, dataset.annotations,
-                                 max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
-    loader = _teacher_loader(dataset, tokenizer, cfg, batch_size, accelerator)
+        with autocast_context(accelerator.device, precision):
+            return evaluate_generate(model, tokenizer, processors, dataset.annotations,
+                                     max_new_tokens=max_new_tokens, desc=f"eval {split} (generate)")
+    loader = _teacher_loader(dataset, tokenizer, cfg, batch_size, accelerator, model.conversation)
     return evaluate(model, loader, device=accelerator.device, accelerator=accelerator, desc=f"eval {split}",
-                    distractors_of=_distractor_lookup(dataset))
+                    distractors_of=_distractor_lookup(dataset),
+                    autocast=autocast_context(accelerator.device, precision))
+
+
+PRECISIONS = ("run", "fp32", "bf16", "fp16")
+
+
+def eval_precision(choice: str, cfg: TrainingConfig) -> tuple[str, str]:
+    """(Accelerate-style precision "no" | "bf16" | "fp16", where it came from: "run" | "flag").
+
+    ``run`` (the default) evaluates in the run's mixed precision, the autocast its in-training validation used,
+    so `modlisa eval` reproduces the validation numbers of the same weights.
+    """
+    if choice not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {choice!r}")
+    if choice == "run":
+        return cfg.precision, "run"
+    return ("no" if choice == "fp32" else choice), "flag"
 
 
 def _make_accelerator(cfg: TrainingConfig) -> Any:
@@ -231,19 +252,24 @@ def _make_accelerator(cfg: TrainingConfig) -> Any:
 
 def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
              batch_size: int = 1, max_samples: int | None = None, *, mode: str = "teacher",
-             save_masks: int = 0, max_new_tokens: int = 32) -> dict[str, Any]:
+             save_masks: int = 0, max_new_tokens: int = 32, precision: str = "run") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` in ``mode`` and write the outputs.
 
     Returns {"metrics", "eval_json", "predictions", "warnings", "masks_dir" (None unless save_masks)}.
-    ``batch_size`` applies to teacher mode; generate mode answers one query at a time.
+    ``batch_size`` applies to teacher mode; generate mode answers one query at a time. ``precision``: ``run``
+    (the run's mixed precision, as its validation), ``fp32``, ``bf16`` or ``fp16`` (autocast); the eval JSON
+    records it (``precision``, ``precision_source``).
     """
     from modlisa.data.dataset import ReasonSegDataset
+    from modlisa.model.precision import apply_dtype_policy
 
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if save_masks < 0:
         raise ConfigError(f"save_masks must be >= 0, got {save_masks}")
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
+    amp, amp_source = eval_precision(precision, cfg)
+    apply_dtype_policy(model, amp)  # frozen 16-bit weights in the autocast's 16-bit format
     root = data_root or cfg.data_root
     dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
                                max_samples=max_samples, verify_images=True)
@@ -252,7 +278,7 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         raise ConfigError("eval --mode generate runs in one process; launch it without torchrun/accelerate")
     model.to(accelerator.device)
     result = _evaluate(mode, model, tokenizer, processors, dataset, cfg, split, batch_size, max_new_tokens,
-                       accelerator)
+                       accelerator, amp)
     metrics = result.metrics
     if mode == "generate":
         areas = [(r["gt_area"], r["is_sentence"]) for r in result.records]
@@ -262,7 +288,7 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     metrics["warnings"] = sanity_warnings(metrics, baseline, mode)
     wrong = None
     if mode == "teacher":
-        wrong = wrong_query_baseline(model, tokenizer, dataset, cfg, split, batch_size, accelerator)
+        wrong = wrong_query_baseline(model, tokenizer, dataset, cfg, split, batch_size, accelerator, amp)
         metrics["wrong_query_baseline"] = _baseline_summary(wrong) if wrong is not None else None
         blind = query_blind_warning(metrics, metrics["wrong_query_baseline"])
         if blind:
@@ -270,7 +296,8 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
             metrics["warnings"].append(blind)
     target = Path(out_dir) if out_dir else Path(cfg.output_dir) / "outputs"
     name = output_name(split, mode)
-    extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode}
+    extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode,
+             "precision": "fp32" if amp == "no" else amp, "precision_source": amp_source}
     if mode == "generate":
         extra["max_new_tokens"] = max_new_tokens
     extra["num_processes"] = accelerator.num_processes
@@ -290,9 +317,11 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
             def recompute(r: dict[str, Any]) -> tuple:
                 return _teacher_query(model, dataset, tokenizer, cfg.max_length, r)
         model.eval()
-        save_mask_pictures(masks_dir, select_extremes(result.records, save_masks), recompute)
+        with autocast_context(accelerator.device, amp):
+            save_mask_pictures(masks_dir, select_extremes(result.records, save_masks), recompute)
     return {"metrics": metrics, "eval_json": str(eval_path), "predictions": str(pred_path),
-            "warnings": metrics["warnings"], "masks_dir": str(masks_dir) if masks_dir else None}
+            "warnings": metrics["warnings"], "masks_dir": str(masks_dir) if masks_dir else None,
+            "precision": extra["precision"], "precision_source": amp_source}
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -312,6 +341,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="write masks + overlays of the K best and K worst queries by IoU to "
                              "<out>/eval_{split}[_generate]_masks/")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="answer length limit (generate mode)")
+    parser.add_argument("--precision", default="run", choices=list(PRECISIONS),
+                        help="run (default): the run's mixed precision, as its in-training validation; "
+                             "fp32 / bf16 / fp16: autocast as given (recorded in the eval JSON)")
     return parser
 
 
@@ -320,6 +352,9 @@ def _print_summary(split: str, result: dict[str, Any]) -> None:
     line = f"{split}: gIoU {100 * m['giou']:.2f}  cIoU {100 * m['ciou']:.2f}  ({m['num_queries']} queries)"
     if "seg_rate" in m:
         line += f"  [SEG] rate {100 * m['seg_rate']:.1f}%"
+    if "precision" in result:
+        origin = "the run's precision" if result["precision_source"] == "run" else "--precision"
+        line += f"  [{result['precision']}: {origin}]"
     print(line)
     for name, sub in m.get("subsets", {}).items():
         if sub["num_queries"]:
@@ -353,7 +388,8 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max_samples must be >= 1")
     result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples,
-                      mode=args.mode, save_masks=args.save_masks, max_new_tokens=args.max_new_tokens)
+                      mode=args.mode, save_masks=args.save_masks, max_new_tokens=args.max_new_tokens,
+                      precision=args.precision)
     if result["eval_json"] is not None:  # rank 0 of a multi-process run, or the single process
         _print_summary(args.split, result)
     return 0

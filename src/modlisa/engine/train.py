@@ -6,7 +6,6 @@ Reads like a table of contents: ``train(cfg)`` -> ``_setup`` -> per epoch ``_tra
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -17,15 +16,23 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modlisa.atomic import append_line, atomic_write_text
-from modlisa.config import ConfigError, TrainingConfig, load_yaml, save_config
+from modlisa.config import ConfigError, TrainingConfig, infer_sources, load_yaml, save_config
 from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.engine import checkpoint as ckpt
+from modlisa.engine.backends import (
+    check_accumulation,
+    clip_parameters,
+    launched_backend,
+    make_accelerator,
+    needs_every_gradient,
+    zero_touch,
+)
 from modlisa.engine.evaluate import evaluate, subset_of
 from modlisa.engine.meters import ThroughputMeter, peak_memory
 from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
@@ -132,14 +139,6 @@ class EpochStats:
 
 
 # ---------------------------------------------------------------------- setup
-def make_accelerator(cfg: TrainingConfig) -> Accelerator:
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    kwargs: dict[str, Any] = {}
-    if cfg.report_to:
-        kwargs = {"log_with": cfg.report_to, "project_dir": str(Path(cfg.output_dir) / "outputs")}
-    return Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, kwargs_handlers=[ddp], **kwargs)
-
-
 def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed: int) -> DataLoader:
     return DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
@@ -163,19 +162,23 @@ def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDatas
     return train_set, val_set
 
 
-def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Components:
-    from modlisa.model.factory import build_model
+def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
+           sources: dict[str, str] | None = None) -> Components:
+    from modlisa.model.factory import build_model, resolve_preset
 
     accelerator = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
     paths = RunPaths(Path(cfg.output_dir))
     prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
                        main_process=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        save_config(cfg, paths.outputs / "config.yaml")
+    if accelerator.is_main_process:  # the resolved config, and where each value came from
+        resolved, resolved_sources = resolve_preset(cfg, sources or infer_sources(cfg))
+        save_config(resolved, paths.outputs / "config.yaml", resolved_sources)
     accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
     check_max_length(tokenizer, cfg.max_length)
+    if launched_backend() == "fsdp":  # FSDP flattens each unit into ONE dtype: all fp32, sharded (untested on CPU)
+        model.float()
     sam_cache = build_sam_cache(cfg, model, processors)
     train_set, val_set = build_datasets(cfg, processors)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -183,7 +186,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Compo
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))
     train_sampler = TrainSampler(len(train_set), steps_per_epoch * accum * cfg.batch_size, seed=cfg.seed,
                                  rank=rank, world_size=world)
-    collate = make_collate_fn(tokenizer, cfg.max_length)
+    collate = make_collate_fn(tokenizer, cfg.max_length, model.conversation)
     train_loader = _loader(train_set, train_sampler, cfg, collate, cfg.seed)
     val_loader = None
     if val_set is not None:
@@ -196,6 +199,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Compo
     # The scheduler is NOT prepared: Accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.lr_schedule))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    check_accumulation(accelerator, cfg)
     # The scheduler's state goes into trainer_state.json (JSON), not a pickle: see checkpoint.save_last.
     ckpt.register_trainable_only_hooks(accelerator, model)
     data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
@@ -210,16 +214,20 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> Compo
 
 
 # ---------------------------------------------------------------------- one optimizer step
-def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccumulator,
-                 stats: EpochStats) -> None:
-    """Forward + backward of one micro-batch; gradients are scaled by 1/accum."""
+def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochStats) -> bool:
+    """Forward + backward of one micro-batch inside ``accelerator.accumulate`` (engine/backends.py: the loss
+    is scaled by 1/accumulation and gradients synchronised on the last micro-batch, by every backend).
+    Returns ``accelerator.sync_gradients``: True when this micro-batch completes an optimizer step."""
     batch = batch.to(c.accelerator.device)
     sam_embeddings = cached_sam_embeddings(c, batch)
-    context = c.accelerator.no_sync(c.model) if not sync else contextlib.nullcontext()
-    with context:
+    with c.accelerator.accumulate(c.model):
         out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
-        c.accelerator.backward(losses["loss"] / accum)
+        loss = losses["loss"]
+        if needs_every_gradient(c.accelerator):  # DeepSpeed: the same gradient set on every rank
+            loss = loss + zero_touch([p for p in c.unwrapped.parameters() if p.requires_grad])
+        c.accelerator.backward(loss)
+        sync = c.accelerator.sync_gradients
     stats.loss_sum += float(losses["loss"].detach())
     for k, v in losses.items():
         if k != "loss":
@@ -231,6 +239,7 @@ def _micro_batch(c: Components, batch: Any, accum: int, sync: bool, acc: IoUAccu
             for q in range(batch.masks[b].shape[0]):
                 acc.update(out.pred_masks[b][q].detach() > 0, batch.masks[b][q],
                            subset=subset_of(batch.is_sentence[start + q]))
+    return sync
 
 
 def cached_sam_embeddings(c: Components, batch: Any) -> torch.Tensor | None:
@@ -291,9 +300,10 @@ def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState
     and counted (``fp16_overflow_steps`` too); it only counts towards the stop once the loss scale is below 1,
     where the gradients overflow unscaled.
     """
-    params = [p for p in c.unwrapped.parameters() if p.requires_grad]
+    params = clip_parameters(c.accelerator, c.model, c.unwrapped)
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(c.accelerator.clip_grad_norm_(params, max_norm))
+    norm = c.accelerator.clip_grad_norm_(params, max_norm)  # DeepSpeed: clipped in its step; the norm it saw
+    grad_norm = float(norm) if norm is not None else float("nan")
     loss_finite = _all_ranks_finite(c, loss_finite)
     fp16 = cfg.precision == "fp16"
     skipped = not loss_finite or (not fp16 and not math.isfinite(grad_norm))
@@ -367,14 +377,12 @@ def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, p
 def _run_steps(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int], stats: EpochStats,
                acc: IoUAccumulator, meter: ThroughputMeter, bar: Any) -> bool:
     """The optimizer steps of the epoch; False when ``stop_after_steps`` ended the run (``last`` saved)."""
-    accum = cfg.gradient_accumulation_steps
-    images_in_step, micro = 0, 0
+    images_in_step = 0
     before = _snapshot(stats, acc)
     for batch in c.train_loader:
-        micro += 1
-        _micro_batch(c, batch, accum, sync=micro % accum == 0, acc=acc, stats=stats)
+        sync = _micro_batch(c, batch, acc, stats)
         images_in_step += batch.num_images
-        if micro % accum:
+        if not sync:
             continue
         loss_finite = math.isfinite(stats.loss_sum) and all(math.isfinite(v) for v in stats.terms.values())
         if not loss_finite:  # a skipped step's losses and IoUs do not enter the epoch's figures
@@ -413,7 +421,7 @@ def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, st
             "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
             "loss": stats.loss_sum / max(1, stats.micro_batches),
             **{k: v / max(1, stats.micro_batches) for k, v in stats.terms.items()},
-            "giou": m["giou"], "ciou": m["ciou"], "lr": c.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "giou": m["giou"], "ciou": m["ciou"], "lr": _optimizer_lr(c), "grad_norm": grad_norm,
             "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
             "peak_memory_gb": peak_memory(meter.device)[0], "time": time.time(),
         })
@@ -425,6 +433,12 @@ def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, st
         c.model.train()
     if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and state.step_in_epoch < c.steps_per_epoch:
         _save_last(c, state, stats, acc)
+
+
+def _optimizer_lr(c: Components) -> float:
+    """The learning rate the (prepared) optimizer will apply next: its first param group's, as set by the
+    scheduler (for DeepSpeed, the ZeRO optimizer's own group: proof the schedule reaches the engine)."""
+    return float(c.optimizer.param_groups[0]["lr"])
 
 
 def _save_last(c: Components, state: ckpt.TrainerState, stats: EpochStats, acc: IoUAccumulator) -> None:
@@ -494,7 +508,9 @@ def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, tra
               "data": {k: {"usable": v["usable"], "skipped": v["skipped"]} for k, v in c.data_report.items()}}
     state.epoch, state.step_in_epoch = epoch, 0
     if val is not None and val["giou"] > state.best_giou and c.accelerator.is_main_process:
-        state.best_path = save_best(c.paths.checkpoints, epoch, c.unwrapped, c.optimizer, val["giou"], record,
+        # DeepSpeed shards the optimizer states (its state_dict needs every rank): checkpoints/last holds them
+        optimizer = None if getattr(c.accelerator, "deepspeed_engine_wrapped", None) is not None else c.optimizer
+        state.best_path = save_best(c.paths.checkpoints, epoch, c.unwrapped, optimizer, val["giou"], record,
                                     cfg.to_dict(), state.best_path)
         state.best_giou, state.best_epoch = val["giou"], epoch
     state_list = [state.best_giou, state.best_epoch]
@@ -629,6 +645,16 @@ def _epoch_records(c: Components, state: ckpt.TrainerState, records: list[dict])
     return [mine[e] for e in sorted(mine)]
 
 
+def applied_optimizer_steps(c: Components) -> int:
+    """Optimizer updates actually applied: the DeepSpeed engine's step count, else AdamW's per-parameter
+    ``step`` state (the highest). Equals ``global_step`` minus skipped steps when accumulation is right."""
+    wrapped = getattr(c.accelerator, "deepspeed_engine_wrapped", None)
+    if wrapped is not None:
+        return int(wrapped.engine.global_steps)
+    steps = [int(s["step"]) for s in c.optimizer.state.values() if isinstance(s, dict) and "step" in s]
+    return max(steps, default=0)
+
+
 def _rank_checksums(c: Components) -> list[float]:
     """One checksum of the trainable weights per rank (equal on all ranks when DDP kept them in sync)."""
     from accelerate.utils import gather_object
@@ -662,6 +688,8 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
     """Write ``outputs/train_summary.json`` (main process) and return it."""
     checksums = _rank_checksums(c)
     num_processes = c.accelerator.num_processes
+    updates = applied_optimizer_steps(c)
+    backend = str(c.accelerator.distributed_type).replace("DistributedType.", "")
     # Release the DDP wrapper (its gloo/NCCL reducer) while every rank is still connected, then tear the
     # process group down together: a rank that outlives its peer can otherwise hang in that teardown.
     c.accelerator.wait_for_everyone()
@@ -673,15 +701,19 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
                "stop_reason": stop_reason, "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
                "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c),
                "epochs": _epoch_records(c, state, records), "has_validation": c.val_loader is not None,
-               "num_processes": num_processes, "rank_param_checksums": checksums}
+               "num_processes": num_processes, "rank_param_checksums": checksums, "backend": backend,
+               "gradient_accumulation_steps": c.accelerator.gradient_accumulation_steps,
+               "optimizer_updates": updates}
     if c.accelerator.is_main_process:
         atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def train(cfg: TrainingConfig) -> dict[str, Any]:
+def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
 
+    ``sources`` ({field: default | preset | yaml | cli}, from ``config_and_sources_from_args``) is written as
+    ``outputs/config_sources.yaml`` beside the resolved ``config.yaml``; without it, sources are inferred.
     ``data_strict``: the train and val splits are checked first (images verified) and ONE DataError lists
     every bad file before any model is built. The run folder is locked for the whole run (``hold_run_folder``:
     a second train, resume or overwrite of a live run is refused). A resume is verified and its config compared
@@ -693,11 +725,12 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     accelerator = make_accelerator(cfg)
     with hold_run_folder(Path(cfg.output_dir), accelerator):
         plan = _plan_resume(cfg, accelerator.num_processes)
-        return _train(cfg, accelerator, plan)
+        return _train(cfg, accelerator, plan, sources)
 
 
-def _train(cfg: TrainingConfig, accelerator: Accelerator, plan: ResumePlan) -> dict[str, Any]:
-    c = _setup(cfg, accelerator)
+def _train(cfg: TrainingConfig, accelerator: Accelerator, plan: ResumePlan,
+           sources: dict[str, str] | None = None) -> dict[str, Any]:
+    c = _setup(cfg, accelerator, sources)
     state, partial = _resume(c, cfg, plan)
     if cfg.report_to and c.accelerator.is_main_process:
         c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()

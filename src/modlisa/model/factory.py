@@ -11,10 +11,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.adapters import apply_adapters
 from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbones
 from modlisa.model.lisa import ModifiedLISA
+from modlisa.model.precision import apply_dtype_policy
+from modlisa.model.random_init import random_init_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +28,11 @@ model_registry: dict[str, Callable[[TrainingConfig], Backbones]] = BACKBONE_BUIL
 LISA_7B_LLAVA = "llava-hf/llava-1.5-7b-hf"
 LISA_7B_SAM = "facebook/sam-vit-huge"
 LISA_7B_LLAVA_IMAGE_SIZE = 336  # CLIP ViT-L/14-336 of LLaVA-1.5
+LISA_7B_SAM_IMAGE_SIZE = 1024  # SAM ViT-H's input size
 
 # LISA's model settings (SPEC-LISA.md §2): LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj; full
 # embeddings + LM head; frozen vision tower, projector, SAM encoders.
 LISA_7B_OVERRIDES: dict[str, Any] = {
-    "sam_image_size": 1024,
     "use_lora": True,
     "lora_r": 8,
     "lora_alpha": 16,
@@ -41,23 +45,47 @@ LISA_7B_OVERRIDES: dict[str, Any] = {
 }
 
 
-def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
-    """Return ``cfg`` with the preset's fixed settings applied (only ``lisa-7b`` has any).
+def fixed_preset_fields(cfg: TrainingConfig) -> dict[str, Any]:
+    """The model settings preset ``cfg.model`` fixes ({} for presets without any).
 
     ``lisa-7b``: the LISA overrides above; ``llava_model`` / ``sam_model`` default to LLaVA-1.5-7B and
-    SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size).
+    SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size), with the
+    default SAM ``sam_image_size`` becomes 1024 (a SAM given in ``sam_model`` keeps the size it takes).
+    (Its optimisation recipe is ``config.PRESET_RECIPES``: defaults the YAML / command line may override.)
     """
     if cfg.model != "lisa-7b":
-        return cfg
+        return {}
     changes = dict(LISA_7B_OVERRIDES)
     changes["llava_model"] = cfg.llava_model or LISA_7B_LLAVA
     changes["sam_model"] = cfg.sam_model or LISA_7B_SAM
     if changes["llava_model"] == LISA_7B_LLAVA:
         changes["img_size"] = LISA_7B_LLAVA_IMAGE_SIZE
+    if changes["sam_model"] == LISA_7B_SAM:
+        changes["sam_image_size"] = LISA_7B_SAM_IMAGE_SIZE
+    return changes
+
+
+def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
+    """Return ``cfg`` with the preset's fixed model settings applied (``fixed_preset_fields``)."""
+    changes = fixed_preset_fields(cfg)
     changed = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
     if changed:
-        logger.info("lisa-7b preset sets %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
-    return dataclasses.replace(cfg, **changes)
+        logger.info("%s preset sets %s", cfg.model, ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[TrainingConfig, dict[str, str]]:
+    """``apply_preset`` plus provenance: a fixed model setting the preset supplies or changes is marked
+    ``preset``; one that overrides a value the user set (yaml / cli / api) is also warned about."""
+    sources = dict(sources)
+    for name, value in fixed_preset_fields(cfg).items():
+        given = getattr(cfg, name)
+        if given != value and sources.get(name) in ("yaml", "cli", "api"):
+            logger.warning("%s preset fixes %s=%r (LISA's model); the %s value %r is not used", cfg.model, name,
+                           value, sources[name], given)
+        if given != value or sources.get(name, "default") == "default":
+            sources[name] = "preset"
+    return apply_preset(cfg), sources
 
 
 def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
@@ -71,14 +99,43 @@ def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
     )
 
 
+def add_image_span_tokens(parts: Backbones) -> None:
+    """Add ``<im_start>``/``<im_end>`` (LISA-7B-v1's ``use_mm_start_end``) as single tokens; grow the LM's
+    embeddings when the tokenizer outgrows them (new rows are trained with ``train_embeddings: full``)."""
+    from modlisa.data.prompts import IM_END_TOKEN, IM_START_TOKEN
+
+    tokenizer = parts.tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
+                                 replace_extra_special_tokens=False)
+    for token in (IM_START_TOKEN, IM_END_TOKEN):
+        encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
+        if encoded.count(tokenizer.convert_tokens_to_ids(token)) != 1:
+            raise ConfigError(f"use_mm_start_end: the tokenizer does not encode {token} as one token: {encoded}")
+    rows = parts.language_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        parts.language_model.resize_token_embeddings(len(tokenizer))
+        logger.info("use_mm_start_end: added %s/%s, LM token embeddings %d -> %d", IM_START_TOKEN, IM_END_TOKEN,
+                    rows, len(tokenizer))
+
+
 def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     """Build the model of preset ``cfg.model``, its tokenizer (with [SEG]/<image>) and image processors."""
+    from modlisa.data.prompts import ConversationFormat
+
     if cfg.model not in model_registry:
         raise ConfigError(f"model must be one of {', '.join(model_registry)}; got {cfg.model!r}")
     cfg = apply_preset(cfg)
+    # A model is a function of its config: random initialisations (tiny parts, new projector, added token
+    # rows, LoRA A) draw from cfg.seed, as after the training loop's set_seed (model/random_init.py).
+    torch.manual_seed(cfg.seed)
     parts = build_backbones(cfg)
+    if cfg.use_mm_start_end:
+        add_image_span_tokens(parts)
     model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
+    model.conversation = ConversationFormat.from_config(cfg)
+    model.random_init_prefixes = random_init_prefixes(cfg)  # frozen random parts are saved with checkpoints
     apply_adapters(model, cfg)
+    apply_dtype_policy(model, cfg.precision)  # fp32 master weights for what trains (model/precision.py)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model, parts.tokenizer, build_processors(cfg, parts)

@@ -63,6 +63,14 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def _compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype ``module`` computes in: that of its first frozen floating parameter (its stored weights), else
+    of its first parameter (fp32 by model/precision.py's policy; bf16 when DeepSpeed cast the whole model)."""
+    floating = [p for p in module.parameters() if p.is_floating_point()]
+    frozen = (p.dtype for p in floating if not p.requires_grad)
+    return next(frozen, floating[0].dtype if floating else torch.float32)
+
+
 class ModifiedLISA(nn.Module):
     """LISA with swappable backbones.
 
@@ -104,6 +112,8 @@ class ModifiedLISA(nn.Module):
         self.vision_feature_layer = vision_feature_layer
         self.drop_cls = drop_cls
         self.sam_image_size = int(sam.config.vision_config.image_size)
+        self.conversation = prompts.ConversationFormat()  # how prompts are rendered (set by build_model)
+        self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
         self._num_image_tokens: int | None = None
 
     @classmethod
@@ -156,9 +166,14 @@ class ModifiedLISA(nn.Module):
     # ------------------------------------------------------------------ teacher-forced forward
     def _splice(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None,
                 image_features: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """Embed ``input_ids`` (Q, L) and splice ``image_features`` (Q, N, h); also return image_pos (Q,)."""
+        """Embed ``input_ids`` (Q, L) and splice ``image_features`` (Q, N, h); also return image_pos (Q,).
+
+        The embeddings come out in the LM's compute dtype (its frozen weights' dtype): a trainable fp32
+        embedding must not turn an fp16 LM's residual stream into fp32 (rotary and attention would mix dtypes).
+        """
         image_pos = image_token_positions(input_ids, self.image_token_id)
         text_embeds = self.language_model.get_input_embeddings()(input_ids)
+        text_embeds = text_embeds.to(_compute_dtype(self.language_model))
         embeds, mask, new_labels = expand_image_tokens(text_embeds, image_features, image_pos, attention_mask,
                                                        labels)
         return embeds, mask, new_labels, image_pos
@@ -220,7 +235,7 @@ class ModifiedLISA(nn.Module):
         Masks: (n, H, W) float32 logits, n = number of generated [SEG] tokens.
         """
         question = query if is_sentence is None else prompts.eval_question(query, is_sentence)
-        prompt, _ = prompts.format_conversation(question, None, tokenizer)
+        prompt, _ = prompts.format_conversation(question, None, tokenizer, self.conversation)
         device = next(self.text_hidden_fcs.parameters()).device
         bos = getattr(tokenizer, "bos_token", None)  # same rule as the collate: never a doubled BOS
         encoded = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)), return_tensors="pt")

@@ -29,6 +29,9 @@ BEST_FORMAT = "modlisa-best-model"
 _EPOCH = re.compile(rf"^{BEST_PREFIX}(\d+)\.(safetensors|json|pt)$")
 
 
+FROZEN_PREFIX = "frozen_random."  # frozen random-initialised weights (model/random_init.py), no pretrained source
+
+
 def best_files(checkpoint_dir: str | Path, epoch: int) -> tuple[Path, Path]:
     """(weights, metadata) paths of the best model of 1-based ``epoch``."""
     stem = Path(checkpoint_dir) / f"{BEST_PREFIX}{epoch}"
@@ -81,8 +84,12 @@ def save_best(checkpoint_dir: str | Path, epoch: int, model: nn.Module, optimize
     """Write the best model of ``epoch`` (weights, then metadata), then remove ``previous``; returns the
     weights path. A failed write (WriteError) leaves ``previous`` untouched."""
     weights, meta = best_files(checkpoint_dir, epoch)
-    opt_tensors, opt_rest = _flatten_optimizer(optimizer.state_dict())
+    # optimizer None: DeepSpeed shards its states (checkpoints/last holds them)
+    opt_tensors, opt_rest = _flatten_optimizer(optimizer.state_dict()) if optimizer is not None else ({}, {})
+    from modlisa.model.random_init import frozen_random_state
+
     tensors = {f"model.{k}": v for k, v in trainable_state(model).items()} | opt_tensors
+    tensors |= {f"{FROZEN_PREFIX}{k}": v for k, v in frozen_random_state(model).items()}
     digest = write_safetensors(tensors, weights, kind="best_model")
     record = {"format": BEST_FORMAT, "version": 1, "weights": weights.name, "sha256": digest, "epoch": epoch,
               "best_val_giou": best_giou, "metrics": metrics, "config": config, "optimizer": opt_rest}
@@ -131,6 +138,7 @@ def read_best(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     record = _read_meta(meta)
     tensors = read_safetensors(meta.parent / record["weights"], sha256=record["sha256"], source=str(meta))
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    record["frozen_random"] = {k[len(FROZEN_PREFIX):]: v for k, v in tensors.items() if k.startswith(FROZEN_PREFIX)}
     return state, record
 
 

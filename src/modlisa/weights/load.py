@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
+from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
 from modlisa.weights.export import CONFIG_FILE, load_exported
 from modlisa.weights.files import (
@@ -88,16 +89,22 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None
     kind, source = resolve_checkpoint(path)
     if kind == "export":
         return load_exported(source)
+    frozen_random: dict[str, Any] = {}
     if kind == "last":
         cfg_dict, state = _last_state(source)
     else:
         state, meta = read_best(source)
         cfg_dict = meta["config"]
+        frozen_random = meta.get("frozen_random") or meta.get(FROZEN_RANDOM_KEY) or {}
     if not isinstance(cfg_dict, dict):
         raise CheckpointError(f"{source}: the checkpoint's config is not a mapping")
     cfg = config_from_dict({**cfg_dict, **(overrides or {})}, source=str(source))
     cfg = replace(cfg, resume_from_checkpoint=None)
     model, tokenizer, processors = build_model(cfg)
     load_state_into(model, state, str(source))
+    if frozen_random:  # frozen random-initialised weights saved with the best model (model/random_init.py)
+        load_frozen_random(model, frozen_random, str(source))
+    elif kind == "last":
+        load_frozen_random_file(model, source)
     model.eval()
     return model, tokenizer, processors, cfg
