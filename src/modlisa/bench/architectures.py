@@ -85,7 +85,7 @@ class Architecture:
     lm: PretrainedConfig
     sam: SamConfig
     dtypes: dict[str, torch.dtype]
-    tokenizer: str  # "byte" (tiny preset) or "bpe"
+    tokenizer: str  # "byte" (a byte-level tokenizer) or "bpe" (the tiny preset's word-level BPE, real LMs)
     drop_cls: bool = True
     source: str = ""
 
@@ -149,12 +149,12 @@ def _vision_at(config: PretrainedConfig, img_size: int) -> PretrainedConfig:
 
 
 def _tiny(cfg: TrainingConfig) -> tuple[PretrainedConfig, PretrainedConfig, dict, str]:
-    from modlisa.model.tokenizer import build_byte_tokenizer
+    from modlisa.model.tokenizer import build_word_tokenizer
 
-    vocab = len(build_byte_tokenizer())
+    vocab = len(build_word_tokenizer())
     lm = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **TINY_LM)
     return CLIPVisionConfig(image_size=cfg.img_size, **TINY_VISION), lm, {"vision": torch.float32,
-                                                                            "lm": torch.float32}, "byte"
+                                                                            "lm": torch.float32}, "bpe"
 
 
 def _smol(cfg: TrainingConfig) -> tuple[PretrainedConfig, PretrainedConfig, dict, str]:
