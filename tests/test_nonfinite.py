@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 import modlisa.engine.train as train_module
@@ -131,6 +132,7 @@ class Fp16Accelerator:
 
     num_processes = 1
     device = torch.device("cpu")
+    distributed_type = DistributedType.NO
 
     def __init__(self, optimizer: torch.optim.Optimizer, init_scale: float) -> None:
         self.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
@@ -163,7 +165,8 @@ def fp16_parts(tmp_path: Path, init_scale: float) -> tuple[SimpleNamespace, Trai
     weight = torch.nn.Parameter(torch.ones(3))
     inner = torch.optim.SGD([weight], lr=0.1)
     accelerator = Fp16Accelerator(inner, init_scale)
-    c = SimpleNamespace(accelerator=accelerator, unwrapped=torch.nn.ParameterList([weight]),
+    params = torch.nn.ParameterList([weight])
+    c = SimpleNamespace(accelerator=accelerator, unwrapped=params, model=params,
                         optimizer=ScaledOptimizer(accelerator), paths=RunPaths(tmp_path),
                         scheduler=torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0))
     cfg = TrainingConfig(use_mixed_precision=True, mixed_precision="fp16", max_nonfinite_steps=2)

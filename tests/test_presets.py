@@ -73,6 +73,11 @@ def test_lisa7b_yaml_trains_a_tiny_fp16_llava_30_finite_steps(tmp_path):
     from modlisa.data.synthetic import make_dataset
     from modlisa.model.backbones import tiny_sam
 
+    from accelerate.state import AcceleratorState
+
+    # A fresh `modlisa train` process starts with no Accelerate state; an earlier in-process run of the suite
+    # left one with another mixed precision, which Accelerate refuses to change.
+    AcceleratorState._reset_state(reset_partial_state=True)
     llava = save_tiny_llava(tmp_path / "llava", dtype=torch.float16, chat_template=True)  # as llava-hf ships
     torch.manual_seed(0)
     tiny_sam(64).save_pretrained(tmp_path / "sam")
