@@ -54,7 +54,7 @@ def teacher_masks(model, tokenizer, processors, data_root: Path) -> list[torch.T
 
 
 def test_checkpoints_reload_the_same_model_whatever_the_rng(run_dir, data_root):
-    best = next((run_dir / "checkpoints").glob("best_model_epoch_*.pt"))
+    best = next((run_dir / "checkpoints").glob("best_model_epoch_*.safetensors"))
     assert (run_dir / "checkpoints" / "last" / FROZEN_RANDOM_FILE).is_file()
     torch.manual_seed(123)
     reference = teacher_masks(*load_checkpoint(best)[:3], data_root)
@@ -66,7 +66,7 @@ def test_checkpoints_reload_the_same_model_whatever_the_rng(run_dir, data_root):
 
 
 def test_export_and_eval_give_the_same_predictions(run_dir, data_root, tmp_path):
-    best = next((run_dir / "checkpoints").glob("best_model_epoch_*.pt"))
+    best = next((run_dir / "checkpoints").glob("best_model_epoch_*.safetensors"))
     reference = teacher_masks(*load_checkpoint(best)[:3], data_root)
     export_checkpoint(run_dir, tmp_path / "export")
     exported = teacher_masks(*load_checkpoint(tmp_path / "export")[:3], data_root)
