@@ -69,11 +69,11 @@ def test_sources_of_a_config_built_in_code():
 
 @pytest.mark.slow
 def test_lisa7b_yaml_trains_a_tiny_fp16_llava_30_finite_steps(tmp_path):
+    from accelerate.state import AcceleratorState
+
     from modlisa.cli import main
     from modlisa.data.synthetic import make_dataset
     from modlisa.model.backbones import tiny_sam
-
-    from accelerate.state import AcceleratorState
 
     # A fresh `modlisa train` process starts with no Accelerate state; an earlier in-process run of the suite
     # left one with another mixed precision, which Accelerate refuses to change.

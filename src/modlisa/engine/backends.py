@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, InitProcessGroupKwargs
 
 from modlisa.config import ConfigError, TrainingConfig
@@ -113,6 +114,10 @@ def make_accelerator(cfg: TrainingConfig) -> Accelerator:
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
     # an explicit plugin: ACCELERATE_GRADIENT_ACCUMULATION_STEPS from a launcher config cannot override it
     accumulation = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
+    # One process may run several trainings (a notebook, the test suite): Accelerate keeps one global state and
+    # refuses a second Accelerator with another mixed precision. Each run starts from a fresh AcceleratorState
+    # (the process group, PartialState, is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, kwargs_handlers=handlers,
                               gradient_accumulation_plugin=accumulation, **kwargs)
     check_backend(accelerator)

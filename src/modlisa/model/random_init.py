@@ -81,9 +81,9 @@ def save_frozen_random_file(model: nn.Module, folder: str | Path) -> Path | None
 
 def load_frozen_random_file(model: nn.Module, folder: str | Path) -> int:
     """Load ``folder/frozen_random.safetensors`` into ``model`` when the file exists; returns the tensor count."""
-    from safetensors.torch import load_file
+    from modlisa.weights.files import read_safetensors  # one reader: its errors name the file
 
     path = Path(folder) / FROZEN_RANDOM_FILE
     if not path.is_file():
         return 0
-    return load_frozen_random(model, load_file(str(path)), str(path))
+    return load_frozen_random(model, read_safetensors(path), str(path))
