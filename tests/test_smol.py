@@ -72,10 +72,8 @@ def test_second_load_uses_cache_not_gguf(smol_cache, monkeypatch):
     monkeypatch.setattr(smol, "_load_from_gguf", no_gguf)
     monkeypatch.setattr(smol, "find_smol_gguf", no_gguf)
     start = time.perf_counter()
-    cached, tokenizer = smol.load_smol_language_model(folder)
-    cached_seconds = time.perf_counter() - start
-    print(f"SmolLM2 load: first (GGUF) {first_seconds:.1f} s, cached {cached_seconds:.2f} s")
-    assert cached_seconds < first_seconds
+    cached, tokenizer = smol.load_smol_language_model(folder)  # the patched GGUF readers prove the cache is used
+    print(f"SmolLM2 load: first (GGUF) {first_seconds:.1f} s, cached {time.perf_counter() - start:.2f} s")
     for (name, a), b in zip(model.state_dict().items(), cached.state_dict().values()):
         assert torch.equal(a, b), name
     assert len(tokenizer) == 49152
