@@ -25,6 +25,7 @@ that the decoder reads LISA's prompt only. Every eval uses LISA's prompt. Result
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -67,6 +68,12 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+@functools.cache
+def synthetic_target(json_path: str) -> dict[str, str]:
+    """The "target" entry (colour, kind, size) of a synthetic annotation file, read once per file."""
+    return json.loads(Path(json_path).read_text(encoding="utf-8"))["target"]
+
+
 class PromptSource(nn.Module):
     """What the mask decoder reads for each [SEG] of the current batch: (K, h) [SEG] states -> (K, D).
 
@@ -84,7 +91,7 @@ class PromptSource(nn.Module):
                                          "kind": nn.Embedding(len(KINDS), dim), "size": nn.Embedding(len(SIZES), dim)})
         self.mode, self.distill = "seg", False
         self.texts: list[str] = []
-        self.targets: list[dict[str, str]] = []
+        self.targets: list[dict[str, str] | None] = []
         self.masks: list[Tensor] = []
         self.scale = torch.ones(0, 2)
         self.aux_loss = torch.zeros(())
@@ -95,8 +102,7 @@ class PromptSource(nn.Module):
         for b, sample in enumerate(samples):
             count = int(batch.masks[b].shape[0])  # rows without [SEG] (text-only explanations) have no mask
             self.texts += list(sample.queries)[:count]
-            target = json.loads(Path(sample.json_path).read_text(encoding="utf-8")).get("target") if self.mode == "oracle" else None
-            self.targets += [target] * count
+            self.targets += [synthetic_target(str(sample.json_path)) if self.mode == "oracle" else None] * count
             (h, w), (rh, rw) = batch.original_hw[b], batch.resize_hw[b]
             scale += [(rw / w, rh / h)] * count
         self.masks = [mask for b in range(len(samples)) for mask in batch.masks[b]]  # K x (H_b, W_b)
