@@ -86,6 +86,11 @@ class TrainingConfig:
     focal_loss_weight: float = 0.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # Bag-of-words prompt distillation for a from-scratch LM (engine/prompt_teacher.py; not in LISA): for the
+    # first fraction of the optimizer steps the mask decoder reads a learned bag-of-words prompt of the query
+    # while text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt.
+    seg_prompt_teacher_fraction: float = 0.0
+    seg_prompt_distill_weight: float = 1.0
 
     # --- run folder, logging, checkpoints ---
     output_dir: str = "runs/demo"
@@ -127,6 +132,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_val_samples": (1, 10**9), "num_workers": (0, 1024), "lora_r": (1, 65_536), "lora_alpha": (1, 10**6),
     "ce_loss_weight": (0.0, 1e6), "bce_loss_weight": (0.0, 1e6), "dice_loss_weight": (0.0, 1e6),
     "focal_loss_weight": (0.0, 1e6), "focal_alpha": (0.0, 1.0), "focal_gamma": (0.0, 100.0),
+    "seg_prompt_teacher_fraction": (0.0, 1.0), "seg_prompt_distill_weight": (0.0, 1e6),
     "log_every_steps": (1, 10**9), "eval_every_steps": (0, 10**12), "save_every_steps": (0, 10**12),
     "max_nonfinite_steps": (1, 10**9),
 }

@@ -44,6 +44,7 @@ from modlisa.weights.files import (
     read_torch_safely,
     verify_folder,
     write_manifest,
+    write_safetensors,
 )
 from modlisa.weights.trainable import load_state_into, trainable_state
 
@@ -94,10 +95,15 @@ def _at(point: str, global_step: int) -> None:
 
 
 # ---------------------------------------------------------------------- Accelerate hooks
-def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module) -> None:
+PROMPT_TEACHER_FILE = "prompt_teacher.safetensors"  # the training-only prompt teacher (engine/prompt_teacher.py)
+
+
+def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module,
+                                  prompt_teacher: torch.nn.Module | None = None) -> None:
     """Make ``accelerator.save_state``/``load_state`` store only the trainable parameters of the model.
 
-    A 7B LM with LoRA would otherwise write its frozen 14 GB every checkpoint.
+    A 7B LM with LoRA would otherwise write its frozen 14 GB every checkpoint. A run's ``prompt_teacher``
+    (not part of the model) is saved beside them in ``prompt_teacher.safetensors``, so that resume is exact.
     """
 
     from modlisa.model.random_init import load_frozen_random_file, save_frozen_random_file
@@ -109,11 +115,20 @@ def register_trainable_only_hooks(accelerator: Any, unwrapped: torch.nn.Module) 
                 weights[i].update(trainable_state(unwrapped))
         if accelerator.is_main_process:  # frozen random-initialised weights, which no pretrained source holds
             save_frozen_random_file(unwrapped, output_dir)
+            if prompt_teacher is not None:
+                state = {k: v.detach().cpu().contiguous() for k, v in prompt_teacher.state_dict().items()}
+                write_safetensors(state, Path(output_dir) / PROMPT_TEACHER_FILE, kind="prompt_teacher")
 
     def load_hook(models: list, input_dir: str) -> None:
         path = Path(input_dir) / MODEL_FILE
         load_state_into(unwrapped, read_safetensors(path), str(path))
         load_frozen_random_file(unwrapped, input_dir)
+        if prompt_teacher is not None:
+            teacher_path = Path(input_dir) / PROMPT_TEACHER_FILE
+            if not teacher_path.is_file():
+                raise CheckpointError(f"{input_dir}: no {PROMPT_TEACHER_FILE}, but this run has "
+                                      "seg_prompt_teacher_fraction > 0: resume with the checkpoint's config")
+            load_state_into(prompt_teacher, read_safetensors(teacher_path), str(teacher_path))
         models.clear()  # loaded here; Accelerate must not load the full state dict again
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -35,6 +35,13 @@ from modlisa.engine.backends import (
 )
 from modlisa.engine.evaluate import evaluate, subset_of
 from modlisa.engine.meters import ThroughputMeter, peak_memory
+from modlisa.engine.prompt_teacher import (
+    BagOfWordsPrompt,
+    count_seg_tokens,
+    distill_loss,
+    teacher_active,
+    teacher_prompts,
+)
 from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
@@ -126,6 +133,7 @@ class Components:
     data_report: dict[str, Any] = field(default_factory=dict)
     sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
     config: dict[str, Any] = field(default_factory=dict)  # cfg.to_dict(), stored in checkpoints/last
+    prompt_teacher: BagOfWordsPrompt | None = None  # seg_prompt_teacher_fraction > 0 (engine/prompt_teacher.py)
 
 
 @dataclass
@@ -193,7 +201,9 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
         val_loader = _loader(val_set, EvalShardSampler(len(val_set), rank=rank, world_size=world), cfg, collate,
                              cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    teacher = _build_prompt_teacher(cfg, model, tokenizer, accelerator)
+    groups = [{"params": params}] + ([{"params": list(teacher.parameters())}] if teacher is not None else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     total_steps = steps_per_epoch * cfg.num_epochs
     # The scheduler is NOT prepared: Accelerate would step it once per process.
@@ -201,7 +211,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     check_accumulation(accelerator, cfg)
     # The scheduler's state goes into trainer_state.json (JSON), not a pickle: see checkpoint.save_last.
-    ckpt.register_trainable_only_hooks(accelerator, model)
+    ckpt.register_trainable_only_hooks(accelerator, model, teacher)
     data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
                            "problems": [asdict(p) if hasattr(p, "__dataclass_fields__") else str(p)
                                         for p in ds.problems]}
@@ -210,19 +220,44 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
                           focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
     return Components(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
-                      data_report, sam_cache=sam_cache, config=cfg.to_dict())
+                      data_report, sam_cache=sam_cache, config=cfg.to_dict(), prompt_teacher=teacher)
+
+
+def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer: Any,
+                          accelerator: Accelerator) -> BagOfWordsPrompt | None:
+    """The bag-of-words prompt teacher when ``seg_prompt_teacher_fraction`` > 0, on the run's device (saved in
+    ``checkpoints/last`` by the checkpoint hooks, for exact resume); None otherwise."""
+    if cfg.seg_prompt_teacher_fraction <= 0:
+        return None
+    if launched_backend() == "deepspeed":
+        raise ConfigError("seg_prompt_teacher_fraction > 0 cannot run under DeepSpeed (the teacher is not part of "
+                          "the engine's model); use a DDP launch or a single process")
+    return BagOfWordsPrompt(len(tokenizer), model.text_hidden_fcs[-1].out_features).to(accelerator.device)
 
 
 # ---------------------------------------------------------------------- one optimizer step
-def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochStats) -> bool:
+def _teacher_prompts(c: Components, batch: Any, global_step: int) -> torch.Tensor | None:
+    """(K, D) bag-of-words prompts for the mask decoder while the prompt teacher is active, else None."""
+    if c.prompt_teacher is None or not teacher_active(c.config["seg_prompt_teacher_fraction"], global_step,
+                                                      c.total_steps):
+        return None
+    counts = count_seg_tokens(batch.input_ids, c.unwrapped.seg_token_id)
+    return teacher_prompts(c.prompt_teacher, c.tokenizer, batch.queries, counts, c.accelerator.device)
+
+
+def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochStats, global_step: int = 0) -> bool:
     """Forward + backward of one micro-batch inside ``accelerator.accumulate`` (engine/backends.py: the loss
     is scaled by 1/accumulation and gradients synchronised on the last micro-batch, by every backend).
     Returns ``accelerator.sync_gradients``: True when this micro-batch completes an optimizer step."""
     batch = batch.to(c.accelerator.device)
     sam_embeddings = cached_sam_embeddings(c, batch)
+    teacher = _teacher_prompts(c, batch, global_step)
     with c.accelerator.accumulate(c.model):
-        out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
+        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
+        if teacher is not None:
+            losses["seg_distill"] = distill_loss(out.seg_prompts, teacher)
+            losses["loss"] = losses["loss"] + c.config["seg_prompt_distill_weight"] * losses["seg_distill"]
         loss = losses["loss"]
         if needs_every_gradient(c.accelerator):  # DeepSpeed: the same gradient set on every rank
             loss = loss + zero_touch([p for p in c.unwrapped.parameters() if p.requires_grad])
@@ -282,6 +317,16 @@ def _count_nonfinite(c: Components, cfg: TrainingConfig, state: ckpt.TrainerStat
         )
 
 
+def _average_gradients(c: Components, params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` (outside the DDP module) over all ranks, in place."""
+    if c.accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(c.accelerator.reduce(p.grad, reduction="mean"))
+
+
 def _skip_step(c: Components) -> None:
     """Drop this step's gradients. With an fp16 grad scaler, close the unscale_ done by clipping."""
     c.optimizer.zero_grad(set_to_none=True)
@@ -301,6 +346,10 @@ def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState
     where the gradients overflow unscaled.
     """
     params = clip_parameters(c.accelerator, c.model, c.unwrapped)
+    if c.prompt_teacher is not None:  # not inside the prepared model: average its gradients over ranks here
+        teacher_params = list(c.prompt_teacher.parameters())
+        _average_gradients(c, teacher_params)
+        params = params + teacher_params
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     norm = c.accelerator.clip_grad_norm_(params, max_norm)  # DeepSpeed: clipped in its step; the norm it saw
     grad_norm = float(norm) if norm is not None else float("nan")
@@ -380,7 +429,7 @@ def _run_steps(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, str
     images_in_step = 0
     before = _snapshot(stats, acc)
     for batch in c.train_loader:
-        sync = _micro_batch(c, batch, acc, stats)
+        sync = _micro_batch(c, batch, acc, stats, state.global_step)
         images_in_step += batch.num_images
         if not sync:
             continue

@@ -40,6 +40,8 @@ class LISAOutput:
                     [SEG] of that image's sequences, in row then position order.
     seg_counts:     (Q,) number of [SEG] tokens per sequence.
     seg_embeddings: (K, h) the LM hidden states read for the K [SEG] tokens (before ``text_hidden_fcs``).
+    seg_prompts:    (K, D) ``text_hidden_fcs(seg_embeddings)``: LISA's prompts for the mask decoder (what it
+                    read unless ``forward`` was given ``decoder_prompts``).
     """
 
     logits: Tensor
@@ -47,6 +49,7 @@ class LISAOutput:
     pred_masks: list[Tensor]
     seg_counts: Tensor
     seg_embeddings: Tensor
+    seg_prompts: Tensor
 
 
 @dataclass
@@ -178,11 +181,15 @@ class ModifiedLISA(nn.Module):
                                                        labels)
         return embeds, mask, new_labels, image_pos
 
-    def forward(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
+    def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
+                decoder_prompts: Tensor | None = None) -> LISAOutput:
         """Teacher-forced pass over a collated batch.
 
         ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
         are computed from ``batch.sam_images``.
+        ``decoder_prompts`` (K, D), one per [SEG] in row then position order: what the mask decoder reads
+        instead of LISA's ``text_hidden_fcs([SEG])`` (a training-time teacher, engine/prompt_teacher.py);
+        LISA's own prompts are still computed and returned in ``seg_prompts``.
         """
         num_rows = batch.input_ids.shape[0]
         image_of_row = rows_to_images(batch.offsets, num_rows)
@@ -198,9 +205,14 @@ class ModifiedLISA(nn.Module):
         seg_counts = torch.bincount(rows, minlength=num_rows)
         if sam_embeddings is None:
             sam_embeddings = self.encode_sam(batch.sam_images)
-        pred_masks = self._decode_per_image(self.project_seg(seg_hidden), seg_counts, batch, sam_embeddings)
+        seg_prompts = self.project_seg(seg_hidden)
+        if decoder_prompts is not None and decoder_prompts.shape != seg_prompts.shape:
+            raise ValueError(f"decoder_prompts must be (K, D) = {tuple(seg_prompts.shape)}, one per [SEG] token, "
+                             f"got {tuple(decoder_prompts.shape)}")
+        read = seg_prompts if decoder_prompts is None else decoder_prompts.to(seg_prompts.dtype)
+        pred_masks = self._decode_per_image(read, seg_counts, batch, sam_embeddings)
         return LISAOutput(logits=out.logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
-                          seg_embeddings=seg_hidden)
+                          seg_embeddings=seg_hidden, seg_prompts=seg_prompts)
 
     def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
         """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""
