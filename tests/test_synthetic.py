@@ -306,3 +306,30 @@ def test_reader_scan_reports_no_problems(dataset: tuple[Path, dict]) -> None:
         assert mask.shape == (h, w) and (mask == 1).any()
     explained = [a for a in reasonseg.scan_split(root, "train")[0] if a.explanation]
     assert len(explained) == len(json.loads((root / "explanatory" / "train.json").read_text()))
+
+
+def test_select_by_colour_makes_every_query_pick_its_target_by_colour():
+    options = syn.SceneOptions(min_objects=3, max_objects=4, lookalike_prob=0.0,
+                               query_types=("attributes", "property"), targets_per_scene=3, select_by="colour")
+    examples = [ex for i in range(40) for ex in syn.generate_scene_examples(0, "train", i, 96, options)]
+    assert {ex.is_sentence for ex in examples} == {False, True}
+    for ex in examples:
+        assert syn.selects_by(ex.spec, "colour"), ex.texts
+        if ex.spec.type == "attributes":
+            assert all(ex.spec.attrs.colour in text for text in ex.texts)
+        else:
+            assert syn.PROPERTIES[ex.spec.prop].colours  # a colour property ("the colour of fresh grass")
+        assert syn.resolve(ex.scene, ex.spec) == [ex.target]  # still unambiguous
+    with pytest.raises(ValueError, match="select_by"):
+        syn.SceneOptions(select_by="shape")
+
+
+def test_attributes_only_makes_every_query_a_phrase(tmp_path):
+    options = syn.SceneOptions(query_types=("attributes",), targets_per_scene=2)
+    summary = syn.make_dataset(tmp_path, seed=0, num_train=6, num_val=4, num_test=0, image_size=64,
+                               progress=False, options=options)
+    files = [json.loads(p.read_text()) for p in (tmp_path / "train").glob("*.json")]
+    files += [json.loads(p.read_text()) for p in (tmp_path / "val").glob("*.json")]
+    assert files and not any(f["is_sentence"] for f in files)
+    assert "--query-types attributes" in (tmp_path / "README.txt").read_text()
+    assert summary["splits"]["train"]["short"] == len(list((tmp_path / "train").glob("*.json")))

@@ -70,9 +70,13 @@ class SceneOptions:
     min_objects / max_objects: shapes per image (fewer when they do not fit).
     lookalike_prob: chance that a new shape reuses a colour or kind already in the image, so that a
         query must name more than one attribute (and "segment every shape" scores poorly).
-    query_types: the query kinds drawn: "attributes" (short phrases) and any of ``LONG_PROPOSERS``.
+    query_types: the query kinds drawn: "attributes" (short phrases) and any of ``LONG_PROPOSERS``; only
+        "attributes" makes every query a short phrase (no reasoning sentences).
     targets_per_scene: train split only: each scene is written K times (``<name>_k``), each file asking for
         a different shape, so the same image must be segmented differently for different queries.
+    select_by: an attribute every query must pick its target by: a short phrase names it ("the red shape",
+        "red circle"), a property sentence is about it ("the colour of fresh grass"); other sentence kinds are
+        unaffected. None = any.
     """
 
     min_objects: int = 2
@@ -80,6 +84,7 @@ class SceneOptions:
     lookalike_prob: float = 0.35
     query_types: tuple[str, ...] = ()  # empty = every kind
     targets_per_scene: int = 1
+    select_by: str | None = None  # "colour" / "kind" / "size": every query picks its target by that attribute
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:
@@ -88,14 +93,18 @@ class SceneOptions:
             raise ValueError(f"lookalike_prob must be in [0, 1], got {self.lookalike_prob}")
         if self.targets_per_scene < 1:
             raise ValueError(f"targets_per_scene must be >= 1, got {self.targets_per_scene}")
+        if self.select_by is not None and self.select_by not in KEYS:
+            raise ValueError(f"select_by must be one of {', '.join(KEYS)}, got {self.select_by!r}")
         unknown = sorted(set(self.query_types) - set(QUERY_TYPES))
         if unknown:
             raise ValueError(f"unknown query type(s) {', '.join(unknown)}; choose from {', '.join(QUERY_TYPES)}")
         if self.query_types and "attributes" not in self.query_types:
             raise ValueError("query_types must include 'attributes' (the short phrases of half the images)")
-        if self.query_types and set(self.query_types) == {"attributes"}:
-            raise ValueError("query_types needs at least one sentence kind besides 'attributes' "
-                             f"(one of {', '.join(LONG_PROPOSERS)})")
+
+    @property
+    def has_sentences(self) -> bool:
+        """False when ``query_types`` is only "attributes": every query is then a short phrase."""
+        return set(self.query_types) != {"attributes"}
 
 # ----------------------------------------------------------------------------------------------------
 # Vocabulary
@@ -671,13 +680,25 @@ LONG_PROPOSERS: dict[str, Proposer] = {
 QUERY_TYPES = (*SHORT_PROPOSERS, *LONG_PROPOSERS)
 
 
+def selects_by(spec: QuerySpec, key: str) -> bool:
+    """True when ``spec`` picks its target by attribute ``key``: a phrase naming it, a property about it (other
+    kinds of query: always True)."""
+    if spec.type == "attributes":
+        return getattr(spec.attrs, key) is not None
+    if spec.type == "property":
+        prop = PROPERTIES[str(spec.prop)]
+        return (key == "colour" and bool(prop.colours)) or (key == "kind" and not prop.colours)
+    return True
+
+
 def choose_query(rng: np.random.Generator, scene: Scene, is_sentence: bool, *,
-                 query_types: Sequence[str] = (), targets: Sequence[int] | None = None
+                 query_types: Sequence[str] = (), targets: Sequence[int] | None = None, select_by: str | None = None
                  ) -> tuple[QuerySpec, int] | None:
     """A random (spec, target) with ``resolve(scene, spec) == [target]``; ``None`` if the scene has none.
 
     A kind of query is drawn first (so that kinds are balanced), then a target, then one valid spec.
-    ``query_types`` limits the kinds (empty = all); ``targets`` limits the objects that may be the target.
+    ``query_types`` limits the kinds (empty = all); ``targets`` limits the objects that may be the target;
+    ``select_by`` keeps only queries that pick the target by that attribute (``selects_by``).
     """
     proposers = LONG_PROPOSERS if is_sentence else SHORT_PROPOSERS
     names = [n for n in proposers if not query_types or n in query_types]
@@ -685,7 +706,8 @@ def choose_query(rng: np.random.Generator, scene: Scene, is_sentence: bool, *,
         order = rng.permutation(len(scene.objects)) if targets is None else rng.permutation(list(targets))
         for target in order:
             target = int(target)
-            valid = [s for s in proposers[names[name_index]](scene, target) if resolve(scene, s) == [target]]
+            valid = [s for s in proposers[names[name_index]](scene, target) if resolve(scene, s) == [target]
+                     and (select_by is None or selects_by(s, select_by))]
             if valid:
                 return valid[int(rng.integers(len(valid)))], target
     return None
@@ -1013,7 +1035,8 @@ def _scene_and_query(
 ) -> tuple[Scene, QuerySpec, int]:
     for _ in range(MAX_SCENE_ATTEMPTS):
         scene = make_scene(rng, width, height, options)
-        chosen = choose_query(rng, scene, is_sentence, query_types=options.query_types)
+        chosen = choose_query(rng, scene, is_sentence, query_types=options.query_types,
+                              select_by=options.select_by)
         if chosen is not None:
             return scene, chosen[0], chosen[1]
     raise RuntimeError(f"{name}: no scene with a unique query after {MAX_SCENE_ATTEMPTS} attempts")
@@ -1035,7 +1058,8 @@ def generate_scene_examples(seed: int, split: str, index: int, image_size: int,
                             options: SceneOptions | None = None) -> list[Example]:
     """The examples of scene ``index`` of ``split``; depends only on the arguments (own generator per scene).
 
-    Even indices get a short phrase, odd indices a reasoning sentence. With ``options.targets_per_scene`` K > 1
+    Even indices get a short phrase, odd indices a reasoning sentence (a phrase too when
+    ``options.has_sentences`` is False). With ``options.targets_per_scene`` K > 1
     (train split only) the scene is asked about up to K different shapes, alternating short and long, one
     example each, named ``<split>_<index>_<k>``; all share the same image.
     """
@@ -1045,7 +1069,7 @@ def generate_scene_examples(seed: int, split: str, index: int, image_size: int,
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     name = f"{split}_{index:04d}"
     width, height = _image_dims(rng, image_size)
-    is_sentence = index % 2 == 1
+    is_sentence = index % 2 == 1 and options.has_sentences
     scene, spec, target = _scene_and_query(rng, width, height, is_sentence, name, options)
     k_max = options.targets_per_scene if split == "train" else 1
     if k_max == 1:
@@ -1054,8 +1078,9 @@ def generate_scene_examples(seed: int, split: str, index: int, image_size: int,
     examples, used = [first], {target}
     for k in range(1, k_max):
         free = [i for i in range(len(scene.objects)) if i not in used]
-        long_k = (index + k) % 2 == 1
-        chosen = choose_query(rng, scene, long_k, query_types=options.query_types, targets=free) if free else None
+        long_k = (index + k) % 2 == 1 and options.has_sentences
+        chosen = (choose_query(rng, scene, long_k, query_types=options.query_types, targets=free,
+                               select_by=options.select_by) if free else None)
         if chosen is None:
             break
         used.add(chosen[1])
@@ -1128,6 +1153,8 @@ def option_arguments(options: SceneOptions) -> str:
         parts.append(f"--query-types {','.join(options.query_types)}")
     if options.targets_per_scene != default.targets_per_scene:
         parts.append(f"--targets-per-scene {options.targets_per_scene}")
+    if options.select_by is not None:
+        parts.append(f"--select-by {options.select_by}")
     return "".join(f" {p}" for p in parts)
 
 
@@ -1285,6 +1312,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets-per-scene", type=int, default=1, metavar="K",
                         help="train split: ask about up to K different shapes of each image, one file each "
                              "(default 1)")
+    parser.add_argument("--select-by", choices=KEYS, default=None,
+                        help="every query picks its target by this attribute: phrases name it, property "
+                             "sentences are about it (default: any)")
     parser.add_argument(
         "--force", action="store_true", help="replace train/, val/, test/, explanatory/ and README.txt"
     )
@@ -1321,7 +1351,7 @@ def main_make_data(argv: Sequence[str] | None = None) -> int:
     try:
         options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
                                lookalike_prob=args.lookalike_prob, query_types=args.query_types,
-                               targets_per_scene=args.targets_per_scene)
+                               targets_per_scene=args.targets_per_scene, select_by=args.select_by)
         summary = make_dataset(
             root,
             options=options,
