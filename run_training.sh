@@ -9,9 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # shellcheck disable=SC1091
 source scripts/setup_env.sh
 CONFIG="${CONFIG:-configs/demo.yaml}"
-# The demo data: 3-5 shapes per image that share colours and kinds, each train image asked about up to 3
-# different shapes (one file each), so that a model must read its query (docs/TRAINING_GUIDE.md).
-DEMO_DATA_FLAGS="--seed 0 --num-train 200 --num-val 32 --num-test 48 --image-size 128 --objects 3-5 --lookalike-prob 0.5 --query-types attributes,property,superlative,extreme --targets-per-scene 3"
+# The demo data: 1,500 scenes of 3-4 shapes of distinct colours; each train scene asked about 3 different
+# shapes (one file each), every query a short phrase that names its target's colour ("the small red shape"),
+# so that the model must read its query to pick one of 3-4 shapes (docs/TRAINING_GUIDE.md, "Does it follow
+# the query?").
+DEMO_DATA_FLAGS="--seed 0 --num-train 1500 --num-val 32 --num-test 48 --image-size 128 --objects 3-4 --lookalike-prob 0 --query-types attributes --targets-per-scene 3 --select-by colour"
 DATA_ROOT="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_root'])" "$CONFIG")"
 OUTPUT_DIR="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$CONFIG")"
 

@@ -87,11 +87,9 @@ class TrainingConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     # Bag-of-words prompt distillation for a from-scratch LM (engine/prompt_teacher.py; not in LISA): for the
-    # first fraction of the optimizer steps the mask decoder also reads a learned bag-of-words prompt of the query
-    # ("joint": besides LISA's prompt, both masks in the loss; "replace": instead of it) while
-    # text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt only.
+    # first fraction of the optimizer steps the mask decoder reads a learned bag-of-words prompt of the query
+    # while text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt.
     seg_prompt_teacher_fraction: float = 0.0
-    seg_prompt_teacher_mode: str = "joint"
     seg_prompt_distill_weight: float = 1.0
 
     # --- run folder, logging, checkpoints ---
@@ -184,8 +182,6 @@ def _check_choices(cfg: TrainingConfig) -> None:
         raise ConfigError(f"mixed_precision must be fp16 or bf16, got {cfg.mixed_precision!r}")
     if cfg.lr_schedule not in ("linear", "constant"):
         raise ConfigError(f"lr_schedule must be linear or constant, got {cfg.lr_schedule!r}")
-    if cfg.seg_prompt_teacher_mode not in ("joint", "replace"):
-        raise ConfigError(f"seg_prompt_teacher_mode must be joint or replace, got {cfg.seg_prompt_teacher_mode!r}")
     if cfg.quantization_bits not in (4, 8):
         raise ConfigError(f"quantization_bits must be 4 or 8, got {cfg.quantization_bits!r}")
     if cfg.report_to not in (None, "tensorboard"):

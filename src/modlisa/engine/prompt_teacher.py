@@ -8,12 +8,9 @@ the run ends query-blind (own-query gIoU = wrong-query gIoU).
 The recipe (``seg_prompt_teacher_fraction`` > 0): for the first part of the optimizer steps the mask decoder
 reads a learned bag-of-words prompt of each query (3 x the mean of per-token embeddings, which carries the
 query from step 1), while LISA's prompt ``text_hidden_fcs([SEG])`` is regressed onto it (a relative squared
-error, weight ``seg_prompt_distill_weight``, logged as ``seg_distill``). ``seg_prompt_teacher_mode``:
-"joint" decodes both prompts and adds the teacher masks' loss (``teacher_mask``) to LISA's, so LISA's prompt
-also learns from the mask loss through a decoder that listens; "replace" decodes the teacher's only. After
-that phase, and at every evaluation, the decoder reads LISA's prompt only: the trained model is plain LISA,
-and the teacher is not part of the model or its weights files (it is saved in ``checkpoints/last`` only, for
-exact resume).
+error, weight ``seg_prompt_distill_weight``, logged as ``seg_distill``). After that phase, and at every
+evaluation, the decoder reads LISA's prompt only: the trained model is plain LISA, and the teacher is not
+part of the model or its weights files (it is saved in ``checkpoints/last`` only, for exact resume).
 
 Written here rather than taken from a library: no library implements a prompt teacher for a mask decoder.
 """
@@ -25,8 +22,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from modlisa.losses import LossWeights, compute_losses
 
 BOW_SCALE = 3.0  # the teacher's prompt norm at init: comparable to a trained LISA prompt's (measured)
 
@@ -81,20 +76,3 @@ def teacher_active(fraction: float, global_step: int, total_steps: int) -> bool:
     """True while optimizer step ``global_step`` (0-based) is inside the first ``fraction`` of the run."""
     return fraction > 0 and global_step < fraction * total_steps
 
-
-def teacher_losses(out: Any, teacher: Tensor, gt_masks: list[Tensor], weights: LossWeights,
-                   distill_weight: float) -> dict[str, Tensor]:
-    """The teacher's terms for one batch: ``seg_distill`` (LISA's prompts -> teacher), ``teacher_mask`` (the
-    weighted mask loss of the teacher's own masks, when the model decoded both) and ``teacher_total``, their
-    weighted sum to add to LISA's loss.
-
-    out: the model's LISAOutput (``seg_prompts`` (K, D), ``teacher_masks`` B x (n_b, H_b, W_b) or None);
-    teacher: (K, D) the prompts the teacher gave; gt_masks: B x (n_b, H_b, W_b) uint8.
-    """
-    terms = {"seg_distill": distill_loss(out.seg_prompts, teacher)}
-    total = distill_weight * terms["seg_distill"]
-    if out.teacher_masks is not None:
-        mask = compute_losses(out.logits, out.labels, out.teacher_masks, gt_masks, weights)
-        terms["teacher_mask"] = mask["loss"] - weights.ce * mask["ce"]  # the mask terms only (CE counted once)
-        total = total + terms["teacher_mask"]
-    return {**terms, "teacher_total": total}

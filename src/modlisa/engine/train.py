@@ -38,8 +38,8 @@ from modlisa.engine.meters import ThroughputMeter, peak_memory
 from modlisa.engine.prompt_teacher import (
     BagOfWordsPrompt,
     count_seg_tokens,
+    distill_loss,
     teacher_active,
-    teacher_losses,
     teacher_prompts,
 )
 from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
@@ -253,13 +253,11 @@ def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochSta
     sam_embeddings = cached_sam_embeddings(c, batch)
     teacher = _teacher_prompts(c, batch, global_step)
     with c.accelerator.accumulate(c.model):
-        joint = teacher is not None and c.config["seg_prompt_teacher_mode"] == "joint"
-        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher, decode_both=joint)
+        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
         if teacher is not None:
-            losses.update(teacher_losses(out, teacher, batch.masks, c.loss_weights,
-                                         c.config["seg_prompt_distill_weight"]))
-            losses["loss"] = losses["loss"] + losses.pop("teacher_total")
+            losses["seg_distill"] = distill_loss(out.seg_prompts, teacher)
+            losses["loss"] = losses["loss"] + c.config["seg_prompt_distill_weight"] * losses["seg_distill"]
         loss = losses["loss"]
         if needs_every_gradient(c.accelerator):  # DeepSpeed: the same gradient set on every rank
             loss = loss + zero_touch([p for p in c.unwrapped.parameters() if p.requires_grad])

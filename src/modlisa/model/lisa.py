@@ -8,7 +8,6 @@ S = SAM input size, (H, W) original image size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +42,6 @@ class LISAOutput:
     seg_embeddings: (K, h) the LM hidden states read for the K [SEG] tokens (before ``text_hidden_fcs``).
     seg_prompts:    (K, D) ``text_hidden_fcs(seg_embeddings)``: LISA's prompts for the mask decoder (what it
                     read unless ``forward`` was given ``decoder_prompts``).
-    teacher_masks:  B tensors like ``pred_masks``, decoded from ``decoder_prompts`` when ``forward`` was asked
-                    to decode both (``decode_both``); else None.
     """
 
     logits: Tensor
@@ -53,7 +50,6 @@ class LISAOutput:
     seg_counts: Tensor
     seg_embeddings: Tensor
     seg_prompts: Tensor
-    teacher_masks: list[Tensor] | None = None
 
 
 @dataclass
@@ -186,16 +182,14 @@ class ModifiedLISA(nn.Module):
         return embeds, mask, new_labels, image_pos
 
     def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
-                decoder_prompts: Tensor | None = None, decode_both: bool = False) -> LISAOutput:
+                decoder_prompts: Tensor | None = None) -> LISAOutput:
         """Teacher-forced pass over a collated batch.
 
         ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
         are computed from ``batch.sam_images``.
         ``decoder_prompts`` (K, D), one per [SEG] in row then position order: what the mask decoder reads
         instead of LISA's ``text_hidden_fcs([SEG])`` (a training-time teacher, engine/prompt_teacher.py);
-        LISA's own prompts are still computed and returned in ``seg_prompts``. With ``decode_both`` the decoder
-        reads both, in one call per image: ``pred_masks`` from LISA's prompts, ``teacher_masks`` from
-        ``decoder_prompts``.
+        LISA's own prompts are still computed and returned in ``seg_prompts``.
         """
         num_rows = batch.input_ids.shape[0]
         image_of_row = rows_to_images(batch.offsets, num_rows)
@@ -215,46 +209,24 @@ class ModifiedLISA(nn.Module):
         if decoder_prompts is not None and decoder_prompts.shape != seg_prompts.shape:
             raise ValueError(f"decoder_prompts must be (K, D) = {tuple(seg_prompts.shape)}, one per [SEG] token, "
                              f"got {tuple(decoder_prompts.shape)}")
-        teacher_masks = None
-        if decoder_prompts is None:
-            pred_masks = self._decode_per_image(seg_prompts, seg_counts, batch, sam_embeddings)
-        elif decode_both:
-            pred_masks, teacher_masks = self._decode_pairs(seg_prompts, decoder_prompts.to(seg_prompts.dtype),
-                                                           seg_counts, batch, sam_embeddings)
-        else:
-            pred_masks = self._decode_per_image(decoder_prompts.to(seg_prompts.dtype), seg_counts, batch,
-                                                sam_embeddings)
+        read = seg_prompts if decoder_prompts is None else decoder_prompts.to(seg_prompts.dtype)
+        pred_masks = self._decode_per_image(read, seg_counts, batch, sam_embeddings)
         return LISAOutput(logits=out.logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
-                          seg_embeddings=seg_hidden, seg_prompts=seg_prompts, teacher_masks=teacher_masks)
+                          seg_embeddings=seg_hidden, seg_prompts=seg_prompts)
 
     def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
         """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""
         return self.forward(batch, sam_embeddings)
 
-    def _split_by_image(self, seg_prompts: Tensor, seg_counts: Tensor, batch: Batch) -> tuple[Tensor, ...]:
-        """(K, D) prompts -> B chunks (K_b, D): image b owns the [SEG]s of rows offsets[b]:offsets[b+1]."""
+    def _decode_per_image(self, seg_prompts: Tensor, seg_counts: Tensor, batch: Batch,
+                          sam_embeddings: Tensor) -> list[Tensor]:
+        """Split (K, D) prompts by image (rows offsets[b]:offsets[b+1]) and decode each image's masks."""
         offsets = batch.offsets.tolist()
         per_image = [int(seg_counts[offsets[b]:offsets[b + 1]].sum()) for b in range(len(offsets) - 1)]
-        return torch.split(seg_prompts, per_image)
-
-    def _decode_chunks(self, chunks: Sequence[Tensor], batch: Batch, sam_embeddings: Tensor) -> list[Tensor]:
-        """B chunks (n_b, D) of prompts -> B mask-logit tensors (n_b, H_b, W_b), one decoder call per image."""
+        chunks = torch.split(seg_prompts, per_image)
         return [decode_masks(self.sam, chunk, sam_embeddings[b], tuple(batch.resize_hw[b]),
                              tuple(batch.original_hw[b]), self.sam_image_size)
                 for b, chunk in enumerate(chunks)]
-
-    def _decode_per_image(self, seg_prompts: Tensor, seg_counts: Tensor, batch: Batch,
-                          sam_embeddings: Tensor) -> list[Tensor]:
-        """Split (K, D) prompts by image and decode each image's masks."""
-        return self._decode_chunks(self._split_by_image(seg_prompts, seg_counts, batch), batch, sam_embeddings)
-
-    def _decode_pairs(self, seg_prompts: Tensor, teacher_prompts: Tensor, seg_counts: Tensor, batch: Batch,
-                      sam_embeddings: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Decode two (K, D) prompt sets in one call per image -> (masks of the first, masks of the second)."""
-        first = self._split_by_image(seg_prompts, seg_counts, batch)
-        second = self._split_by_image(teacher_prompts, seg_counts, batch)
-        both = self._decode_chunks([torch.cat([a, b]) for a, b in zip(first, second)], batch, sam_embeddings)
-        return [m[: len(a)] for m, a in zip(both, first)], [m[len(a):] for m, a in zip(both, first)]
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
