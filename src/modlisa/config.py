@@ -90,7 +90,6 @@ class TrainingConfig:
     # first fraction of the optimizer steps the mask decoder reads a learned bag-of-words prompt of the query
     # while text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt.
     seg_prompt_teacher_fraction: float = 0.0
-    seg_prompt_teacher_blend: bool = False  # the decoder reads a blend teacher -> LISA's prompt over the phase
     seg_prompt_distill_weight: float = 1.0
 
     # --- run folder, logging, checkpoints ---

@@ -76,12 +76,3 @@ def teacher_active(fraction: float, global_step: int, total_steps: int) -> bool:
     """True while optimizer step ``global_step`` (0-based) is inside the first ``fraction`` of the run."""
     return fraction > 0 and global_step < fraction * total_steps
 
-
-
-def teacher_weight(fraction: float, global_step: int, total_steps: int, blend: bool) -> float:
-    """The teacher's share of the prompt the decoder reads at ``global_step``: 1 throughout the teacher's phase,
-    or (``blend``) falling linearly from 1 at step 0 to 0 at its end, so that LISA's prompt takes over
-    gradually."""
-    if not blend:
-        return 1.0
-    return max(0.0, 1.0 - global_step / max(1.0, fraction * total_steps))

@@ -40,7 +40,6 @@ from modlisa.engine.prompt_teacher import (
     count_seg_tokens,
     distill_loss,
     teacher_active,
-    teacher_weight,
     teacher_prompts,
 )
 from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
@@ -254,9 +253,7 @@ def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochSta
     sam_embeddings = cached_sam_embeddings(c, batch)
     teacher = _teacher_prompts(c, batch, global_step)
     with c.accelerator.accumulate(c.model):
-        weight = teacher_weight(c.config["seg_prompt_teacher_fraction"], global_step, c.total_steps,
-                                c.config.get("seg_prompt_teacher_blend", False))
-        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher, decoder_prompt_weight=weight)
+        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher)
         losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
         if teacher is not None:
             losses["seg_distill"] = distill_loss(out.seg_prompts, teacher)

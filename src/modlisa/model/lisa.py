@@ -182,15 +182,14 @@ class ModifiedLISA(nn.Module):
         return embeds, mask, new_labels, image_pos
 
     def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
-                decoder_prompts: Tensor | None = None, decoder_prompt_weight: float = 1.0) -> LISAOutput:
+                decoder_prompts: Tensor | None = None) -> LISAOutput:
         """Teacher-forced pass over a collated batch.
 
         ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
         are computed from ``batch.sam_images``.
         ``decoder_prompts`` (K, D), one per [SEG] in row then position order: what the mask decoder reads
         instead of LISA's ``text_hidden_fcs([SEG])`` (a training-time teacher, engine/prompt_teacher.py);
-        LISA's own prompts are still computed and returned in ``seg_prompts``. With ``decoder_prompt_weight``
-        w < 1 the decoder reads the blend w * decoder_prompts + (1 - w) * LISA's prompts.
+        LISA's own prompts are still computed and returned in ``seg_prompts``.
         """
         num_rows = batch.input_ids.shape[0]
         image_of_row = rows_to_images(batch.offsets, num_rows)
@@ -210,10 +209,7 @@ class ModifiedLISA(nn.Module):
         if decoder_prompts is not None and decoder_prompts.shape != seg_prompts.shape:
             raise ValueError(f"decoder_prompts must be (K, D) = {tuple(seg_prompts.shape)}, one per [SEG] token, "
                              f"got {tuple(decoder_prompts.shape)}")
-        read = seg_prompts
-        if decoder_prompts is not None:
-            w = float(decoder_prompt_weight)
-            read = decoder_prompts.to(seg_prompts.dtype) if w == 1.0 else w * decoder_prompts + (1 - w) * seg_prompts
+        read = seg_prompts if decoder_prompts is None else decoder_prompts.to(seg_prompts.dtype)
         pred_masks = self._decode_per_image(read, seg_counts, batch, sam_embeddings)
         return LISAOutput(logits=out.logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
                           seg_embeddings=seg_hidden, seg_prompts=seg_prompts)
