@@ -20,6 +20,7 @@ from modlisa.engine.prompt_teacher import (
     BagOfWordsPrompt,
     count_seg_tokens,
     distill_loss,
+    idf_weights,
     seg_queries,
     teacher_active,
     teacher_prompts,
@@ -54,6 +55,27 @@ def test_bag_of_words_is_the_scaled_mean_of_token_embeddings():
     assert torch.equal(out[1].detach(), torch.zeros(4))  # a query without tokens reads a zero prompt
     torch.testing.assert_close(out[2].detach(), BOW_SCALE * words[7])
     assert teacher([]).shape == (0, 4)
+
+
+def test_token_weights_give_rare_words_more_say():
+    class WordTokenizer:  # one id per word, as the tiny preset's word-level tokenizer
+        vocab = {"the": 0, "red": 1, "blue": 2, "shape": 3, "circle": 4}
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [self.vocab[w] for w in text.split()]}
+
+    weights = idf_weights(WordTokenizer(), ["the red shape", "the blue shape", "the red circle"], vocab_size=6)
+    assert weights.shape == (6,)
+    assert weights[0] == pytest.approx(1.0)  # in every text
+    assert weights[2] > weights[1] > weights[0]  # "blue" (1 text) > "red" (2 texts) > "the" (3 texts)
+    assert weights[5] == weights.max()  # never seen
+    teacher = BagOfWordsPrompt(vocab_size=6, dim=4, token_weights=weights)
+    words = teacher.words.weight.detach()
+    expected = BOW_SCALE * (weights[0] * words[0] + weights[2] * words[2]) / (weights[0] + weights[2])
+    torch.testing.assert_close(teacher([torch.tensor([0, 2])])[0].detach(), expected)
+    assert "token_weights" not in teacher.state_dict()  # derived from the data at every start, never saved
+    with pytest.raises(ValueError, match="token_weights"):
+        BagOfWordsPrompt(vocab_size=6, dim=4, token_weights=torch.ones(5))
 
 
 def test_seg_queries_follow_the_models_seg_order():

@@ -27,19 +27,41 @@ BOW_SCALE = 3.0  # the teacher's prompt norm at init: comparable to a trained LI
 
 
 class BagOfWordsPrompt(nn.Module):
-    """Query tokens -> one SAM prompt embedding: ``BOW_SCALE`` x the mean of learned per-token embeddings."""
+    """Query tokens -> one SAM prompt embedding: ``BOW_SCALE`` x the mean of learned per-token embeddings,
+    weighted by each token's ``token_weights`` (default 1; ``idf_weights`` gives rare words more say)."""
 
-    def __init__(self, vocab_size: int, dim: int) -> None:
+    def __init__(self, vocab_size: int, dim: int, token_weights: Tensor | None = None) -> None:
         super().__init__()
         self.words = nn.Embedding(vocab_size, dim)
+        weights = torch.ones(vocab_size) if token_weights is None else token_weights.float()
+        if weights.shape != (vocab_size,):
+            raise ValueError(f"token_weights must be ({vocab_size},), got {tuple(weights.shape)}")
+        self.register_buffer("token_weights", weights, persistent=False)  # derived from the data, not saved
 
     def forward(self, token_ids: Sequence[Tensor]) -> Tensor:
         """K 1-D int64 tensors of token ids (any lengths) -> (K, D) prompts (a query with no token -> zeros)."""
-        rows = [self.words(ids).mean(0) if len(ids) else self.words.weight.new_zeros(self.words.embedding_dim)
-                for ids in token_ids]
+        rows = [self._pool(ids) for ids in token_ids]
         if not rows:
             return self.words.weight.new_zeros(0, self.words.embedding_dim)
         return torch.stack(rows) * BOW_SCALE
+
+    def _pool(self, ids: Tensor) -> Tensor:
+        """(n,) token ids -> (D,) their weighted mean embedding (zeros when n == 0)."""
+        if not len(ids):
+            return self.words.weight.new_zeros(self.words.embedding_dim)
+        weights = self.token_weights[ids]
+        return (weights[:, None] * self.words(ids)).sum(0) / weights.sum().clamp_min(1e-12)
+
+
+def idf_weights(tokenizer: Any, texts: Sequence[str], vocab_size: int) -> Tensor:
+    """(vocab_size,) smoothed inverse document frequency of every token over ``texts``:
+    log((1 + N) / (1 + df)) + 1, as scikit-learn's TfidfVectorizer; template words ("the", "shape", "which")
+    get ~1, words that name the target ~log N. Tokens absent from ``texts`` get the maximum."""
+    df = torch.zeros(vocab_size)
+    for text in texts:
+        ids = torch.tensor(sorted(set(tokenizer(text, add_special_tokens=False)["input_ids"])), dtype=torch.long)
+        df[ids] += 1
+    return torch.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
 
 
 def seg_queries(queries: Sequence[str], seg_counts: Tensor) -> list[str]:

@@ -39,6 +39,7 @@ from modlisa.engine.prompt_teacher import (
     BagOfWordsPrompt,
     count_seg_tokens,
     distill_loss,
+    idf_weights,
     teacher_active,
     teacher_prompts,
 )
@@ -201,7 +202,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
         val_loader = _loader(val_set, EvalShardSampler(len(val_set), rank=rank, world_size=world), cfg, collate,
                              cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    teacher = _build_prompt_teacher(cfg, model, tokenizer, accelerator)
+    teacher = _build_prompt_teacher(cfg, model, tokenizer, accelerator, train_set)
     groups = [{"params": params}] + ([{"params": list(teacher.parameters())}] if teacher is not None else [])
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
@@ -224,7 +225,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
 
 
 def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer: Any,
-                          accelerator: Accelerator) -> BagOfWordsPrompt | None:
+                          accelerator: Accelerator, train_set: ReasonSegDataset) -> BagOfWordsPrompt | None:
     """The bag-of-words prompt teacher when ``seg_prompt_teacher_fraction`` > 0, on the run's device (saved in
     ``checkpoints/last`` by the checkpoint hooks, for exact resume); None otherwise."""
     if cfg.seg_prompt_teacher_fraction <= 0:
@@ -232,7 +233,12 @@ def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer
     if launched_backend() == "deepspeed":
         raise ConfigError("seg_prompt_teacher_fraction > 0 cannot run under DeepSpeed (the teacher is not part of "
                           "the engine's model); use a DDP launch or a single process")
-    return BagOfWordsPrompt(len(tokenizer), model.text_hidden_fcs[-1].out_features).to(accelerator.device)
+    weights = None
+    if cfg.seg_prompt_teacher_idf:
+        texts = [text for annotation in train_set.annotations for text in annotation.texts]
+        weights = idf_weights(tokenizer, texts, len(tokenizer))
+    dim = model.text_hidden_fcs[-1].out_features
+    return BagOfWordsPrompt(len(tokenizer), dim, weights).to(accelerator.device)
 
 
 # ---------------------------------------------------------------------- one optimizer step
@@ -705,12 +711,14 @@ def applied_optimizer_steps(c: Components) -> int:
 
 
 def _rank_checksums(c: Components) -> list[float]:
-    """One checksum of the trainable weights per rank (equal on all ranks when DDP kept them in sync)."""
+    """One checksum of the trainable weights (and the prompt teacher's) per rank (equal on all ranks when DDP
+    kept them in sync)."""
     from accelerate.utils import gather_object
 
+    params = [p for p in c.unwrapped.parameters() if p.requires_grad]
+    params += list(c.prompt_teacher.parameters()) if c.prompt_teacher is not None else []
     with torch.no_grad():
-        total = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in c.unwrapped.parameters()
-                    if p.requires_grad)
+        total = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in params)
     return [float(x) for x in gather_object([total])] if c.accelerator.num_processes > 1 else [total]
 
 
