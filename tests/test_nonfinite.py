@@ -166,7 +166,7 @@ def fp16_parts(tmp_path: Path, init_scale: float) -> tuple[SimpleNamespace, Trai
     inner = torch.optim.SGD([weight], lr=0.1)
     accelerator = Fp16Accelerator(inner, init_scale)
     params = torch.nn.ParameterList([weight])
-    c = SimpleNamespace(accelerator=accelerator, unwrapped=params, model=params,
+    c = SimpleNamespace(accelerator=accelerator, unwrapped=params, model=params, prompt_teacher=None,
                         optimizer=ScaledOptimizer(accelerator), paths=RunPaths(tmp_path),
                         scheduler=torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0))
     cfg = TrainingConfig(use_mixed_precision=True, mixed_precision="fp16", max_nonfinite_steps=2)
