@@ -90,7 +90,7 @@ class TrainingConfig:
     # first fraction of the optimizer steps the mask decoder reads a learned bag-of-words prompt of the query
     # while text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt.
     seg_prompt_teacher_fraction: float = 0.0
-    seg_prompt_teacher_idf: bool = False  # weight the teacher's words by inverse document frequency
+    seg_prompt_teacher_idf: bool = False  # weight its words by IDF over the train queries (grounds sentences, TRAINING_GUIDE)
     seg_prompt_distill_weight: float = 1.0
 
     # --- run folder, logging, checkpoints ---
