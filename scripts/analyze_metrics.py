@@ -6,7 +6,7 @@
 
 import sys
 
-from modlisa.report.cli import main_analyze
+from modlisa.cli.analyze import main as main_analyze
 
 if __name__ == "__main__":
     try:

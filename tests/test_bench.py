@@ -14,10 +14,10 @@ import torch
 
 from modlisa.bench import flops, memory_plan
 from modlisa.bench.architectures import architecture_for, build_skeleton
-from modlisa.bench.cli import main_bench
 from modlisa.bench.data_bench import large_image_stages, loader_throughput
 from modlisa.bench.timing import ComponentTimer, latency_summary
 from modlisa.bench.training_bench import BenchOptions, run_bench
+from modlisa.cli.bench import main as main_bench
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
 from modlisa.data.synthetic import make_dataset
 
@@ -157,7 +157,7 @@ def test_plan_verdicts_and_cheapest_fix(tmp_path):
     assert main_bench(["--plan-memory", "--config", str(REPO / "configs" / "single_gpu_24gb.yaml"),
                        "--data_root", "missing", "--gpu-gb", "24", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["fits"] is True
-    with pytest.raises(ConfigError, match="gpu-gb"):
+    with pytest.raises(ConfigError, match="gpu_gb"):
         main_bench(["--plan-memory", "--config", str(REPO / "configs" / "demo.yaml"), "--gpu-gb", "0"])
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from modlisa.data.check import check_dataset, format_report, main_check_data
+from modlisa.cli.check_data import main as main_check_data
+from modlisa.data.check import check_dataset, format_report
 from reasonseg_fixtures import make_reasonseg, write_bad_files
 
 

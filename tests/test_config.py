@@ -81,7 +81,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["--bogus", "1"], "unknown option --bogus; see `modlisa train --help`"),
+        (["--lerning_rate", "1e-3"], "unknown option --lerning_rate (did you mean --learning_rate?)"),
         (["--learning_rate", "-1"], "learning_rate must be > 0"),
         (["--data_root", "/nonexistent/x"], "data_root '/nonexistent/x' is not a folder"),
         (["--mixed_precision", "fp16", "--cpu", "true"], "mixed_precision=fp16 needs a CUDA GPU"),

@@ -32,7 +32,7 @@ def yaml_file(tmp_path: Path, content: object, name: str = "run.yaml") -> str:
 
 TRAIN_CASES = [
     ("unknown field in YAML", lambda t: ["--config", yaml_file(t, {"batch_sise": 2})],
-     "unknown field(s) batch_sise"),
+     "unknown field(s) batch_sise (did you mean batch_size?)"),
     ("wrong type in YAML", lambda t: ["--config", yaml_file(t, {"batch_size": "two"})],
      "batch_size must be of type int, got 'two'"),
     ("wrong type on the command line", lambda t: ["--num_epochs", "1.5"], "num_epochs must be of type int"),

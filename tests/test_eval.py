@@ -21,19 +21,14 @@ from inference_helpers import (
     scripted_answers,
     train_tiny_run,
 )
+from modlisa.cli.eval import add_eval_arguments
+from modlisa.cli.eval import main as main_eval
 from modlisa.data.dataset import ReasonSegDataset
 from modlisa.data.reasonseg import read_image_size
 from modlisa.engine import run_eval as run_eval_module
-from modlisa.engine.run_eval import (
-    add_eval_arguments,
-    empty_mask_baseline,
-    gt_areas,
-    load_checkpoint,
-    main_eval,
-    run_eval,
-    sanity_warnings,
-)
+from modlisa.engine.run_eval import empty_mask_baseline, gt_areas, run_eval, sanity_warnings
 from modlisa.metrics import CIOU_EPS
+from modlisa.weights import load_checkpoint
 
 
 @pytest.fixture(scope="module")

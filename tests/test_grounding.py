@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from inference_helpers import make_data, train_tiny_run
+from modlisa.cli.eval import main as main_eval
 from modlisa.data.dataset import ReasonSegDataset
 from modlisa.data.reasonseg import get_mask_from_json, load_annotation, mask_from_shapes, read_image_size
 from modlisa.data.synthetic import SceneOptions, generate_scene_examples, make_dataset, rasterise
@@ -23,7 +24,6 @@ from modlisa.engine.grounding import (
     query_blind_warning,
     wrong_query_partners,
 )
-from modlisa.engine.run_eval import main_eval
 
 
 def _ann(text: str, is_sentence: bool) -> Annotation:

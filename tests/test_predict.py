@@ -20,21 +20,22 @@ from inference_helpers import (
     scripted_answers,
     train_tiny_run,
 )
+from modlisa.cli.export import main as main_export
+from modlisa.cli.predict import main as main_predict
 from modlisa.config import ConfigError
 from modlisa.data import prompts
 from modlisa.data.reasonseg import DataError, load_annotation, load_image_rgb, mask_from_shapes
-from modlisa.engine.run_eval import load_checkpoint, run_eval
-from modlisa.export import main_export
+from modlisa.engine.run_eval import run_eval
 from modlisa.metrics import intersection_union
 from modlisa.predict import (
     GT_COLOUR,
     PALETTE,
-    main_predict,
     overlay_masks,
     predict,
     read_requests,
     save_prediction,
 )
+from modlisa.weights import load_checkpoint
 
 EXPORT_ATOL = 1e-4  # LoRA merge reorders float32 sums (see tests/test_io.py)
 

@@ -18,12 +18,11 @@ from llava_fixtures import (
     save_tiny_llava,
     single_thread,  # noqa: F401  (fixture)
 )
+from modlisa.cli.config_args import add_config_arguments, config_and_sources_from_args
 from modlisa.config import (
     PRESET_RECIPES,
     SOURCES_FILE,
     TrainingConfig,
-    add_config_arguments,
-    config_and_sources_from_args,
     infer_sources,
 )
 

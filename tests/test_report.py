@@ -15,9 +15,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from modlisa.cli.analyze import main as main_analyze
 from modlisa.report import NotARunError, build_report, load_run, load_runs
 from modlisa.report import tables as T
-from modlisa.report.cli import main_analyze
 from modlisa.report.lisa_reference import LISA_TABLE
 from modlisa.report.plots import loss_per_epoch
 from modlisa.report.runs import data_provenance, describe_root

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -22,89 +22,104 @@ class ConfigError(ValueError):
     """A user error in the configuration: the message names the field and how to fix it."""
 
 
+def _f(default: Any, help_text: str) -> Any:
+    """A TrainingConfig field with its ``--help`` text; a callable default is a default factory (lists)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class TrainingConfig:
-    """Every setting of a ModifiedLISA run. Field names of the seed's ``scripts/train_new.py`` are kept."""
+    """Every setting of a ModifiedLISA run. Field names of the seed's ``scripts/train_new.py`` are kept; each
+    field's help text is what ``modlisa train --help`` shows."""
 
     # --- data ---
-    data_root: str = "data/demo"
-    queries_per_image: int = 3  # LISA samples up to 3 queries per training image
-    explanatory_prob: float = 0.1  # probability of an explanation answer where one exists
-    augment: bool = False  # photometric jitter + query-aware horizontal flip
-    max_length: int = 512  # token limit of one sequence (before image-token expansion)
-    data_strict: bool = False  # True: stop before training when any data problem is found
-    max_train_samples: int | None = None
-    max_val_samples: int | None = None
-    num_workers: int = 0
+    data_root: str = _f("data/demo", "ReasonSeg-format folder with train/ val/ test/ (+ explanatory/train.json)")
+    queries_per_image: int = _f(3, "queries sampled per training image, each its own sequence (LISA: up to 3)")
+    explanatory_prob: float = _f(0.1, "probability of answering with the explanation where explanatory/train.json "
+                                      "has one (LISA: 0.1)")
+    augment: bool = _f(False, "photometric jitter + query-aware horizontal flip (left/right words swapped)")
+    max_length: int = _f(512, "token limit of one sequence before image-token expansion; longer queries are "
+                              "reported and truncated")
+    data_strict: bool = _f(False, "stop before training when any data problem is found (false: skip bad items and report them)")
+    max_train_samples: int | None = _f(None, "use only the first N train images (debugging, smoke runs)")
+    max_val_samples: int | None = _f(None, "use only the first N val images")
+    num_workers: int = _f(0, "DataLoader worker processes per rank")
 
     # --- model ---
-    model: str = "tiny"  # preset: tiny | smol | composite | llava | lisa-7b
-    vision_model: str | None = None  # HF id or folder (CLIP / SigLIP vision), composite preset
-    language_model: str | None = None  # HF id or folder (any causal LM), composite preset
-    sam_model: str | None = None  # HF id or folder (SamModel)
-    llava_model: str | None = None  # HF id or folder (LlavaForConditionalGeneration), llava preset
-    img_size: int = 224  # vision-tower input size
-    sam_image_size: int = 1024  # SAM input size (longest side)
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    train_embeddings: str = "seg_row"  # seg_row | full (LISA) | none
-    freeze_image_encoder: bool = True  # vision tower + projector
-    freeze_text_encoder: bool = True  # LM base weights (LoRA / embeddings train on top)
-    freeze_sam: bool = True  # SAM image encoder + prompt encoder (the mask decoder always trains)
-    gradient_checkpointing: bool = False
-    use_quantization: bool = False  # LM in 8-bit / 4-bit through bitsandbytes (CUDA only)
-    quantization_bits: int = 8
-    sam_cache: bool = False  # reuse frozen-SAM image embeddings
-    sam_cache_dir: str | None = None  # optional on-disk SAM cache folder (used when sam_cache is on)
-    # --- prompts (SPEC-LISA.md §3) ---
-    use_chat_template: bool = False  # render prompts with the tokenizer's chat template (default: LLaVA v1, LISA's)
-    use_mm_start_end: bool = False  # <im_start><image><im_end> around the image (LISA-7B-v1: true; llava-1.5: false)
+    model: str = _f("tiny", "preset: tiny | smol | composite | llava | lisa-7b (docs/TRAINING_GUIDE.md)")
+    vision_model: str | None = _f(None, "HF id or folder of a CLIP / SigLIP vision tower (composite preset)")
+    language_model: str | None = _f(None, "HF id or folder of any causal LM (composite preset)")
+    sam_model: str | None = _f(None, "HF id or folder of a SamModel (default: a random tiny SAM)")
+    llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
+    img_size: int = _f(224, "vision-tower input size (pixels)")
+    sam_image_size: int = _f(1024, "SAM input size, longest side (pixels; LISA: 1024)")
+    use_lora: bool = _f(True, "train LoRA adapters on the LM (LISA: yes)")
+    lora_r: int = _f(16, "LoRA rank (LISA: 8)")
+    lora_alpha: int = _f(32, "LoRA scaling alpha (LISA: 16)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input (LISA: 0.05)")
+    lora_target_modules: list[str] = _f(lambda: ["q_proj", "v_proj"], "LM module names that get LoRA, e.g. "
+                                                                        "q_proj v_proj (or q_proj,v_proj)")
+    train_embeddings: str = _f("seg_row", "which embedding / LM-head rows train: seg_row (the [SEG] row) | full "
+                                          "(LISA) | none")
+    freeze_image_encoder: bool = _f(True, "freeze the vision tower and the projector")
+    freeze_text_encoder: bool = _f(True, "freeze the LM's base weights (LoRA / embeddings train on top)")
+    freeze_sam: bool = _f(True, "freeze SAM's image + prompt encoders (the mask decoder always trains)")
+    gradient_checkpointing: bool = _f(False, "recompute LM activations in backward (less memory, ~30 % slower)")
+    use_quantization: bool = _f(False, "load the LM in 8-bit / 4-bit through bitsandbytes (CUDA only)")
+    quantization_bits: int = _f(8, "4 or 8, with use_quantization")
+    sam_cache: bool = _f(False, "reuse frozen-SAM image embeddings across epochs (needs freeze_sam)")
+    sam_cache_dir: str | None = _f(None, "on-disk folder for the SAM cache (default: in memory)")
+    # --- prompts (LISA: LLaVA v1 template) ---
+    use_chat_template: bool = _f(False, "render prompts with the tokenizer's chat template (default: LLaVA v1, "
+                                        "LISA's)")
+    use_mm_start_end: bool = _f(False, "<im_start><image><im_end> around the image (LISA-7B-v1: true; "
+                                       "llava-1.5: false)")
 
-    # --- optimisation (SPEC-LISA.md §6) ---
-    num_epochs: int = 10
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    warmup_steps: int = 100
-    lr_schedule: str = "linear"  # linear (warm-up then linear decay to 0) | constant
-    max_grad_norm: float = 1.0
-    steps_per_epoch: int | None = None  # optimizer steps per epoch; None = one pass over the data
-    stop_after_steps: int | None = None  # end the run early after this many optimizer steps (schedule unchanged)
-    use_mixed_precision: bool = True
-    mixed_precision: str = "bf16"  # fp16 | bf16 (ignored when use_mixed_precision is False)
+    # --- optimisation (LISA's recipe: docs/TRAINING_GUIDE.md) ---
+    num_epochs: int = _f(10, "training epochs")
+    batch_size: int = _f(2, "images per micro-batch per process (each with queries_per_image queries)")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step (LISA: 10)")
+    learning_rate: float = _f(1e-4, "AdamW peak learning rate (LISA: 3e-4)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (LISA: 0)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.95, "AdamW beta2 (LISA: 0.95)")
+    warmup_steps: int = _f(100, "linear warm-up optimizer steps (LISA: 100)")
+    lr_schedule: str = _f("linear", "linear (warm-up, then linear decay to 0) | constant (after warm-up)")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = no clipping)")
+    steps_per_epoch: int | None = _f(None, "optimizer steps per epoch (LISA: 500); default: one pass over the data")
+    stop_after_steps: int | None = _f(None, "end the run after this many optimizer steps (schedule unchanged)")
+    use_mixed_precision: bool = _f(True, "autocast with mixed_precision (trainable weights stay fp32)")
+    mixed_precision: str = _f("bf16", "fp16 | bf16 (ignored when use_mixed_precision is false; fp16 needs CUDA)")
 
-    # --- losses (SPEC-LISA.md §4) ---
-    ce_loss_weight: float = 1.0
-    bce_loss_weight: float = 2.0
-    dice_loss_weight: float = 0.5
-    focal_loss_weight: float = 0.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    # Bag-of-words prompt distillation for a from-scratch LM (engine/prompt_teacher.py; not in LISA): for the
-    # first fraction of the optimizer steps the mask decoder reads a learned bag-of-words prompt of the query
-    # while text_hidden_fcs([SEG]) is regressed onto it. 0 = off (LISA). Evaluation always uses LISA's prompt.
-    seg_prompt_teacher_fraction: float = 0.0
-    seg_prompt_teacher_idf: bool = False  # weight its words by IDF over the train queries (grounds sentences, TRAINING_GUIDE)
-    seg_prompt_distill_weight: float = 1.0
+    # --- losses (LISA: CE 1.0, BCE 2.0, DICE 0.5) ---
+    ce_loss_weight: float = _f(1.0, "weight of the text cross-entropy")
+    bce_loss_weight: float = _f(2.0, "weight of the per-pixel mask BCE")
+    dice_loss_weight: float = _f(0.5, "weight of the mask DICE loss")
+    focal_loss_weight: float = _f(0.0, "weight of a sigmoid focal loss on the mask (not in LISA)")
+    focal_alpha: float = _f(0.25, "focal loss alpha")
+    focal_gamma: float = _f(2.0, "focal loss gamma")
+    seg_prompt_teacher_fraction: float = _f(
+        0.0, "bag-of-words prompt distillation for a from-scratch LM (not in LISA): for this fraction of the "
+             "optimizer steps the mask decoder reads a learned bag-of-words prompt of the query while "
+             "text_hidden_fcs([SEG]) is regressed onto it; 0 = off (LISA); evaluation always uses LISA's prompt")
+    seg_prompt_teacher_idf: bool = _f(False, "weight the teacher's words by IDF over the train queries "
+                                             "(experimental; grounds sentences, docs/TRAINING_GUIDE.md)")
+    seg_prompt_distill_weight: float = _f(1.0, "weight of the [SEG]-to-teacher distillation loss")
 
     # --- run folder, logging, checkpoints ---
-    output_dir: str = "runs/demo"
-    seed: int = 42
-    log_every_steps: int = 10
-    eval_every_steps: int = 0  # 0 = validate at the end of each epoch only
-    save_every_steps: int = 0  # 0 = save checkpoints/last at the end of each epoch only
-    resume_from_checkpoint: str | None = None  # latest | PATH
-    overwrite_output_dir: bool = False  # a fresh run may replace an earlier run in output_dir
-    allow_config_change: bool = False  # resume although the config differs from the checkpoint's (recorded)
-    report_to: str | None = None  # tensorboard
-    max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps that stop the run
-    cpu: bool = False  # force CPU even where CUDA exists
+    output_dir: str = _f("runs/demo", "run folder (outputs/, checkpoints/, logs/)")
+    seed: int = _f(42, "random seed of data order, augmentation and initialisation")
+    log_every_steps: int = _f(10, "optimizer steps between step lines in the console and train_log.jsonl")
+    eval_every_steps: int = _f(0, "validate every N optimizer steps (0 = at the end of each epoch only)")
+    save_every_steps: int = _f(0, "save checkpoints/last every N optimizer steps (0 = at the end of each epoch only)")
+    resume_from_checkpoint: str | None = _f(None, "latest (the run's checkpoints/last) or a checkpoint folder")
+    overwrite_output_dir: bool = _f(False, "a fresh run may replace an earlier run in output_dir")
+    allow_config_change: bool = _f(False, "resume although the config differs from the checkpoint's (recorded)")
+    report_to: str | None = _f(None, "tensorboard, or empty for none")
+    max_nonfinite_steps: int = _f(5, "consecutive skipped (non-finite) steps that stop the run (exit 3)")
+    cpu: bool = _f(False, "force CPU even where CUDA exists")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -296,12 +311,12 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
 
 
 # ---------------------------------------------------------------------- loading
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrainingConfig)
     return {f.name: hints[f.name] for f in fields(TrainingConfig)}
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -315,7 +330,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 def coerce_value(name: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to the field type ``tp``; ConfigError otherwise."""
-    base, optional = _unwrap_optional(tp)
+    base, optional = unwrap_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
@@ -356,10 +371,14 @@ def coerce_value(name: str, value: Any, tp: Any) -> Any:
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainingConfig:
     """Build a TrainingConfig from a mapping; unknown fields raise ConfigError naming them."""
-    types_ = _field_types()
+    types_ = field_types()
     unknown = sorted(set(values) - set(types_))
     if unknown:
-        raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)} (see `modlisa train --help`)")
+        named = []
+        for name in unknown:
+            hint = difflib.get_close_matches(str(name), list(types_), n=1, cutoff=0.75)
+            named.append(f"{name} (did you mean {hint[0]}?)" if hint else str(name))
+        raise ConfigError(f"{source}: unknown field(s) {', '.join(named)}; see `modlisa train --help`")
     return TrainingConfig(**{k: coerce_value(k, v, types_[k]) for k, v in values.items()})
 
 
@@ -380,16 +399,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping of field: value")
     return data
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one ``--<field>`` option per TrainingConfig field (values parsed later)."""
-    parser.add_argument("--config", help="YAML config file; command-line options override it")
-    group = parser.add_argument_group("TrainingConfig fields (override the YAML)")
-    for f in fields(TrainingConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        group.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", default=None, metavar="VALUE",
-                           help=f"default: {default}")
 
 
 # ---------------------------------------------------------------------- presets' recipes and provenance
@@ -414,7 +423,7 @@ def resolve_config(yaml_values: dict[str, Any], cli_values: dict[str, Any],
 
     The preset is the ``model`` the YAML or the command line names (the command line wins).
     """
-    names = list(_field_types())
+    names = list(field_types())
     sources = dict.fromkeys(names, "default")
     model = cli_values.get("model", yaml_values.get("model", _default("model")))
     layers = [(PRESET_RECIPES.get(str(model), {}), "preset"), (yaml_values, "yaml"), (cli_values, "cli")]
@@ -430,26 +439,13 @@ def infer_sources(cfg: TrainingConfig) -> dict[str, str]:
     where it equals its preset's recipe, else ``api``."""
     recipe = PRESET_RECIPES.get(cfg.model, {})
     out = {}
-    for name in _field_types():
+    for name in field_types():
         value = getattr(cfg, name)
         if name in recipe and value == recipe[name]:
             out[name] = "preset"
         else:
             out[name] = "default" if value == _default(name) else "api"
     return out
-
-
-def config_and_sources_from_args(args: argparse.Namespace) -> tuple[TrainingConfig, dict[str, str]]:
-    """Resolve ``--config`` YAML, the preset's recipe and the per-field command-line overrides."""
-    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    cli = {name: getattr(args, f"cfg_{name}") for name in _field_types()
-           if getattr(args, f"cfg_{name}", None) is not None}
-    return resolve_config(values, cli, source=getattr(args, "config", None) or "command line")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """Merge the preset's recipe, ``--config`` YAML and the per-field command-line overrides."""
-    return config_and_sources_from_args(args)[0]
 
 
 def save_config(cfg: TrainingConfig, path: str | Path, sources: dict[str, str] | None = None) -> None:

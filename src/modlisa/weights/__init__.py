@@ -23,7 +23,7 @@ from modlisa.weights.files import (
     write_manifest,
     write_safetensors,
 )
-from modlisa.weights.load import load_checkpoint, resolve_checkpoint
+from modlisa.weights.load import export_checkpoint, load_checkpoint, resolve_checkpoint
 from modlisa.weights.trainable import (
     load_state_into,
     load_trainable,
@@ -33,7 +33,7 @@ from modlisa.weights.trainable import (
 )
 
 __all__ = [
-    "MANIFEST", "CheckpointError", "WeightsError", "convert_legacy_best", "export_merged", "find_best",
+    "MANIFEST", "CheckpointError", "WeightsError", "convert_legacy_best", "export_checkpoint", "export_merged", "find_best",
     "load_checkpoint", "load_exported", "load_state_into", "load_trainable", "read_best", "read_safetensors",
     "read_torch_safely", "resolve_checkpoint", "save_best", "save_trainable", "sha256_file", "trainable_state",
     "trainable_state_dict", "verify_manifest", "write_manifest", "write_safetensors",

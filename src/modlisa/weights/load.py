@@ -3,7 +3,7 @@
 ``path`` may be a run folder (its best model by epoch NUMBER, else its ``checkpoints/last``), a best model
 (``best_model_epoch_N.json`` / ``.safetensors``, or a legacy ``.pt`` read with ``weights_only=True``), a
 ``checkpoints/last`` folder (verified against its SHA256SUMS), or an exported folder. Every weights file is
-checksum-verified before it is read; nothing is unpickled.
+checksum-verified before it is read; nothing is unpickled. ``export_checkpoint`` loads one and exports it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
-from modlisa.weights.export import CONFIG_FILE, load_exported
+from modlisa.weights.export import CONFIG_FILE, export_merged, load_exported
 from modlisa.weights.files import (
     MODEL_FILE,
     TRAINER_STATE,
@@ -108,3 +108,16 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None
         load_frozen_random_file(model, source)
     model.eval()
     return model, tokenizer, processors, cfg
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Load ``checkpoint`` and write its merged export to ``out``; returns ``out``."""
+    source, target = Path(checkpoint), Path(out)
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"--out {target} is the checkpoint itself; choose another folder")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {target} exists and is not empty; pass --overwrite or choose another folder")
+    model, tokenizer, processors, cfg = load_checkpoint(source)
+    return export_merged(model, tokenizer, cfg, target, processors=processors, in_place=True, overwrite=overwrite)

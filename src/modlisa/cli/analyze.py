@@ -1,9 +1,11 @@
-"""`modlisa analyze RUN_DIR [RUN_DIR ...] [--out DIR]`: the analysis report of one or more runs."""
+"""``modlisa analyze RUN_DIR [RUN_DIR ...] [--out DIR]``: the analysis report of one or more runs."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
+from modlisa.cli.common import parse_args
 from modlisa.report.analyze import build_report
 
 
@@ -22,10 +24,10 @@ def build_parser(prog: str = "modlisa analyze") -> argparse.ArgumentParser:
     return parser
 
 
-def main_analyze(argv: list[str] | None = None, prog: str = "modlisa analyze") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "modlisa analyze") -> int:
     """Parse ``argv``, build the report, print where it went. User errors raise FileNotFoundError /
     NotADirectoryError (``runs.NotARunError`` for a folder that is not a run)."""
-    args = build_parser(prog).parse_args(argv)
+    args = parse_args(build_parser(prog), argv)
     files = build_report(args.run_dirs, args.out, args.title)
     print(f"wrote {files.markdown}")
     print(f"wrote {files.html}")

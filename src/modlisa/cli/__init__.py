@@ -10,90 +10,30 @@ checkpoint intact); 5 the run folder is in use by a live run; 130 Ctrl-C; 143 SI
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from modlisa.config import ConfigError, add_config_arguments, config_and_sources_from_args
+from modlisa.config import ConfigError
 
-
-def _cmd_make_data(argv: list[str]) -> int:
-    from modlisa.data.synthetic import main_make_data
-
-    return main_make_data(argv)
-
-
-def _cmd_check_data(argv: list[str]) -> int:
-    from modlisa.data.check import main_check_data
-
-    return main_check_data(argv)
-
-
-def _cmd_train(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="modlisa train", description="Train ModifiedLISA (Accelerate).")
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg, sources = config_and_sources_from_args(args)
-    cfg.validate()
-    from modlisa.engine.train import train
-
-    summary = train(cfg, sources)
-    if summary.get("num_processes", 1) == 1 or os.environ.get("RANK", "0") == "0":
-        if summary.get("stopped_early"):
-            print(f"\nTraining stopped ({summary.get('stop_reason')}) at step {summary['global_step']}; "
-                  "checkpoints/last saved: continue with --resume_from_checkpoint latest")
-        elif not summary.get("has_validation", True):
-            print("\nTraining finished (no val split: no validation, no best model); the final weights are in "
-                  "checkpoints/last")
-        else:
-            print(f"\nTraining finished: best val gIoU {summary['best_val_giou']:.4f} "
-                  f"at epoch {summary['best_epoch']}")
-        print(f"Run folder: {summary['output_dir']} (metrics in outputs/, checkpoints in checkpoints/)")
-    return 143 if summary.get("stop_reason") == "sigterm" else 0  # 128 + SIGTERM, as a killed job would
-
-
-def _cmd_eval(argv: list[str]) -> int:
-    from modlisa.engine.run_eval import main_eval
-
-    return main_eval(argv)
-
-
-def _cmd_predict(argv: list[str]) -> int:
-    from modlisa.predict import main_predict
-
-    return main_predict(argv)
-
-
-def _cmd_export(argv: list[str]) -> int:
-    from modlisa.export import main_export
-
-    return main_export(argv)
-
-
-def _cmd_bench(argv: list[str]) -> int:
-    from modlisa.bench.cli import main_bench
-
-    return main_bench(argv)
-
-
-def _cmd_analyze(argv: list[str]) -> int:
-    from modlisa.report.cli import main_analyze
-
-    return main_analyze(argv)
-
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "make-data": (_cmd_make_data, "generate the synthetic ReasonSeg-format dataset"),
-    "check-data": (_cmd_check_data, "validate a ReasonSeg-format folder"),
-    "train": (_cmd_train, "train a ModifiedLISA model"),
-    "eval": (_cmd_eval, "evaluate a checkpoint with LISA's protocol"),
-    "predict": (_cmd_predict, "segment what a query asks for in an image (or a JSONL batch)"),
-    "export": (_cmd_export, "export a checkpoint as a merged Hugging Face-style folder"),
-    "bench": (_cmd_bench, "benchmark training/eval steps (components, FLOPs, MFU) or --plan-memory"),
-    "analyze": (_cmd_analyze, "write the analysis report of run folders (md, html, json, plots)"),
+# command -> (module under modlisa.cli with a ``main(argv) -> int``, one-line help); imported when run
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-data": ("make_data", "generate the synthetic ReasonSeg-format dataset"),
+    "check-data": ("check_data", "validate a ReasonSeg-format folder"),
+    "train": ("train", "train a ModifiedLISA model"),
+    "eval": ("eval", "evaluate a checkpoint with LISA's protocol"),
+    "predict": ("predict", "segment what a query asks for in an image (or a JSONL batch)"),
+    "export": ("export", "export a checkpoint as a merged Hugging Face-style folder"),
+    "bench": ("bench", "benchmark training/eval steps (components, FLOPs, MFU) or --plan_memory"),
+    "analyze": ("analyze", "write the analysis report of run folders (md, html, json, plots)"),
 }
+
+
+def command_main(name: str) -> Callable[[list[str]], int]:
+    """The ``main`` of command ``name`` (imported on use: ``modlisa --help`` loads no model code)."""
+    return importlib.import_module(f"modlisa.cli.{COMMANDS[name][0]}").main
 
 
 def _usage() -> str:
@@ -172,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modlisa: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[name][0](rest)
+        return command_main(name)(rest)
     except KeyboardInterrupt:
         print(f"modlisa {name}: interrupted", file=sys.stderr)
         return 130
@@ -196,6 +136,3 @@ def _exit_code(exc: BaseException) -> int | None:
         return 2
     return None
 
-
-if __name__ == "__main__":
-    sys.exit(main())

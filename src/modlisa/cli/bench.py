@@ -1,48 +1,48 @@
 """``modlisa bench``: measure training / evaluation steps of a config (bench.json), or plan its memory.
 
-    modlisa bench --config configs/demo.yaml [--out bench.json] [--steps 10] [--data-loader 0,2]
-    modlisa bench --plan-memory --config configs/single_gpu_24gb.yaml [--gpu-gb 24]
+    modlisa bench --config configs/demo.yaml [--out bench.json] [--steps 10] [--data_loader 0,2]
+    modlisa bench --plan_memory --config configs/single_gpu_24gb.yaml [--gpu_gb 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modlisa.config import ConfigError, TrainingConfig, add_config_arguments, config_from_args
-
-logger = logging.getLogger(__name__)
+from modlisa.cli.common import parse_args
+from modlisa.cli.config_args import add_config_arguments, config_from_args
+from modlisa.config import ConfigError, TrainingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="bench.json path (default: <output_dir>/outputs/bench.json; "
-                                                    "with --plan-memory: printed only unless given)")
+                                                    "with --plan_memory: printed only unless given)")
     parser.add_argument("--warmup", type=int, default=3, help="training steps run before timing")
     parser.add_argument("--steps", type=int, default=10, help="measured training (optimizer) steps")
-    parser.add_argument("--eval-steps", type=int, default=5, help="measured evaluation batches (0: skip)")
-    parser.add_argument("--no-breakdown", action="store_true",
+    parser.add_argument("--eval_steps", type=int, default=5, help="measured evaluation batches (0: skip)")
+    parser.add_argument("--no_breakdown", action="store_true",
                         help="no device synchronisation inside the step (component times then approximate)")
-    parser.add_argument("--no-flops", action="store_true", help="skip FLOP counting (and MFU)")
-    parser.add_argument("--matmul-n", type=int, default=None, help="size of the peak-FLOP/s matmul")
+    parser.add_argument("--no_flops", action="store_true", help="skip FLOP counting (and MFU)")
+    parser.add_argument("--matmul_n", type=int, default=None, help="size of the peak-FLOP/s matmul")
     parser.add_argument("--attn", choices=["sdpa", "eager"], default=None,
                         help="attention implementation of the LM and vision tower (default: the model's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each LM decoder layer")
-    parser.add_argument("--data-loader", default=None, metavar="W1,W2",
+    parser.add_argument("--data_loader", default=None, metavar="W1,W2",
                         help="also measure the training DataLoader with these worker counts, e.g. 0,2")
-    parser.add_argument("--loader-batches", type=int, default=20)
-    parser.add_argument("--large-image", action="store_true",
+    parser.add_argument("--loader_batches", type=int, default=20)
+    parser.add_argument("--large_image", action="store_true",
                         help="also time the stages of one 4000x3000 item (decode, masks, transforms)")
-    parser.add_argument("--plan-memory", action="store_true", help="estimate peak training memory; no run")
-    parser.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory for --plan-memory's verdict")
-    parser.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="original image size for --plan-memory (default: largest in data_root)")
-    parser.add_argument("--text-tokens", type=int, default=None, help="text tokens per query for --plan-memory")
+    parser.add_argument("--plan_memory", action="store_true", help="estimate peak training memory; no run")
+    parser.add_argument("--gpu_gb", type=float, default=24.0, help="GPU memory for --plan_memory's verdict")
+    parser.add_argument("--image_hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="original image size for --plan_memory (default: largest in data_root)")
+    parser.add_argument("--text_tokens", type=int, default=None, help="text tokens per query for --plan_memory")
     add_config_arguments(parser)
     return parser
 
@@ -53,9 +53,9 @@ def _workers(text: str | None) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ConfigError(f"--data-loader expects worker counts like 0,2; got {text!r}") from None
+        raise ConfigError(f"--data_loader expects worker counts like 0,2; got {text!r}") from None
     if any(v < 0 for v in values):
-        raise ConfigError(f"--data-loader worker counts must be >= 0, got {text!r}")
+        raise ConfigError(f"--data_loader worker counts must be >= 0, got {text!r}")
     return values
 
 
@@ -103,7 +103,7 @@ def run_plan(cfg: TrainingConfig, args: argparse.Namespace) -> int:
     from modlisa.bench.memory_plan import plan
 
     if args.gpu_gb <= 0:
-        raise ConfigError(f"--gpu-gb must be > 0, got {args.gpu_gb}")
+        raise ConfigError(f"--gpu_gb must be > 0, got {args.gpu_gb}")
     result = plan(cfg, args.gpu_gb, image_hw=tuple(args.image_hw) if args.image_hw else None,
                   text_tokens=args.text_tokens)
     _print_plan(result)
@@ -113,14 +113,14 @@ def run_plan(cfg: TrainingConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def main_bench(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``modlisa bench``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if args.plan_memory:
         return run_plan(config_from_args(args).validate(check_paths=False, cuda_available=True), args)
     cfg = config_from_args(args).validate()
     if args.steps < 1 or args.warmup < 0 or args.eval_steps < 0:
-        raise ConfigError("--steps must be >= 1, --warmup and --eval-steps >= 0")
+        raise ConfigError("--steps must be >= 1, --warmup and --eval_steps >= 0")
     from modlisa.bench.training_bench import BenchOptions, run_bench
 
     opts = BenchOptions(warmup_steps=args.warmup, steps=args.steps, eval_steps=args.eval_steps,
@@ -138,9 +138,3 @@ def main_bench(argv: list[str] | None = None) -> int:
     _print_bench(result, out)
     return 0
 
-
-if __name__ == "__main__":  # `python -m modlisa.bench.cli ...` (the same as `modlisa bench ...`)
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main_bench())
