@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from modlisa.export import export_checkpoint
+from modlisa.weights import export_checkpoint
 
 from inference_helpers import make_data
 from llava_fixtures import single_thread  # noqa: F401  (fixture)
