@@ -19,7 +19,7 @@ from modlisa.bench.data_bench import large_image_stages, loader_throughput
 from modlisa.bench.timing import ComponentTimer, latency_summary
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from modlisa.config import ConfigError, add_config_arguments, config_and_sources
 
 
 def _cmd_make_data(argv: list[str]) -> int:
-    from modlisa.data.synthetic import main_make_data
+    from modlisa.synthetic.command import main_make_data
 
     return main_make_data(argv)
 
