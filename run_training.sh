@@ -13,14 +13,14 @@ CONFIG="${CONFIG:-configs/demo.yaml}"
 # shapes (one file each), every query a short phrase that names its target's colour ("the small red shape"),
 # so that the model must read its query to pick one of 3-4 shapes (docs/TRAINING_GUIDE.md, "Does it follow
 # the query?").
-DEMO_DATA_FLAGS="--seed 0 --num-train 1500 --num-val 32 --num-test 48 --image-size 128 --objects 3-4 --lookalike-prob 0 --query-types attributes --targets-per-scene 3 --select-by colour"
+DEMO_DATA_FLAGS="--seed 0 --num_train 1500 --num_val 32 --num_test 48 --image_size 128 --objects 3-4 --lookalike_prob 0 --query_types attributes --targets_per_scene 3 --select_by colour"
 DATA_ROOT="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_root'])" "$CONFIG")"
 OUTPUT_DIR="$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$CONFIG")"
 
 if [[ "$DATA_ROOT" == data/demo* ]] && ! grep -qF -- "$DEMO_DATA_FLAGS" "$DATA_ROOT/README.txt" 2>/dev/null; then
   echo "[run] generating synthetic ReasonSeg-format data in $DATA_ROOT"
   # shellcheck disable=SC2086
-  modlisa make-data "$DATA_ROOT" $DEMO_DATA_FLAGS --force --no-progress
+  modlisa make-data "$DATA_ROOT" $DEMO_DATA_FLAGS --force --no_progress
 fi
 modlisa check-data "$DATA_ROOT"
 modlisa train --config "$CONFIG" --overwrite_output_dir true "$@"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 BROKEN_SPLITS = ("train", "val")
 HUGE_HW = (6000, 8000)  # (H, W) of the 8000x6000 image

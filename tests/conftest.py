@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from modlisa.cli import main
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 from reliability_helpers import _run_config
 
 

@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from modlisa.config import TrainingConfig  # noqa: E402
 from modlisa.data import prompts  # noqa: E402
-from modlisa.data.synthetic import make_dataset  # noqa: E402
 from modlisa.model.adapters import unwrap_lm  # noqa: E402
+from modlisa.synthetic import make_dataset  # noqa: E402
 
 
 def make_data(root: Path) -> Path:

@@ -51,8 +51,8 @@ def test_deepspeed_plugin_ignores_the_launchers_accumulation(monkeypatch):
 
 
 def test_one_process_counts_micro_batches_and_optimizer_updates(tmp_path):
-    from modlisa.data.synthetic import make_dataset
     from modlisa.engine.train import train
+    from modlisa.synthetic import make_dataset
 
     make_dataset(tmp_path / "data", seed=0, num_train=8, num_val=2, num_test=1, image_size=64, progress=False)
     cfg = TrainingConfig(data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "run"), model="tiny",

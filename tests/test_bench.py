@@ -19,7 +19,7 @@ from modlisa.bench.timing import ComponentTimer, latency_summary
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.cli.bench import main as main_bench
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 from modlisa.atomic import atomic_write_text, atomic_write_with
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
-from modlisa.data.synthetic import make_dataset
 from modlisa.engine import checkpoint as ckpt
+from modlisa.synthetic import make_dataset
 from modlisa.weights import WeightsError, load_state_into, trainable_state
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from modlisa.config import TrainingConfig
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 STEPS = 300  # optimizer steps of the grounding test (about a minute on one CPU core)
 
@@ -49,7 +49,7 @@ def test_tiny_model_follows_its_query(tmp_path):
     import json
 
     from modlisa.cli import main
-    from modlisa.data.synthetic import SceneOptions
+    from modlisa.synthetic import SceneOptions
 
     root = tmp_path / "data"
     options = SceneOptions(min_objects=4, max_objects=4, lookalike_prob=0.0, query_types=("attributes", "property"),

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 import modlisa.engine.train as train_module
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
-from modlisa.data.synthetic import make_dataset
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.train import RunPaths, TrainingStopped, _all_ranks_finite, _optimizer_step, train
+from modlisa.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def test_lisa7b_yaml_trains_a_tiny_fp16_llava_30_finite_steps(tmp_path):
     from accelerate.state import AcceleratorState
 
     from modlisa.cli import main
-    from modlisa.data.synthetic import make_dataset
     from modlisa.model.backbones import tiny_sam
+    from modlisa.synthetic import make_dataset
 
     # A fresh `modlisa train` process starts with no Accelerate state; an earlier in-process run of the suite
     # left one with another mixed precision, which Accelerate refuses to change.

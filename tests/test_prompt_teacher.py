@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.data.collate import collate_samples
 from modlisa.data.dataset import ReasonSegDataset
-from modlisa.data.synthetic import make_dataset
 from modlisa.engine.prompt_teacher import (
     BOW_SCALE,
     BagOfWordsPrompt,
@@ -26,6 +25,7 @@ from modlisa.engine.prompt_teacher import (
     teacher_prompts,
 )
 from modlisa.model.factory import build_model
+from modlisa.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

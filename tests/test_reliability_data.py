@@ -19,7 +19,7 @@ from modlisa.config import TrainingConfig
 from modlisa.data.check import check_dataset
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
 from modlisa.data.reasonseg import DataError, load_image_rgb, scan_split, verify_image
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 SPLITS = ("train", "val")
 

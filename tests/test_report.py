@@ -398,9 +398,9 @@ def test_html_renders_in_headless_chromium(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_real_tiny_run_matches_reader(tmp_path):
     from modlisa.config import TrainingConfig
-    from modlisa.data.synthetic import make_dataset
     from modlisa.engine.run_eval import run_eval
     from modlisa.engine.train import train
+    from modlisa.synthetic import make_dataset
 
     data = tmp_path / "data"
     make_dataset(data, seed=0, num_train=2, num_val=2, num_test=2, image_size=64, progress=False)

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from modlisa.config import TrainingConfig
 from modlisa.data.collate import collate_samples
 from modlisa.data.dataset import ReasonSegDataset
-from modlisa.data.synthetic import make_dataset
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache, encoder_fingerprint
 from modlisa.model import backbones
 from modlisa.model.factory import build_model
+from modlisa.synthetic import make_dataset
 
 _TINY_SAM = backbones.tiny_sam
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic ReasonSeg-format dataset (modlisa.data.synthetic, ``modlisa make-data``)."""
+"""Tests of the synthetic ReasonSeg-format dataset (modlisa.synthetic, ``modlisa make-data``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modlisa.data import synthetic as syn
+from modlisa import synthetic as syn
+from modlisa.cli.make_data import main as main_make_data
 
 SHAPE_KEYS = ["label", "labels", "shape_type", "image_name", "points", "group_id", "group_ids", "flags"]
 COUNTS = {"train": 6, "val": 3, "test": 3}
@@ -273,14 +274,14 @@ def test_ignore_and_flag_shapes(examples: list[syn.Example]) -> None:
 def test_main_make_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "data"
     args = [str(out), "--num-train", "2", "--num-val", "1", "--num-test", "1", "--image-size", "64"]
-    assert syn.main_make_data(args) == 0
+    assert main_make_data(args) == 0
     captured = capsys.readouterr()
     assert "make-data" in captured.err and "train: 2 images" in captured.out
     stale = out / "train" / "train_0099.json"
     stale.write_text("{}", encoding="utf-8")
-    assert syn.main_make_data(args) == 2
+    assert main_make_data(args) == 2
     assert "--force" in capsys.readouterr().err
-    assert syn.main_make_data([*args, "--force", "--no-progress", "--seed", "5"]) == 0
+    assert main_make_data([*args, "--force", "--no-progress", "--seed", "5"]) == 0
     assert not stale.exists() and len(list((out / "train").glob("*.json"))) == 2
     assert "--seed 5" in (out / "README.txt").read_text(encoding="utf-8")
 
@@ -291,7 +292,7 @@ def test_invalid_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image_size"):
         syn.make_dataset(tmp_path, image_size=16, progress=False)
     with pytest.raises(SystemExit):
-        syn.main_make_data([str(tmp_path / "x"), "--num-train", "-3"])
+        main_make_data([str(tmp_path / "x"), "--num-train", "-3"])
 
 
 def test_reader_scan_reports_no_problems(dataset: tuple[Path, dict]) -> None:

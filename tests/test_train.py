@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from modlisa.config import TrainingConfig
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

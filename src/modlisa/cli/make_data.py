@@ -1,11 +1,124 @@
-"""``modlisa make-data``: write the synthetic ReasonSeg-format dataset."""
+"""``modlisa make-data``: write the deterministic synthetic ReasonSeg-format dataset (``modlisa.synthetic``)."""
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from modlisa.data.synthetic import main_make_data
+from modlisa.cli.common import parse_args
+from modlisa.synthetic.dataset import MIN_IMAGE_SIZE, SPLITS, make_dataset
+from modlisa.synthetic.options import SceneOptions
+from modlisa.synthetic.queries import KEYS, QUERY_TYPES
+
+GENERATED_ENTRIES = (*SPLITS, "explanatory", "README.txt")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_IMAGE_SIZE}, got {value}")
+    return value
+
+
+def _object_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX such as 3-5, got {text!r}") from None
+
+
+def _query_types(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modlisa make-data",
+        description="Write a deterministic synthetic dataset in the ReasonSeg format (images + JSON + "
+        "explanatory/train.json).",
+    )
+    parser.add_argument("out_dir", help="output folder (must be empty or absent unless --force)")
+    parser.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
+    parser.add_argument("--num_train", type=_non_negative, default=64, help="train images (default 64)")
+    parser.add_argument("--num_val", type=_non_negative, default=32, help="val images (default 32)")
+    parser.add_argument("--num_test", type=_non_negative, default=32, help="test images (default 32)")
+    parser.add_argument("--image_size", type=_image_size, default=256, help="longer image side (default 256)")
+    parser.add_argument("--objects", type=_object_range, default=(2, 5), metavar="MIN-MAX",
+                        help="shapes per image (default 2-5)")
+    parser.add_argument("--lookalike_prob", type=float, default=0.35,
+                        help="chance that a shape reuses a colour or kind already in the image (default 0.35)")
+    parser.add_argument("--query_types", type=_query_types, default=(), metavar="T1,T2,...",
+                        help=f"query kinds to draw (default all): {', '.join(QUERY_TYPES)}")
+    parser.add_argument("--targets_per_scene", type=int, default=1, metavar="K",
+                        help="train split: ask about up to K different shapes of each image, one file each "
+                             "(default 1)")
+    parser.add_argument("--select_by", choices=KEYS, default=None,
+                        help="every query picks its target by this attribute: phrases name it, property "
+                             "sentences are about it (default: any)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace train/, val/, test/, explanatory/ and README.txt"
+    )
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _remove_generated(root: Path) -> None:
+    """Delete what a previous run wrote (split folders, explanatory/, README.txt); nothing else."""
+    for entry in GENERATED_ENTRIES:
+        path = root / entry
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_make_data(argv)
+    """``modlisa make-data OUT_DIR [--seed S] [--num_train N] ... [--force]``; returns the exit code."""
+    args = parse_args(build_parser(), argv)
+    root = Path(args.out_dir)
+    if root.exists() and not root.is_dir():
+        print(f"modlisa make-data: {root} exists and is not a folder", file=sys.stderr)
+        return 2
+    if root.is_dir() and any(root.iterdir()):
+        if not args.force:
+            print(
+                f"modlisa make-data: {root} is not empty; choose an empty folder or pass --force to "
+                "replace its train/, val/, test/, explanatory/ and README.txt",
+                file=sys.stderr,
+            )
+            return 2
+        _remove_generated(root)
+    try:
+        options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
+                               lookalike_prob=args.lookalike_prob, query_types=args.query_types,
+                               targets_per_scene=args.targets_per_scene, select_by=args.select_by)
+        summary = make_dataset(
+            root,
+            options=options,
+            seed=args.seed,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_test=args.num_test,
+            image_size=args.image_size,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        print(f"modlisa make-data: {err}", file=sys.stderr)
+        return 2
+    for split, info in summary["splits"].items():
+        counts = f"{info['images']} images ({info['short']} short, {info['long']} long)"
+        print(f"{split}: {counts} in {info['path']}")
+    print(f"explanatory: {summary['explanatory']['entries']} entries in {summary['explanatory']['path']}")
+    return 0
+
