@@ -43,6 +43,8 @@ from transformers import (
     Qwen2Config,
     SamConfig,
     SamModel,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
 )
 
 from modlisa.bench import architectures as A
@@ -60,12 +62,12 @@ RECIPE = REPO / "configs" / "single_gpu_24gb.yaml"
 
 @dataclass
 class Check:
-    """One model to run: backbone sizes, image sizes and the training flags."""
+    """One model to run: backbone configs (SAM's at ``sam_image_size``), image sizes and the training flags."""
 
     name: str
     lm: PretrainedConfig
-    vision: dict[str, Any]
-    sam: dict[str, Any]
+    vision: PretrainedConfig
+    sam: SamConfig
     img_size: int
     sam_image_size: int
     flags: dict[str, Any]
@@ -82,21 +84,27 @@ def _checks(smoke: bool) -> list[Check]:
     if smoke:
         lm = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False)
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "patch_size": 16}
-        sam = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1],
-               "mlp_dim": 64, "window_size": 4}
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  patch_size=16)
+        sam = _sam_at({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "global_attn_indexes": [1], "mlp_dim": 64, "window_size": 4}, 128)
         return [Check("small", lm, vision, sam, 64, 128, small_flags),
                 Check("7b", Qwen2Config(**{**lm.to_dict(), "model_type": "qwen2"}), vision, sam, 64, 128,
                       recipe)]
-    return [Check("small", Qwen2Config(**A.QWEN25_05B), A.CLIP_L14_224, A.SAM_VIT["facebook/sam-vit-base"], 224,
-                  1024, small_flags),
-            Check("7b", LlamaConfig(**A.LLAMA2_7B), A.CLIP_L14_336, A.SAM_VIT["facebook/sam-vit-huge"], 336, 1024,
-                  recipe)]
+    # the checkpoints' own configs (local / Hugging Face cache), else the planner's copies of them
+    llava = A.checkpoint_config("llava-hf/llava-1.5-7b-hf", "llava_model")
+    return [Check("small", A.checkpoint_config("Qwen/Qwen2.5-0.5B", "language_model"),
+                  A.checkpoint_config("openai/clip-vit-large-patch14", "vision_model").vision_config,
+                  A.checkpoint_config("facebook/sam-vit-base", "sam_model"), 224, 1024, small_flags),
+            Check("7b", llava.get_text_config(), llava.vision_config,
+                  A.checkpoint_config("facebook/sam-vit-huge", "sam_model"), 336, 1024, recipe)]
 
 
-def _sam_config(check: Check) -> SamConfig:
-    return A.sam_vit_config(check.sam, check.sam_image_size)
+def _sam_at(encoder: dict[str, Any], image_size: int) -> SamConfig:
+    """SamConfig with the given image-encoder sizes at ``image_size`` (prompt encoder grid to match)."""
+    vision = SamVisionConfig(**{**encoder, "image_size": image_size})
+    prompt = SamPromptEncoderConfig(image_size=image_size, patch_size=vision.patch_size)
+    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict())
 
 
 def builder(check: Check, device: torch.device, frozen_dtype: torch.dtype) -> Callable[[TrainingConfig], Backbones]:
@@ -106,9 +114,9 @@ def builder(check: Check, device: torch.device, frozen_dtype: torch.dtype) -> Ca
         tokenizer = build_byte_tokenizer()
         start = time.perf_counter()
         with torch.device(device):
-            vision = CLIPVisionModel(CLIPVisionConfig(**{**check.vision, "image_size": cfg.img_size}))
+            vision = CLIPVisionModel(A.vision_at(check.vision, cfg.img_size))
             language_model = AutoModelForCausalLM.from_config(check.lm, dtype=frozen_dtype)
-            sam = SamModel(_sam_config(check))
+            sam = SamModel(check.sam)
             projector = VisionProjector(vision.config.hidden_size, check.lm.hidden_size)
         vision.to(frozen_dtype)
         projector.to(frozen_dtype)
@@ -120,9 +128,9 @@ def builder(check: Check, device: torch.device, frozen_dtype: torch.dtype) -> Ca
 
 
 def architecture(check: Check, frozen_dtype: torch.dtype) -> A.Architecture:
-    vision = CLIPVisionConfig(**{**check.vision, "image_size": check.img_size})
-    return A.Architecture(vision, check.lm, _sam_config(check), {"vision": frozen_dtype, "lm": frozen_dtype,
-                                                                  "sam": torch.float32}, "byte", True, check.name)
+    vision = A.vision_at(check.vision, check.img_size)
+    return A.Architecture(vision, check.lm, check.sam, {"vision": frozen_dtype, "lm": frozen_dtype,
+                                                        "sam": torch.float32}, "byte", True, check.name)
 
 
 def run_check(check: Check, data_root: Path, device: torch.device, opts: BenchOptions) -> dict[str, Any]:
