@@ -17,11 +17,11 @@ import yaml
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-import modlisa.engine.train as train_module
+import modlisa.engine.task as task_module
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
 from modlisa.engine import checkpoint as ckpt
-from modlisa.engine.train import RunPaths, TrainingStopped, _all_ranks_finite, _optimizer_step, train
+from modlisa.engine.train import RunPaths, Trainer, TrainingStopped, all_ranks_finite, train
 from modlisa.synthetic import make_dataset
 
 
@@ -44,7 +44,7 @@ def tiny_config(data_root: Path, out: Path, **overrides) -> TrainingConfig:
 def poison(monkeypatch, faults: dict[int, str]) -> None:
     """Make micro-batch n (1-based) produce a fault: "nan" (every loss term NaN: NaN gradients) or "inf"
     (total loss +inf, gradients finite). ``faults[0]`` applies to every call from ``min(faults)`` on."""
-    real = train_module.compute_losses
+    real = task_module.compute_losses
     calls = [0]
 
     def compute_losses(*args, **kwargs):
@@ -57,7 +57,7 @@ def poison(monkeypatch, faults: dict[int, str]) -> None:
             return {**losses, "loss": losses["loss"] + float("inf")}
         return losses
 
-    monkeypatch.setattr(train_module, "compute_losses", compute_losses)
+    monkeypatch.setattr(task_module, "compute_losses", compute_losses)
 
 
 def last_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_cli_reports_the_stop_in_one_line_with_exit_code_3(data_root, tmp_path, 
 
 # ---------------------------------------------------------------------- fp16 (Accelerate's scaler path)
 class Fp16Accelerator:
-    """Accelerate's native-fp16 behaviour that ``_optimizer_step`` relies on, run on CPU with a real
+    """Accelerate's native-fp16 behaviour that ``Trainer.optimizer_step`` relies on, run on CPU with a real
     ``GradScaler``: clipping unscales the gradients; the optimizer step goes through the scaler, which
     skips it (and halves the scale) when they are not finite."""
 
@@ -161,60 +161,59 @@ class ScaledOptimizer:
         self.accelerator.inner.zero_grad(set_to_none=set_to_none)
 
 
-def fp16_parts(tmp_path: Path, init_scale: float) -> tuple[SimpleNamespace, TrainingConfig, torch.nn.Parameter]:
+def fp16_parts(tmp_path: Path, init_scale: float) -> tuple[Trainer, torch.nn.Parameter]:
     weight = torch.nn.Parameter(torch.ones(3))
     inner = torch.optim.SGD([weight], lr=0.1)
     accelerator = Fp16Accelerator(inner, init_scale)
     params = torch.nn.ParameterList([weight])
     c = SimpleNamespace(accelerator=accelerator, unwrapped=params, model=params, prompt_teacher=None,
-                        optimizer=ScaledOptimizer(accelerator), paths=RunPaths(tmp_path),
-                        scheduler=torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0))
+                        optimizer=ScaledOptimizer(accelerator), paths=RunPaths(tmp_path), loss_weights=None,
+                        sam_cache=None, scheduler=torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0))
     cfg = TrainingConfig(use_mixed_precision=True, mixed_precision="fp16", max_nonfinite_steps=2)
-    return c, cfg, weight
+    return Trainer(cfg, c), weight
 
 
-def overflowing_backward(c: SimpleNamespace, weight: torch.Tensor) -> None:
+def overflowing_backward(trainer: Trainer, weight: torch.Tensor) -> None:
     """A finite loss (0) whose gradient is infinite: sqrt'(0)."""
-    c.accelerator.backward(torch.sqrt(weight - weight.detach()).sum())
+    trainer.accelerator.backward(torch.sqrt(weight - weight.detach()).sum())
 
 
 def test_fp16_overflow_is_reported_and_counted_not_hidden(tmp_path, caplog):
-    c, cfg, weight = fp16_parts(tmp_path, init_scale=2.0**16)
-    state, streak = ckpt.TrainerState(), [0]
+    trainer, weight = fp16_parts(tmp_path, init_scale=2.0**16)
+    state = trainer.state
     for _ in range(3):  # healthy fp16 runs overflow now and then: never a stop while the scale is >= 1
-        overflowing_backward(c, weight)
+        overflowing_backward(trainer, weight)
         with caplog.at_level(logging.WARNING, logger="modlisa.engine.train"):
-            _, skipped = _optimizer_step(c, cfg, state, streak)
+            _, skipped = trainer.optimizer_step()
         assert skipped
     assert torch.equal(weight.detach(), torch.ones(3))
-    assert state.fp16_overflow_steps == 3 and state.skipped_nonfinite_steps == 3 and streak == [0]
+    assert state.fp16_overflow_steps == 3 and state.skipped_nonfinite_steps == 3 and trainer.guard.streak == 0
     assert "step 1: fp16 loss-scale overflow" in caplog.text and "loss scale now 32768.0" in caplog.text
     assert "loss scale now 8192.0 (3 overflow steps in this run)" in caplog.text
-    c.accelerator.backward((weight * 2).sum())
-    _, skipped = _optimizer_step(c, cfg, state, streak)
+    trainer.accelerator.backward((weight * 2).sum())
+    _, skipped = trainer.optimizer_step()
     assert not skipped and not torch.equal(weight.detach(), torch.ones(3))
 
 
 def test_fp16_overflow_below_scale_one_counts_towards_the_stop(tmp_path):
-    c, cfg, weight = fp16_parts(tmp_path, init_scale=0.5)
-    state, streak = ckpt.TrainerState(), [0]
-    overflowing_backward(c, weight)
-    _optimizer_step(c, cfg, state, streak)
-    assert streak == [1]
-    overflowing_backward(c, weight)
+    trainer, weight = fp16_parts(tmp_path, init_scale=0.5)
+    overflowing_backward(trainer, weight)
+    trainer.optimizer_step()
+    assert trainer.guard.streak == 1
+    overflowing_backward(trainer, weight)
     with pytest.raises(TrainingStopped, match=r"stopped at step 2 .*fp16 gradients overflow at loss scale 0.125"):
-        _optimizer_step(c, cfg, state, streak)
+        trainer.optimizer_step()
 
 
 def test_fp16_nonfinite_loss_is_skipped_and_the_scaler_keeps_working(tmp_path):
-    c, cfg, weight = fp16_parts(tmp_path, init_scale=2.0**10)
-    state, streak = ckpt.TrainerState(), [0]
-    c.accelerator.backward((weight * float("inf")).sum())
-    _, skipped = _optimizer_step(c, cfg, state, streak, loss_finite=False)
-    assert skipped and streak == [1] and state.fp16_overflow_steps == 0
-    c.accelerator.backward((weight * 2).sum())  # the scaler's unscale_ of the skipped step was closed
-    _, skipped = _optimizer_step(c, cfg, state, streak)
-    assert not skipped and streak == [0] and not torch.equal(weight.detach(), torch.ones(3))
+    trainer, weight = fp16_parts(tmp_path, init_scale=2.0**10)
+    state = trainer.state
+    trainer.accelerator.backward((weight * float("inf")).sum())
+    _, skipped = trainer.optimizer_step(loss_finite=False)
+    assert skipped and trainer.guard.streak == 1 and state.fp16_overflow_steps == 0
+    trainer.accelerator.backward((weight * 2).sum())  # the scaler's unscale_ of the skipped step was closed
+    _, skipped = trainer.optimizer_step()
+    assert not skipped and trainer.guard.streak == 0 and not torch.equal(weight.detach(), torch.ones(3))
 
 
 def test_ranks_agree_on_a_nonfinite_loss():
@@ -228,6 +227,6 @@ def test_ranks_agree_on_a_nonfinite_loss():
             assert reduction == "sum"
             return tensor + self.other
 
-    assert _all_ranks_finite(SimpleNamespace(accelerator=TwoRanks(False)), True) is True
-    assert _all_ranks_finite(SimpleNamespace(accelerator=TwoRanks(True)), True) is False
-    assert _all_ranks_finite(SimpleNamespace(accelerator=TwoRanks(False)), False) is False
+    assert all_ranks_finite(TwoRanks(False), True) is True
+    assert all_ranks_finite(TwoRanks(True), True) is False
+    assert all_ranks_finite(TwoRanks(False), False) is False

@@ -1,9 +1,11 @@
 """``run_bench``: warm-up, then measured training and evaluation steps of a config, as training runs them.
 
-The run is built by the training loop's own ``_setup`` (same model, adapters, loaders, optimizer, SAM cache;
-its run folder goes to a temporary directory). A training step = ``gradient_accumulation_steps``
-micro-batches (data wait, host-to-device copy, SAM cache lookup, forward, loss, backward, metrics) + the
-optimizer step (gradient-norm clip, AdamW, zero_grad, scheduler), exactly as ``engine/train.py`` does them.
+The run is built by the training loop's own ``build_run`` (same model, adapters, loaders, optimizer, SAM
+cache, prompt teacher; its run folder goes to a temporary directory) and a training step IS
+``Trainer.train_step``: ``gradient_accumulation_steps`` micro-batches (data wait, host-to-device copy, SAM
+cache lookup, forward, loss, backward, metrics) + the optimizer step (gradient-norm clip, finiteness check,
+AdamW, zero_grad, scheduler), timed through the trainer's ``timer`` regions. Evaluation batches, FLOPs and
+saved activations run the same ``SegmentationTask`` step.
 
 Each step is bracketed by device synchronisation; with ``breakdown`` every region boundary synchronises
 too, and exclusive region times sum exactly to the step (``timing.ComponentTimer``). FLOPs are counted
@@ -28,7 +30,8 @@ from modlisa.bench.timing import ComponentTimer, latency_summary, wrap_model
 from modlisa.config import TrainingConfig
 from modlisa.data.types import Batch
 from modlisa.engine.meters import peak_memory, reset_peak_memory, synchronize
-from modlisa.losses import compute_losses
+from modlisa.engine.task import SegmentationTask
+from modlisa.engine.train import NullTimer
 from modlisa.metrics import IoUAccumulator
 
 logger = logging.getLogger(__name__)
@@ -55,8 +58,8 @@ class BenchOptions:
 
 
 @dataclass
-class StepRecord:
-    """One measured step: its micro-batches (host tensors), images, queries, SAM images encoded."""
+class MeasuredStep:
+    """One measured step: the trainer's record (host micro-batches, images, queries) + SAM images encoded."""
 
     batches: list[Batch] = field(default_factory=list)
     images: int = 0
@@ -111,67 +114,25 @@ def _encoded(c: Any) -> int:
     return c.sam_cache.stats.misses if c.sam_cache is not None else 0
 
 
-def _accumulate_iou(acc: IoUAccumulator, batch: Batch, pred_masks: list[torch.Tensor]) -> None:
-    from modlisa.engine.evaluate import subset_of
-
-    with torch.no_grad():
-        for b in range(batch.num_images):
-            start = int(batch.offsets[b])
-            for q in range(batch.masks[b].shape[0]):
-                acc.update(pred_masks[b][q].detach() > 0, batch.masks[b][q],
-                           subset=subset_of(batch.is_sentence[start + q]))
-
-
-def _optimizer_step(c: Any, cfg: TrainingConfig) -> float:
-    from modlisa.engine.backends import clip_parameters
-
-    params = clip_parameters(c.accelerator, c.model, c.unwrapped)
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    norm = c.accelerator.clip_grad_norm_(params, max_norm)
-    grad_norm = float(norm) if norm is not None else float("nan")
-    c.optimizer.step()
-    c.optimizer.zero_grad(set_to_none=True)
-    c.scheduler.step()
-    return grad_norm
-
-
-def train_step(c: Any, cfg: TrainingConfig, batches: Iterator[Batch], timer: ComponentTimer,
-               acc: IoUAccumulator) -> StepRecord:
-    """One optimizer step of training, its regions charged to ``timer`` (the step is opened and closed)."""
-    from modlisa.engine.train import cached_sam_embeddings
-
-    accum = cfg.gradient_accumulation_steps
-    record = StepRecord()
-    encoded = _encoded(c)
+def train_step(trainer: Any, batches: Iterator[Batch], timer: ComponentTimer) -> MeasuredStep:
+    """One ``Trainer.train_step``, its regions charged to ``timer`` (the step is opened and closed here)."""
+    encoded = _encoded(trainer.parts)
+    trainer.timer = timer
     timer.start_step()
-    for _ in range(accum):
-        with timer.region("data_wait"):
-            host_batch = next(batches)
-        with timer.region("host_to_device"):
-            batch = host_batch.to(c.accelerator.device)
-        with timer.region("sam_cache"):
-            sam_embeddings = cached_sam_embeddings(c, batch)
-        with c.accelerator.accumulate(c.model):  # the training loop's accumulation (engine/backends.py)
-            with timer.region("forward_other"):
-                out = c.model(batch) if sam_embeddings is None else c.model(batch, sam_embeddings=sam_embeddings)
-            with timer.region("loss"):
-                losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
-            with timer.region("backward"):
-                c.accelerator.backward(losses["loss"])  # scaled by 1/accumulation inside
-        with timer.region("metrics"):
-            float(losses["loss"].detach())
-            _accumulate_iou(acc, batch, out.pred_masks)
-        record.batches.append(host_batch)
-        record.images += batch.num_images
-        record.queries += batch.num_queries
-    with timer.region("optimizer"):
-        _optimizer_step(c, cfg)
+    try:
+        record = trainer.train_step(batches)
+    finally:
+        trainer.timer = NullTimer()
     timer.end_step()
-    record.sam_encoded = _encoded(c) - encoded
-    return record
+    return MeasuredStep(record.batches, record.images, record.queries, _encoded(trainer.parts) - encoded)
 
 
 # ---------------------------------------------------------------------- evaluation steps
+def _eval_task(c: Any) -> SegmentationTask:
+    """The evaluation step of ``engine.evaluate``: the unwrapped model, the run's losses and SAM cache."""
+    return SegmentationTask(c.unwrapped, c.unwrapped, c.loss_weights, sam_cache=c.sam_cache)
+
+
 def eval_batches(c: Any) -> Iterator[Batch]:
     while True:
         empty = True
@@ -182,12 +143,12 @@ def eval_batches(c: Any) -> Iterator[Batch]:
             raise RuntimeError("the validation DataLoader yielded no batch")
 
 
-def eval_step(c: Any, batches: Iterator[Batch], timer: ComponentTimer, acc: IoUAccumulator) -> StepRecord:
+def eval_step(c: Any, batches: Iterator[Batch], timer: ComponentTimer, acc: IoUAccumulator) -> MeasuredStep:
     """One evaluation batch (teacher-forced forward, loss, per-query IoU) under no_grad + autocast."""
     from modlisa.engine.evaluate import query_records
 
-    model = c.unwrapped
-    record = StepRecord()
+    task = _eval_task(c)
+    record = MeasuredStep()
     encoded = _encoded(c)
     timer.start_step()
     with timer.region("data_wait"):
@@ -196,11 +157,11 @@ def eval_step(c: Any, batches: Iterator[Batch], timer: ComponentTimer, acc: IoUA
         batch = host_batch.to(c.accelerator.device)
     with torch.no_grad(), c.accelerator.autocast():
         with timer.region("sam_cache"):
-            emb = c.sam_cache.lookup(model, batch) if c.sam_cache is not None else None
+            emb = task.sam_embeddings(batch)
         with timer.region("forward_other"):
-            out = model(batch) if emb is None else model(batch, sam_embeddings=emb)
+            out = task.forward(batch, emb)
         with timer.region("loss"):
-            losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
+            losses = task.losses(batch, out)
         with timer.region("metrics"):
             float(losses["loss"])
             query_records(batch, out.pred_masks, acc)
@@ -219,43 +180,37 @@ def sam_encoder_flops(c: Any, batch: Batch) -> int:
         return flops_mod.count_flops(lambda: c.unwrapped.encode_sam(image))
 
 
-def _count_train_flops(c: Any, cfg: TrainingConfig, record: StepRecord, encoder_flops: int) -> int:
-    from modlisa.engine.train import cached_sam_embeddings
-
+def _count_train_flops(trainer: Any, record: MeasuredStep, encoder_flops: int) -> int:
+    c, task = trainer.parts, trainer.task
     total = 0
     for host_batch in record.batches:
         batch = host_batch.to(c.accelerator.device)
-        emb = cached_sam_embeddings(c, batch)
 
-        def run(batch: Batch = batch, emb: torch.Tensor | None = emb) -> None:
-            out = c.model(batch) if emb is None else c.model(batch, sam_embeddings=emb)
-            losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
-            losses["loss"].backward()  # FLOPs only: no accumulation bookkeeping, gradients dropped below
+        def run(batch: Batch = batch) -> None:
+            task.step(batch, trainer.state.global_step).losses["loss"].backward()  # FLOPs only: gradients dropped
 
         total += flops_mod.count_flops(run)
     c.optimizer.zero_grad(set_to_none=True)
     return total + (record.sam_encoded * encoder_flops if c.sam_cache is not None else 0)
 
 
-def _count_eval_flops(c: Any, record: StepRecord, encoder_flops: int) -> int:
-    model = c.unwrapped
+def _count_eval_flops(c: Any, record: MeasuredStep, encoder_flops: int) -> int:
+    task = _eval_task(c)
     batch = record.batches[0].to(c.accelerator.device)
     with torch.no_grad(), c.accelerator.autocast():
-        emb = c.sam_cache.lookup(model, batch) if c.sam_cache is not None else None
+        emb = task.sam_embeddings(batch)
 
         def run() -> None:
-            out = model(batch) if emb is None else model(batch, sam_embeddings=emb)
-            compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
+            task.losses(batch, task.forward(batch, emb))
 
         total = flops_mod.count_flops(run)
     return total + (record.sam_encoded * encoder_flops if c.sam_cache is not None else 0)
 
 
 # ---------------------------------------------------------------------- saved activations
-def saved_activation_bytes(c: Any, batch: Batch) -> int:
+def saved_activation_bytes(trainer: Any, batch: Batch) -> int:
     """Bytes of the distinct non-parameter tensors autograd saves for one micro-batch's backward."""
-    from modlisa.engine.train import cached_sam_embeddings
-
+    c, task = trainer.parts, trainer.task
     params = {p.untyped_storage().data_ptr() for p in c.unwrapped.parameters()}
     seen: dict[int, int] = {}
 
@@ -267,17 +222,17 @@ def saved_activation_bytes(c: Any, batch: Batch) -> int:
         return t
 
     batch = batch.to(c.accelerator.device)
-    emb = cached_sam_embeddings(c, batch)
+    emb = task.sam_embeddings(batch)
+    teacher = task.teacher_prompts(batch, trainer.state.global_step)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = c.model(batch) if emb is None else c.model(batch, sam_embeddings=emb)
-        losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
+        losses = task.losses(batch, task.forward(batch, emb, teacher), teacher)
     losses["loss"].backward()
     c.optimizer.zero_grad(set_to_none=True)
     return sum(seen.values())
 
 
 # ---------------------------------------------------------------------- summaries
-def _section(timer: ComponentTimer, records: list[StepRecord], flops_per_step: list[int] | None,
+def _section(timer: ComponentTimer, records: list[MeasuredStep], flops_per_step: list[int] | None,
              peak: dict[str, Any] | None) -> dict[str, Any]:
     times = timer.step_times
     total_time = sum(times)
@@ -318,27 +273,26 @@ def _memory(device: torch.device) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the benchmark
-def _measure_training(c: Any, cfg: TrainingConfig, opts: BenchOptions) -> tuple[ComponentTimer, list[StepRecord],
-                                                                                  dict[str, Any]]:
+def _measure_training(trainer: Any, opts: BenchOptions) -> tuple[ComponentTimer, list[MeasuredStep], dict[str, Any]]:
+    c = trainer.parts
     device = c.accelerator.device
     batches = train_batches(c)
-    acc = IoUAccumulator(subsets=("short", "long"))
     c.model.train()
     warm = ComponentTimer(device, sync=False)
     for _ in range(opts.warmup_steps):
-        train_step(c, cfg, batches, warm, acc)
+        train_step(trainer, batches, warm)
     synchronize(device)
     reset_peak_memory(device)
     timer = ComponentTimer(device, sync=opts.breakdown)
     detach = wrap_model(c.unwrapped, timer)
     try:
-        records = [train_step(c, cfg, batches, timer, acc) for _ in range(opts.steps)]
+        records = [train_step(trainer, batches, timer) for _ in range(opts.steps)]
     finally:
         detach()
     return timer, records, _memory(device)
 
 
-def _measure_eval(c: Any, opts: BenchOptions) -> tuple[ComponentTimer, list[StepRecord]]:
+def _measure_eval(c: Any, opts: BenchOptions) -> tuple[ComponentTimer, list[MeasuredStep]]:
     device = c.accelerator.device
     batches = eval_batches(c)
     acc = IoUAccumulator(subsets=("short", "long"))
@@ -360,27 +314,29 @@ def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None, arch: Any =
     ``arch`` (a ``bench.architectures.Architecture``) tells the memory planner the backbones of a model built
     by a builder registered outside the presets (``benchmarks/gpu_check.py``); None: from ``cfg``.
     """
-    from modlisa.engine.train import _setup
+    from modlisa.engine.train import Trainer, build_run
 
     opts = opts or BenchOptions()
     if opts.steps < 1:
         raise ValueError(f"steps must be >= 1, got {opts.steps}")
     rss_start, load_start = current_rss_gb(), load_average()
     with tempfile.TemporaryDirectory(prefix="modlisa-bench-") as tmp:
-        c = _setup(replace(cfg, output_dir=tmp))
+        bench_cfg = replace(cfg, output_dir=tmp)
+        trainer = Trainer(bench_cfg, build_run(bench_cfg))
+        c = trainer.parts
         device = c.accelerator.device
         levers = apply_levers(c.unwrapped, opts)
         rss_built = current_rss_gb()
-        timer, records, memory = _measure_training(c, cfg, opts)
+        timer, records, memory = _measure_training(trainer, opts)
         eval_timer, eval_records = (_measure_eval(c, opts) if c.val_loader is not None and opts.eval_steps
                                     else (None, []))
         peak = flops_mod.measure_peak_matmul(device, run_dtype(cfg), opts.matmul_n)
         train_flops = eval_flops = None
         if opts.count_flops:
             encoder = sam_encoder_flops(c, records[0].batches[0])
-            train_flops = [_count_train_flops(c, cfg, r, encoder) for r in records]
+            train_flops = [_count_train_flops(trainer, r, encoder) for r in records]
             eval_flops = [_count_eval_flops(c, r, encoder) for r in eval_records]
-        saved = saved_activation_bytes(c, records[0].batches[0]) if opts.saved_activations else None
+        saved = saved_activation_bytes(trainer, records[0].batches[0]) if opts.saved_activations else None
         cache = c.sam_cache.summary() if c.sam_cache is not None else None
         loaders = [_loader_run(c, cfg, w, opts.loader_batches) for w in opts.loader_workers]
     train = _section(timer, records, train_flops, peak)

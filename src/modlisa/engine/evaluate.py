@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from modlisa.data.types import Batch
 from modlisa.engine.grounding import grounding_accuracy, is_grounded
-from modlisa.losses import LossWeights, compute_losses
+from modlisa.engine.task import SegmentationTask, subset_of
+from modlisa.losses import LossWeights
 from modlisa.metrics import IoUAccumulator
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ class EvalResult:
 
     metrics: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-def subset_of(is_sentence: bool) -> str:
-    return "long" if is_sentence else "short"
 
 
 DistractorFn = Callable[[int, tuple[int, int]], "np.ndarray | None"]
@@ -127,16 +124,13 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accel
     if autocast is None:
         autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     show = progress and (accelerator is None or accelerator.is_main_process)
+    task = SegmentationTask(model, model, loss_weights or LossWeights(), sam_cache=sam_cache)
     with autocast:
         for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
             batch = batch.to(device)
-            if sam_cache is None:
-                out = model(batch)
-            else:
-                out = model(batch, sam_embeddings=sam_cache.lookup(model, batch))
+            out = task.forward(batch, task.sam_embeddings(batch))
             if loss_weights is not None:
-                losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, loss_weights)
-                loss_sum += float(losses["loss"]) * batch.num_images
+                loss_sum += float(task.losses(batch, out)["loss"]) * batch.num_images
                 loss_count += batch.num_images
             records.extend(query_records(batch, out.pred_masks, acc, distractors_of))
     if accelerator is not None and accelerator.num_processes > 1:

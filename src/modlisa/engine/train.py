@@ -1,15 +1,20 @@
 """The Accelerate training loop: build, (resume), train epochs, validate, checkpoint, write the run folder.
 
-Reads like a table of contents: ``train(cfg)`` -> ``_setup`` -> per epoch ``_train_epoch`` ->
-``evaluate`` -> ``_end_epoch`` (metrics JSON, best and last checkpoints).
+Reads like a table of contents: ``train(cfg)`` -> ``build_run`` (model, data, optimizer: ``RunParts``) ->
+``Trainer.fit`` -> per epoch ``train_epoch`` (``train_step`` = micro-batches through the shared
+``engine.task.SegmentationTask`` + ``optimizer_step``) -> ``end_epoch`` (validation, metrics JSON, best and
+last checkpoints).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from modlisa.atomic import append_line, atomic_write_text
 from modlisa.config import ConfigError, TrainingConfig, infer_sources, load_yaml, save_config
 from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, check_training_data
+from modlisa.data.types import Batch
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import (
     check_accumulation,
@@ -33,63 +39,19 @@ from modlisa.engine.backends import (
     needs_every_gradient,
     zero_touch,
 )
-from modlisa.engine.evaluate import evaluate, subset_of
+from modlisa.engine.evaluate import evaluate
 from modlisa.engine.meters import ThroughputMeter, peak_memory
-from modlisa.engine.prompt_teacher import (
-    BagOfWordsPrompt,
-    count_seg_tokens,
-    distill_loss,
-    idf_weights,
-    teacher_active,
-    teacher_prompts,
-)
+from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
 from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
 from modlisa.engine.schedule import lr_lambda
-from modlisa.losses import LossWeights, compute_losses
+from modlisa.engine.task import PromptTeacher, SegmentationTask, update_iou
+from modlisa.losses import LossWeights
 from modlisa.metrics import IoUAccumulator
 from modlisa.weights import save_best
 
 logger = logging.getLogger(__name__)
-
-
-class _Preemption:
-    """SIGTERM (cluster preemption, `kill`) asks the loop to save ``checkpoints/last`` and stop at the next
-    optimizer step instead of dying mid-epoch; the run resumes exactly with ``--resume_from_checkpoint latest``."""
-
-    requested = False
-
-    @classmethod
-    def install(cls) -> Any:
-        """Install the SIGTERM handler (main thread only); returns the previous handler for ``restore``."""
-        import signal
-        import threading
-
-        cls.requested = False
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        return signal.signal(signal.SIGTERM, cls._handler)
-
-    @staticmethod
-    def restore(previous: Any) -> None:
-        import signal
-
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-    @classmethod
-    def _handler(cls, signum: int, frame: Any) -> None:
-        cls.requested = True
-        logger.warning("SIGTERM received: saving checkpoints/last at the end of this optimizer step, then stopping")
-
-
-def _preempted(c: Components) -> bool:
-    """True on every rank when any rank received SIGTERM (one small all-reduce per step when distributed)."""
-    if c.accelerator.num_processes == 1:
-        return _Preemption.requested
-    flag = torch.tensor([1.0 if _Preemption.requested else 0.0], device=c.accelerator.device)
-    return bool(c.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 class TrainingStopped(RuntimeError):
@@ -98,6 +60,79 @@ class TrainingStopped(RuntimeError):
     The message names the step and the last good checkpoint (``checkpoints/last``, untouched by the bad
     steps); ``modlisa train`` prints it and exits with code 3.
     """
+
+
+class Preemption:
+    """While entered, SIGTERM (cluster preemption, `kill`) asks the loop to save ``checkpoints/last`` and stop
+    at the next optimizer step instead of dying mid-epoch; the run resumes exactly with
+    ``--resume_from_checkpoint latest``. The previous handler is restored on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Preemption:
+        import signal
+        import threading
+
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        logger.warning("SIGTERM received: saving checkpoints/last at the end of this optimizer step, then stopping")
+
+    def on_any_rank(self, accelerator: Accelerator) -> bool:
+        """True on every rank when any rank received SIGTERM (one small all-reduce per step when distributed)."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def all_ranks_finite(accelerator: Any, finite: bool) -> bool:
+    """True when ``finite`` holds on every rank (one tiny all-reduce in multi-process runs)."""
+    if accelerator.num_processes == 1:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    return float(accelerator.reduce(flag, reduction="sum").item()) == 0.0
+
+
+class NonFiniteGuard:
+    """Counts consecutive skipped (non-finite) optimizer steps; ``max_steps`` in a row raise TrainingStopped
+    naming the step and the last good checkpoint under ``checkpoints``."""
+
+    def __init__(self, max_steps: int, checkpoints: Path) -> None:
+        self.max_steps, self.checkpoints, self.streak = max_steps, checkpoints, 0
+
+    def healthy(self) -> None:
+        """An optimizer step was applied: the streak ends."""
+        self.streak = 0
+
+    def skipped(self, state: ckpt.TrainerState, reason: str) -> None:
+        """Count and log one skipped step (the next is ``state.global_step + 1``); stop after ``max_steps``."""
+        step = state.global_step + 1
+        self.streak += 1
+        logger.warning("step %d: %s; optimizer step skipped (%d in a row, %d skipped in this run, stop at %d)",
+                       step, reason, self.streak, state.skipped_nonfinite_steps, self.max_steps)
+        if self.streak >= self.max_steps:
+            good = ckpt.last_good_checkpoint(self.checkpoints)
+            kept = f"last good checkpoint kept: {good}" if good else "no checkpoint had been written yet"
+            raise TrainingStopped(
+                f"stopped at step {step} (epoch {state.epoch + 1}): {self.streak} consecutive optimizer steps with "
+                f"a non-finite loss or gradient (max_nonfinite_steps={self.max_steps}; last: {reason}); {kept}. "
+                "Lower learning_rate or max_grad_norm, use bf16 or fp32, check the data, then resume with "
+                "--resume_from_checkpoint latest."
+            )
 
 
 @dataclass
@@ -114,8 +149,8 @@ class RunPaths:
 
 
 @dataclass
-class Components:
-    """Everything ``_setup`` builds for a run."""
+class RunParts:
+    """Everything ``build_run`` builds for a run (the wiring; the loop state lives in ``Trainer``)."""
 
     accelerator: Accelerator
     model: torch.nn.Module  # prepared (possibly DDP-wrapped)
@@ -144,7 +179,39 @@ class EpochStats:
     loss_sum: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)
     micro_batches: int = 0
-    acc_state: list[float] | None = None
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        self.loss_sum += float(losses["loss"].detach())
+        for k, v in losses.items():
+            if k != "loss":
+                self.terms[k] = self.terms.get(k, 0.0) + float(v.detach())
+        self.micro_batches += 1
+
+    def finite(self) -> bool:
+        return math.isfinite(self.loss_sum) and all(math.isfinite(v) for v in self.terms.values())
+
+    def means(self) -> dict[str, float]:
+        """"loss" and every term, averaged over the micro-batches."""
+        n = max(1, self.micro_batches)
+        return {"loss": self.loss_sum / n, **{k: v / n for k, v in self.terms.items()}}
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step: its host micro-batches, images and queries, gradient norm, whether it was skipped."""
+
+    batches: list[Batch] = field(default_factory=list)
+    images: int = 0
+    queries: int = 0
+    grad_norm: float = float("nan")
+    skipped: bool = False
+
+
+class NullTimer:
+    """The default step timer: regions cost nothing (``modlisa bench`` injects a ``ComponentTimer``)."""
+
+    def region(self, name: str) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------- setup
@@ -171,8 +238,9 @@ def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDatas
     return train_set, val_set
 
 
-def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
-           sources: dict[str, str] | None = None) -> Components:
+def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
+              sources: dict[str, str] | None = None) -> RunParts:
+    """Prepare the run folder, write the resolved config, build model, data, optimizer and scheduler."""
     from modlisa.model.factory import build_model, resolve_preset
 
     accelerator = accelerator or make_accelerator(cfg)
@@ -219,7 +287,7 @@ def _setup(cfg: TrainingConfig, accelerator: Accelerator | None = None,
                    for split, ds in (("train", train_set), ("val", val_set)) if ds is not None}
     weights = LossWeights(ce=cfg.ce_loss_weight, bce=cfg.bce_loss_weight, dice=cfg.dice_loss_weight,
                           focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
-    return Components(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
+    return RunParts(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
                       data_report, sam_cache=sam_cache, config=cfg.to_dict(), prompt_teacher=teacher)
 
@@ -241,301 +309,342 @@ def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer
     return BagOfWordsPrompt(len(tokenizer), dim, weights).to(accelerator.device)
 
 
-# ---------------------------------------------------------------------- one optimizer step
-def _teacher_prompts(c: Components, batch: Any, global_step: int) -> torch.Tensor | None:
-    """(K, D) bag-of-words prompts for the mask decoder while the prompt teacher is active, else None."""
-    if c.prompt_teacher is None or not teacher_active(c.config["seg_prompt_teacher_fraction"], global_step,
-                                                      c.total_steps):
-        return None
-    counts = count_seg_tokens(batch.input_ids, c.unwrapped.seg_token_id)
-    return teacher_prompts(c.prompt_teacher, c.tokenizer, batch.queries, counts, c.accelerator.device)
+# ---------------------------------------------------------------------- the trainer
+class Trainer:
+    """Owns a run's loop state: where training stands (``state``), the epoch's running figures, the non-finite
+    guard and preemption. ``fit`` -> ``train_epoch`` -> ``train_step`` (micro-batches + ``optimizer_step``)
+    -> ``end_epoch``; ``modlisa bench`` times ``train_step`` through ``timer``."""
+
+    def __init__(self, cfg: TrainingConfig, parts: RunParts, state: ckpt.TrainerState | None = None) -> None:
+        self.cfg, self.parts = cfg, parts
+        self.accelerator = parts.accelerator
+        self.state = state or ckpt.TrainerState()
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, parts.paths.checkpoints)
+        self.preemption = Preemption()
+        self.timer: Any = NullTimer()
+        self.stats = EpochStats()
+        self.acc = IoUAccumulator(subsets=("short", "long"))
+        teacher = None
+        if parts.prompt_teacher is not None:
+            teacher = PromptTeacher(parts.prompt_teacher, parts.tokenizer, cfg.seg_prompt_teacher_fraction,
+                                    cfg.seg_prompt_distill_weight, parts.total_steps)
+        self.task = SegmentationTask(parts.model, parts.unwrapped, parts.loss_weights, sam_cache=parts.sam_cache,
+                                     teacher=teacher, autocast=getattr(self.accelerator, "autocast", None))
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, partial: dict | None = None) -> dict[str, Any]:
+        """Train the remaining epochs; returns the run's summary (also written to ``train_summary.json``)."""
+        cfg, records, stopped = self.cfg, [], False
+        if cfg.report_to and self.is_main:
+            self.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
+                                                              if isinstance(v, (int, float, str, bool))})
+        with self.preemption:
+            try:
+                while self.state.epoch < cfg.num_epochs:
+                    train_metrics = self.train_epoch(partial)
+                    partial = None
+                    if train_metrics is None:
+                        stopped = True
+                        break
+                    records.append(self.end_epoch(train_metrics))
+            except TrainingStopped as stop:
+                _summary(self.parts, self.state, records, True, str(stop))
+                raise
+        reason = ("sigterm" if self.preemption.requested else "stop_after_steps") if stopped else None
+        return _summary(self.parts, self.state, records, stopped, reason)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, partial: dict | None = None) -> dict[str, Any] | None:
+        """Train the rest of epoch ``state.epoch``. Returns its train metrics, None when the run stops early."""
+        cfg, parts, state = self.cfg, self.parts, self.state
+        self._restore_stats(partial)
+        parts.train_sampler.set_epoch(state.epoch,
+                                      skip=state.step_in_epoch * cfg.gradient_accumulation_steps * cfg.batch_size)
+        parts.train_set.set_epoch(state.epoch)
+        meter = ThroughputMeter(self.accelerator.device)
+        meter.start()
+        parts.model.train()
+        bar = tqdm(total=parts.steps_per_epoch, initial=state.step_in_epoch, disable=not self.is_main,
+                   desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}", dynamic_ncols=True, leave=False)
+        try:  # the bar is cleared however the epoch ends (TrainingStopped, a data error, Ctrl-C)
+            finished = self._run_steps(iter(parts.train_loader), meter, bar)
+        finally:
+            bar.close()
+        return self._epoch_train_metrics(meter) if finished else None
+
+    def _run_steps(self, batches: Iterator[Batch], meter: ThroughputMeter, bar: Any) -> bool:
+        """The epoch's optimizer steps; False when ``stop_after_steps`` or SIGTERM ended the run (``last`` saved)."""
+        cfg, state = self.cfg, self.state
+        while state.step_in_epoch < self.parts.steps_per_epoch:
+            try:
+                record = self.train_step(batches)
+            except StopIteration:  # the loader ran dry (it yields exactly the epoch's micro-batches)
+                break
+            meter.step(record.images * self.accelerator.num_processes)
+            bar.update(1)
+            self.after_step(meter, record.grad_norm, bar)
+            if (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps) \
+                    or self.preemption.on_any_rank(self.accelerator):
+                self.save_last()
+                return False
+        return True
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self, batches: Iterator[Batch]) -> StepRecord:
+        """``gradient_accumulation_steps`` micro-batches from ``batches``, then the optimizer step. A step with a
+        non-finite loss (on any rank) is skipped and its losses and IoUs leave the epoch's figures."""
+        record = StepRecord()
+        before = self._snapshot()
+        for _ in range(self.cfg.gradient_accumulation_steps):
+            with self.timer.region("data_wait"):
+                host_batch = next(batches)
+            self.micro_batch(host_batch)
+            record.batches.append(host_batch)
+            record.images += host_batch.num_images
+            record.queries += host_batch.num_queries
+        loss_finite = self.stats.finite()
+        if not loss_finite:
+            self._rollback(before)
+        with self.timer.region("optimizer"):
+            record.grad_norm, record.skipped = self.optimizer_step(loss_finite)
+        return record
+
+    def micro_batch(self, host_batch: Batch) -> None:
+        """Forward + backward of one micro-batch inside ``accelerator.accumulate`` (engine/backends.py: the loss
+        is scaled by 1/accumulation and gradients synchronised on the last micro-batch, by every backend)."""
+        timer, task = self.timer, self.task
+        with timer.region("host_to_device"):
+            batch = host_batch.to(self.accelerator.device)
+        with timer.region("sam_cache"):
+            sam_embeddings = task.sam_embeddings(batch)
+            teacher = task.teacher_prompts(batch, self.state.global_step)
+        with self.accelerator.accumulate(self.parts.model):
+            with timer.region("forward_other"):
+                out = task.forward(batch, sam_embeddings, teacher)
+            with timer.region("loss"):
+                losses = task.losses(batch, out, teacher)
+                loss = losses["loss"]
+                if needs_every_gradient(self.accelerator):  # DeepSpeed: the same gradient set on every rank
+                    loss = loss + zero_touch([p for p in self.parts.unwrapped.parameters() if p.requires_grad])
+            with timer.region("backward"):
+                self.accelerator.backward(loss)
+        with timer.region("metrics"):
+            self.stats.add(losses)
+            update_iou(self.acc, batch, out.pred_masks)
+
+    def optimizer_step(self, loss_finite: bool = True) -> tuple[float, bool]:
+        """Clip, check finiteness, step optimizer + scheduler. Returns (gradient norm (may be nan/inf), skipped).
+
+        A non-finite loss (on any rank) or gradient norm skips the optimizer step; it is counted in
+        ``state.skipped_nonfinite_steps`` and by the guard (``max_nonfinite_steps`` in a row stop the run).
+        With fp16 the grad scaler skips overflowing steps itself: each one is logged with the new loss scale and
+        counted (``fp16_overflow_steps`` too); it only counts towards the stop once the loss scale is below 1,
+        where the gradients overflow unscaled.
+        """
+        grad_norm = self._clip_gradients()
+        loss_finite = all_ranks_finite(self.accelerator, loss_finite)
+        fp16 = self.cfg.precision == "fp16"
+        if not loss_finite or (not fp16 and not math.isfinite(grad_norm)):
+            self._skip_step()
+            reason = "non-finite loss" if not loss_finite else f"non-finite gradient norm ({grad_norm})"
+            self.guard.skipped(self.state, reason)
+            skipped = True
+        else:
+            self.parts.optimizer.step()
+            skipped = fp16 and bool(self.accelerator.optimizer_step_was_skipped)
+            if skipped:
+                self._fp16_overflow(grad_norm)
+            else:
+                self.guard.healthy()
+            self.parts.optimizer.zero_grad(set_to_none=True)
+        self.parts.scheduler.step()
+        self.state.global_step += 1
+        self.state.step_in_epoch += 1
+        return grad_norm, skipped
+
+    def _clip_gradients(self) -> float:
+        """Clip every trainable gradient (the prompt teacher's averaged over ranks first); the norm before."""
+        parts = self.parts
+        params = clip_parameters(self.accelerator, parts.model, parts.unwrapped)
+        if parts.prompt_teacher is not None:  # not inside the prepared model: average its gradients here
+            teacher_params = list(parts.prompt_teacher.parameters())
+            _average_gradients(self.accelerator, teacher_params)
+            params = params + teacher_params
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)  # DeepSpeed: clipped in its step
+        return float(norm) if norm is not None else float("nan")
+
+    def _skip_step(self) -> None:
+        """Drop this step's gradients. With an fp16 grad scaler, close the unscale_ done by clipping."""
+        self.state.skipped_nonfinite_steps += 1
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            scaler.update()
+
+    def _fp16_overflow(self, grad_norm: float) -> None:
+        """The grad scaler skipped the step: count and log it; below loss scale 1 it counts towards the stop."""
+        state = self.state
+        state.skipped_nonfinite_steps += 1
+        state.fp16_overflow_steps += 1
+        scaler = getattr(self.accelerator, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None else None
+        logger.warning("step %d: fp16 loss-scale overflow (gradient norm %s): the grad scaler skipped the optimizer "
+                       "step; loss scale now %s (%d overflow steps in this run)", state.global_step + 1, grad_norm,
+                       scale, state.fp16_overflow_steps)
+        if scale is not None and scale < 1.0:
+            self.guard.skipped(state, f"fp16 gradients overflow at loss scale {scale}")
+
+    # ------------------------------------------------------------------ after a step
+    def after_step(self, meter: ThroughputMeter, grad_norm: float, bar: Any) -> None:
+        """Log the step line, validate and save ``last`` when their step intervals say so."""
+        cfg, parts, state = self.cfg, self.parts, self.state
+        if self.is_main and (state.step_in_epoch % cfg.log_every_steps == 0
+                             or state.step_in_epoch == parts.steps_per_epoch):
+            bar.write(self._live_line(meter))
+            self._log_step(meter, grad_norm)
+        if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and parts.val_loader is not None:
+            result = self._validate(progress=False)
+            if self.is_main:
+                _log_jsonl(parts.paths.outputs / "train_log.jsonl", {"global_step": state.global_step,
+                                                                     "val": _brief(result.metrics)})
+            parts.model.train()
+        if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 \
+                and state.step_in_epoch < parts.steps_per_epoch:
+            self.save_last()
+
+    def _live_line(self, meter: ThroughputMeter) -> str:
+        m = self.acc.compute()
+        mem, _ = peak_memory(meter.device)
+        return (f"Step {self.state.step_in_epoch}/{self.parts.steps_per_epoch} | Loss: {self.stats.means()['loss']:.4f} "
+                f"| IoU: {m['ciou']:.4f} | gIoU: {m['giou']:.4f} | Iter/s: {meter.iter_per_sec:.2f} | Mem: {mem:.2f}GB")
+
+    def _log_step(self, meter: ThroughputMeter, grad_norm: float) -> None:
+        state, m = self.state, self.acc.compute()
+        _log_jsonl(self.parts.paths.outputs / "train_log.jsonl", {
+            "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
+            **self.stats.means(), "giou": m["giou"], "ciou": m["ciou"],
+            "lr": float(self.parts.optimizer.param_groups[0]["lr"]), "grad_norm": grad_norm,
+            "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
+            "peak_memory_gb": peak_memory(meter.device)[0], "time": time.time(),
+        })
+
+    def _validate(self, progress: bool = True) -> Any:
+        parts = self.parts
+        return evaluate(parts.unwrapped, parts.val_loader, device=self.accelerator.device, accelerator=self.accelerator,
+                        loss_weights=parts.loss_weights, sam_cache=parts.sam_cache, desc="val", progress=progress)
+
+    # ------------------------------------------------------------------ epoch figures
+    def _restore_stats(self, partial: dict | None) -> None:
+        self.acc = IoUAccumulator(subsets=("short", "long"))
+        self.stats = EpochStats()
+        if partial:
+            self.stats = EpochStats(loss_sum=partial["loss_sum"], terms=partial["terms"],
+                                    micro_batches=partial["micro_batches"])
+            self.acc.load_state_tensor(torch.tensor(partial["acc_state"], dtype=torch.float64))
+
+    def _snapshot(self) -> tuple[EpochStats, torch.Tensor]:
+        return EpochStats(self.stats.loss_sum, dict(self.stats.terms), self.stats.micro_batches), \
+            self.acc.state_tensor()
+
+    def _rollback(self, snapshot: tuple[EpochStats, torch.Tensor]) -> None:
+        stats, acc_state = snapshot
+        self.stats = EpochStats(stats.loss_sum, dict(stats.terms), stats.micro_batches)
+        self.acc.load_state_tensor(acc_state)
+
+    def _reduced_stats(self) -> EpochStats:
+        """The epoch's sums over all ranks (the accumulator is all-reduced in place)."""
+        accelerator, stats = self.accelerator, self.stats
+        if accelerator.num_processes == 1:
+            return stats
+        self.acc.all_reduce(lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
+        keys = sorted(stats.terms)
+        t = torch.tensor([stats.loss_sum, stats.micro_batches, *[stats.terms[k] for k in keys]],
+                         dtype=torch.float64, device=accelerator.device)
+        t = accelerator.reduce(t, reduction="sum").cpu().tolist()
+        return EpochStats(loss_sum=t[0], micro_batches=int(t[1]), terms=dict(zip(keys, t[2:])))
+
+    def _epoch_train_metrics(self, meter: ThroughputMeter) -> dict[str, Any]:
+        stats = self._reduced_stats()
+        m = self.acc.compute()
+        return {**stats.means(), "iou": m["giou"], "giou": m["giou"], "ciou": m["ciou"],
+                "num_queries": m["num_queries"], **meter.summary()}
+
+    # ------------------------------------------------------------------ end of epoch, checkpoints
+    def end_epoch(self, train_metrics: dict[str, Any]) -> dict[str, Any]:
+        """Validate, write ``metrics_epoch_N.json``, save the best model when val gIoU improved, save ``last``."""
+        parts, state = self.parts, self.state
+        val = None
+        if parts.val_loader is not None:
+            val = _brief(self._validate().metrics)
+            val["iou"] = val["giou"]
+        epoch = state.epoch + 1
+        record = {"epoch": epoch, "global_step": state.global_step, "train": train_metrics, "val": val,
+                  "lr": parts.scheduler.get_last_lr()[0], "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+                  "data": {k: {"usable": v["usable"], "skipped": v["skipped"]} for k, v in parts.data_report.items()}}
+        state.epoch, state.step_in_epoch = epoch, 0
+        if val is not None and val["giou"] > state.best_giou and self.is_main:
+            self._save_best(epoch, val["giou"], record)
+        state.best_giou, state.best_epoch = _broadcast(self.accelerator, [state.best_giou, state.best_epoch])
+        if self.is_main:
+            self._report_epoch(epoch, record, train_metrics, val)
+        self.write_last()
+        return record
+
+    def _save_best(self, epoch: int, giou: float, record: dict[str, Any]) -> None:
+        parts, state = self.parts, self.state
+        # DeepSpeed shards the optimizer states (its state_dict needs every rank): checkpoints/last holds them
+        optimizer = None if getattr(self.accelerator, "deepspeed_engine_wrapped", None) is not None else parts.optimizer
+        state.best_path = save_best(parts.paths.checkpoints, epoch, parts.unwrapped, optimizer, giou, record,
+                                    self.cfg.to_dict(), state.best_path)
+        state.best_giou, state.best_epoch = giou, epoch
+
+    def _report_epoch(self, epoch: int, record: dict, train_metrics: dict, val: dict | None) -> None:
+        atomic_write_text(self.parts.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
+        print(f"\nEpoch {epoch}/{self.cfg.num_epochs}")
+        _print_block("Training Metrics", train_metrics)
+        if val is not None:
+            _print_block("Validation Metrics", val)
+        if self.accelerator.trackers:
+            self.accelerator.log({"train/loss": train_metrics["loss"], "train/giou": train_metrics["giou"],
+                                  **({"val/giou": val["giou"], "val/ciou": val["ciou"]} if val else {})}, step=epoch)
+
+    def save_last(self) -> None:
+        """``checkpoints/last`` mid-epoch: the epoch's running figures go into the trainer state."""
+        self.state.partial = {"loss_sum": self.stats.loss_sum, "terms": self.stats.terms,
+                              "micro_batches": self.stats.micro_batches, "acc_state": self.acc.state_tensor().tolist()}
+        self.write_last()
+        self.state.partial = None
+
+    def write_last(self) -> None:
+        """``checkpoints/last`` with the scheduler state and the run's config in its trainer state (JSON)."""
+        parts, state = self.parts, self.state
+        state.scheduler, state.num_processes = parts.scheduler.state_dict(), self.accelerator.num_processes
+        state.config = parts.config
+        try:
+            ckpt.save_last(self.accelerator, parts.paths.checkpoints, state)
+        finally:
+            state.scheduler = None
 
 
-def _micro_batch(c: Components, batch: Any, acc: IoUAccumulator, stats: EpochStats, global_step: int = 0) -> bool:
-    """Forward + backward of one micro-batch inside ``accelerator.accumulate`` (engine/backends.py: the loss
-    is scaled by 1/accumulation and gradients synchronised on the last micro-batch, by every backend).
-    Returns ``accelerator.sync_gradients``: True when this micro-batch completes an optimizer step."""
-    batch = batch.to(c.accelerator.device)
-    sam_embeddings = cached_sam_embeddings(c, batch)
-    teacher = _teacher_prompts(c, batch, global_step)
-    with c.accelerator.accumulate(c.model):
-        out = c.model(batch, sam_embeddings=sam_embeddings, decoder_prompts=teacher)
-        losses = compute_losses(out.logits, out.labels, out.pred_masks, batch.masks, c.loss_weights)
-        if teacher is not None:
-            losses["seg_distill"] = distill_loss(out.seg_prompts, teacher)
-            losses["loss"] = losses["loss"] + c.config["seg_prompt_distill_weight"] * losses["seg_distill"]
-        loss = losses["loss"]
-        if needs_every_gradient(c.accelerator):  # DeepSpeed: the same gradient set on every rank
-            loss = loss + zero_touch([p for p in c.unwrapped.parameters() if p.requires_grad])
-        c.accelerator.backward(loss)
-        sync = c.accelerator.sync_gradients
-    stats.loss_sum += float(losses["loss"].detach())
-    for k, v in losses.items():
-        if k != "loss":
-            stats.terms[k] = stats.terms.get(k, 0.0) + float(v.detach())
-    stats.micro_batches += 1
-    with torch.no_grad():
-        for b in range(batch.num_images):
-            start = int(batch.offsets[b])
-            for q in range(batch.masks[b].shape[0]):
-                acc.update(out.pred_masks[b][q].detach() > 0, batch.masks[b][q],
-                           subset=subset_of(batch.is_sentence[start + q]))
-    return sync
-
-
-def cached_sam_embeddings(c: Components, batch: Any) -> torch.Tensor | None:
-    """(B, D, S/16, S/16) frozen-SAM embeddings from the run's cache (autocast as in the forward); None
-    when the run has no cache (the model then encodes ``batch.sam_images`` itself)."""
-    if c.sam_cache is None:
-        return None
-    return c.sam_cache.lookup(c.unwrapped, batch, autocast=c.accelerator.autocast)
-
-
-
-def _all_ranks_finite(c: Components, finite: bool) -> bool:
-    """True when ``finite`` holds on every rank (one tiny all-reduce in multi-process runs)."""
-    if c.accelerator.num_processes == 1:
-        return finite
-    flag = torch.tensor([0.0 if finite else 1.0], device=c.accelerator.device)
-    return float(c.accelerator.reduce(flag, reduction="sum").item()) == 0.0
-
-
-def _loss_scale(c: Components) -> float | None:
-    scaler = getattr(c.accelerator, "scaler", None)
-    return float(scaler.get_scale()) if scaler is not None else None
-
-
-def _count_nonfinite(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int],
-                     reason: str) -> None:
-    """Count and log one skipped step; raise TrainingStopped after ``max_nonfinite_steps`` in a row."""
-    step = state.global_step + 1
-    streak[0] += 1
-    logger.warning("step %d: %s; optimizer step skipped (%d in a row, %d skipped in this run, stop at %d)",
-                   step, reason, streak[0], state.skipped_nonfinite_steps, cfg.max_nonfinite_steps)
-    if streak[0] >= cfg.max_nonfinite_steps:
-        good = ckpt.last_good_checkpoint(c.paths.checkpoints)
-        kept = f"last good checkpoint kept: {good}" if good else "no checkpoint had been written yet"
-        raise TrainingStopped(
-            f"stopped at step {step} (epoch {state.epoch + 1}): {streak[0]} consecutive optimizer steps with a "
-            f"non-finite loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}; last: {reason}); "
-            f"{kept}. Lower learning_rate or max_grad_norm, use bf16 or fp32, check the data, then resume "
-            "with --resume_from_checkpoint latest."
-        )
-
-
-def _average_gradients(c: Components, params: list[torch.nn.Parameter]) -> None:
+def _average_gradients(accelerator: Any, params: list[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` (outside the DDP module) over all ranks, in place."""
-    if c.accelerator.num_processes == 1:
+    if accelerator.num_processes == 1:
         return
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        p.grad.copy_(c.accelerator.reduce(p.grad, reduction="mean"))
-
-
-def _skip_step(c: Components) -> None:
-    """Drop this step's gradients. With an fp16 grad scaler, close the unscale_ done by clipping."""
-    c.optimizer.zero_grad(set_to_none=True)
-    scaler = getattr(c.accelerator, "scaler", None)
-    if scaler is not None:
-        scaler.update()
-
-
-def _optimizer_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int],
-                    loss_finite: bool = True) -> tuple[float, bool]:
-    """Clip, check finiteness, step optimizer + scheduler. Returns (gradient norm (may be nan/inf), skipped).
-
-    A non-finite loss (on any rank) or gradient norm skips the optimizer step; it is counted in
-    ``state.skipped_nonfinite_steps`` and logged, and ``max_nonfinite_steps`` in a row raise TrainingStopped.
-    With fp16 the grad scaler skips overflowing steps itself: each one is logged with the new loss scale
-    and counted (``fp16_overflow_steps`` too); it only counts towards the stop once the loss scale is below 1,
-    where the gradients overflow unscaled.
-    """
-    params = clip_parameters(c.accelerator, c.model, c.unwrapped)
-    if c.prompt_teacher is not None:  # not inside the prepared model: average its gradients over ranks here
-        teacher_params = list(c.prompt_teacher.parameters())
-        _average_gradients(c, teacher_params)
-        params = params + teacher_params
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    norm = c.accelerator.clip_grad_norm_(params, max_norm)  # DeepSpeed: clipped in its step; the norm it saw
-    grad_norm = float(norm) if norm is not None else float("nan")
-    loss_finite = _all_ranks_finite(c, loss_finite)
-    fp16 = cfg.precision == "fp16"
-    skipped = not loss_finite or (not fp16 and not math.isfinite(grad_norm))
-    if skipped:
-        _skip_step(c)
-        state.skipped_nonfinite_steps += 1
-        reason = "non-finite loss" if not loss_finite else f"non-finite gradient norm ({grad_norm})"
-        _count_nonfinite(c, cfg, state, streak, reason)
-    else:
-        c.optimizer.step()
-        skipped = fp16 and bool(c.accelerator.optimizer_step_was_skipped)
-        if skipped:
-            state.skipped_nonfinite_steps += 1
-            state.fp16_overflow_steps += 1
-            scale = _loss_scale(c)
-            logger.warning("step %d: fp16 loss-scale overflow (gradient norm %s): the grad scaler skipped the "
-                           "optimizer step; loss scale now %s (%d overflow steps in this run)",
-                           state.global_step + 1, grad_norm, scale, state.fp16_overflow_steps)
-            if scale is not None and scale < 1.0:
-                _count_nonfinite(c, cfg, state, streak, f"fp16 gradients overflow at loss scale {scale}")
-        else:
-            streak[0] = 0
-        c.optimizer.zero_grad(set_to_none=True)
-    c.scheduler.step()
-    state.global_step += 1
-    state.step_in_epoch += 1
-    return grad_norm, skipped
-
-
-# ---------------------------------------------------------------------- one epoch
-def _live_line(step: int, total: int, stats: EpochStats, acc: IoUAccumulator, meter: ThroughputMeter) -> str:
-    m = acc.compute()
-    mem, _ = peak_memory(meter.device)
-    loss = stats.loss_sum / max(1, stats.micro_batches)
-    return (f"Step {step}/{total} | Loss: {loss:.4f} | IoU: {m['ciou']:.4f} | gIoU: {m['giou']:.4f} | "
-            f"Iter/s: {meter.iter_per_sec:.2f} | Mem: {mem:.2f}GB")
+        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
 
 def _log_jsonl(path: Path, record: dict[str, Any]) -> None:
     append_line(path, json.dumps(record))
 
 
-def _restore_stats(state: ckpt.TrainerState, partial: dict | None, acc: IoUAccumulator) -> EpochStats:
-    if not partial:
-        return EpochStats()
-    stats = EpochStats(loss_sum=partial["loss_sum"], terms=partial["terms"], micro_batches=partial["micro_batches"])
-    acc.load_state_tensor(torch.tensor(partial["acc_state"], dtype=torch.float64))
-    return stats
-
-
-def _train_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, partial: dict | None,
-                 streak: list[int]) -> dict[str, Any] | None:
-    """Train the rest of epoch ``state.epoch``. Returns the epoch's train metrics, None if stopped early."""
-    acc = IoUAccumulator(subsets=("short", "long"))
-    stats = _restore_stats(state, partial, acc)
-    main = c.accelerator.is_main_process
-    c.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * cfg.gradient_accumulation_steps * cfg.batch_size)
-    c.train_set.set_epoch(state.epoch)
-    meter = ThroughputMeter(c.accelerator.device)
-    meter.start()
-    c.model.train()
-    bar = tqdm(total=c.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}",
-               disable=not main, dynamic_ncols=True, leave=False)
-    try:  # the bar is cleared however the epoch ends (TrainingStopped, a data error, Ctrl-C)
-        finished = _run_steps(c, cfg, state, streak, stats, acc, meter, bar)
-    finally:
-        bar.close()
-    return _epoch_train_metrics(c, stats, acc, meter) if finished else None
-
-
-def _run_steps(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, streak: list[int], stats: EpochStats,
-               acc: IoUAccumulator, meter: ThroughputMeter, bar: Any) -> bool:
-    """The optimizer steps of the epoch; False when ``stop_after_steps`` ended the run (``last`` saved)."""
-    images_in_step = 0
-    before = _snapshot(stats, acc)
-    for batch in c.train_loader:
-        sync = _micro_batch(c, batch, acc, stats, state.global_step)
-        images_in_step += batch.num_images
-        if not sync:
-            continue
-        loss_finite = math.isfinite(stats.loss_sum) and all(math.isfinite(v) for v in stats.terms.values())
-        if not loss_finite:  # a skipped step's losses and IoUs do not enter the epoch's figures
-            _rollback(stats, acc, before)
-        grad_norm, _ = _optimizer_step(c, cfg, state, streak, loss_finite)
-        before = _snapshot(stats, acc)
-        meter.step(images_in_step * c.accelerator.num_processes)
-        images_in_step = 0
-        bar.update(1)
-        _after_step(c, cfg, state, stats, acc, meter, grad_norm, bar)
-        if (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps) or _preempted(c):
-            _save_last(c, state, stats, acc)
-            return False
-    return True
-
-
-def _snapshot(stats: EpochStats, acc: IoUAccumulator) -> tuple[float, dict[str, float], int, torch.Tensor]:
-    return stats.loss_sum, dict(stats.terms), stats.micro_batches, acc.state_tensor()
-
-
-def _rollback(stats: EpochStats, acc: IoUAccumulator,
-              snapshot: tuple[float, dict[str, float], int, torch.Tensor]) -> None:
-    stats.loss_sum, terms, stats.micro_batches, acc_state = snapshot
-    stats.terms = dict(terms)
-    acc.load_state_tensor(acc_state)
-
-
-def _after_step(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, stats: EpochStats,
-                acc: IoUAccumulator, meter: ThroughputMeter, grad_norm: float, bar: Any) -> None:
-    main = c.accelerator.is_main_process
-    if main and (state.step_in_epoch % cfg.log_every_steps == 0 or state.step_in_epoch == c.steps_per_epoch):
-        line = _live_line(state.step_in_epoch, c.steps_per_epoch, stats, acc, meter)
-        bar.write(line)
-        m = acc.compute()
-        _log_jsonl(c.paths.outputs / "train_log.jsonl", {
-            "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
-            "loss": stats.loss_sum / max(1, stats.micro_batches),
-            **{k: v / max(1, stats.micro_batches) for k, v in stats.terms.items()},
-            "giou": m["giou"], "ciou": m["ciou"], "lr": _optimizer_lr(c), "grad_norm": grad_norm,
-            "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
-            "peak_memory_gb": peak_memory(meter.device)[0], "time": time.time(),
-        })
-    if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and c.val_loader is not None:
-        result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
-                          loss_weights=c.loss_weights, sam_cache=c.sam_cache, desc="val", progress=False)
-        if main:
-            _log_jsonl(c.paths.outputs / "train_log.jsonl", {"global_step": state.global_step, "val": _brief(result.metrics)})
-        c.model.train()
-    if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and state.step_in_epoch < c.steps_per_epoch:
-        _save_last(c, state, stats, acc)
-
-
-def _optimizer_lr(c: Components) -> float:
-    """The learning rate the (prepared) optimizer will apply next: its first param group's, as set by the
-    scheduler (for DeepSpeed, the ZeRO optimizer's own group: proof the schedule reaches the engine)."""
-    return float(c.optimizer.param_groups[0]["lr"])
-
-
-def _save_last(c: Components, state: ckpt.TrainerState, stats: EpochStats, acc: IoUAccumulator) -> None:
-    state.partial = {"loss_sum": stats.loss_sum, "terms": stats.terms, "micro_batches": stats.micro_batches,
-                     "acc_state": acc.state_tensor().tolist()}
-    _write_last(c, state)
-    state.partial = None
-
-
-def _write_last(c: Components, state: ckpt.TrainerState) -> None:
-    """``checkpoints/last`` with the scheduler state and the run's config in its trainer state (JSON)."""
-    state.scheduler, state.num_processes = c.scheduler.state_dict(), c.accelerator.num_processes
-    state.config = c.config
-    try:
-        ckpt.save_last(c.accelerator, c.paths.checkpoints, state)
-    finally:
-        state.scheduler = None
-
-
-def _reduce_stats(c: Components, stats: EpochStats, acc: IoUAccumulator) -> EpochStats:
-    if c.accelerator.num_processes == 1:
-        return stats
-    acc.all_reduce(lambda t: c.accelerator.reduce(t.to(c.accelerator.device), reduction="sum").cpu())
-    keys = sorted(stats.terms)
-    t = torch.tensor([stats.loss_sum, stats.micro_batches, *[stats.terms[k] for k in keys]],
-                     dtype=torch.float64, device=c.accelerator.device)
-    t = c.accelerator.reduce(t, reduction="sum").cpu().tolist()
-    return EpochStats(loss_sum=t[0], micro_batches=int(t[1]), terms=dict(zip(keys, t[2:])))
-
-
-def _epoch_train_metrics(c: Components, stats: EpochStats, acc: IoUAccumulator, meter: ThroughputMeter) -> dict:
-    stats = _reduce_stats(c, stats, acc)
-    m = acc.compute()
-    n = max(1, stats.micro_batches)
-    return {
-        "loss": stats.loss_sum / n, **{k: v / n for k, v in stats.terms.items()},
-        "iou": m["giou"], "giou": m["giou"], "ciou": m["ciou"], "num_queries": m["num_queries"],
-        **meter.summary(),
-    }
-
-
-# ---------------------------------------------------------------------- end of epoch
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "protocol"}
 
@@ -550,41 +659,8 @@ def _print_block(title: str, metrics: dict[str, Any]) -> None:
             print(f"  {label}: {metrics[key]:.4f}")
 
 
-def _end_epoch(c: Components, cfg: TrainingConfig, state: ckpt.TrainerState, train_metrics: dict) -> dict:
-    val = None
-    if c.val_loader is not None:
-        result = evaluate(c.unwrapped, c.val_loader, device=c.accelerator.device, accelerator=c.accelerator,
-                          loss_weights=c.loss_weights, sam_cache=c.sam_cache, desc="val")
-        val = _brief(result.metrics)
-        val["iou"] = val["giou"]
-    epoch = state.epoch + 1
-    record = {"epoch": epoch, "global_step": state.global_step, "train": train_metrics, "val": val,
-              "lr": c.scheduler.get_last_lr()[0], "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
-              "data": {k: {"usable": v["usable"], "skipped": v["skipped"]} for k, v in c.data_report.items()}}
-    state.epoch, state.step_in_epoch = epoch, 0
-    if val is not None and val["giou"] > state.best_giou and c.accelerator.is_main_process:
-        # DeepSpeed shards the optimizer states (its state_dict needs every rank): checkpoints/last holds them
-        optimizer = None if getattr(c.accelerator, "deepspeed_engine_wrapped", None) is not None else c.optimizer
-        state.best_path = save_best(c.paths.checkpoints, epoch, c.unwrapped, optimizer, val["giou"], record,
-                                    cfg.to_dict(), state.best_path)
-        state.best_giou, state.best_epoch = val["giou"], epoch
-    state_list = [state.best_giou, state.best_epoch]
-    state.best_giou, state.best_epoch = _broadcast(c, state_list)
-    if c.accelerator.is_main_process:
-        atomic_write_text(c.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
-        print(f"\nEpoch {epoch}/{cfg.num_epochs}")
-        _print_block("Training Metrics", train_metrics)
-        if val is not None:
-            _print_block("Validation Metrics", val)
-        if c.accelerator.trackers:
-            c.accelerator.log({"train/loss": train_metrics["loss"], "train/giou": train_metrics["giou"],
-                               **({"val/giou": val["giou"], "val/ciou": val["ciou"]} if val else {})}, step=epoch)
-    _write_last(c, state)
-    return record
-
-
-def _broadcast(c: Components, values: list[float]) -> tuple[float, int]:
-    if c.accelerator.num_processes == 1:
+def _broadcast(accelerator: Any, values: list[float]) -> tuple[float, int]:
+    if accelerator.num_processes == 1:
         return values[0], int(values[1])
     from accelerate.utils import broadcast_object_list
 
@@ -648,7 +724,7 @@ def _plan_resume(cfg: TrainingConfig, num_processes: int) -> ResumePlan:
     return ResumePlan(folder, changes)
 
 
-def _apply_optimizer_changes(c: Components, cfg: TrainingConfig, changes: dict[str, Any]) -> None:
+def _apply_optimizer_changes(c: RunParts, cfg: TrainingConfig, changes: dict[str, Any]) -> None:
     """With ``allow_config_change``: a changed lr / weight decay / betas takes effect after the resume."""
     if not {"learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps", "lr_schedule",
             "num_epochs"} & set(changes):
@@ -668,7 +744,7 @@ def _record_changes(path: Path, state: ckpt.TrainerState, changes: dict[str, tup
     atomic_write_text(path, json.dumps(history, indent=2, default=str))
 
 
-def _resume(c: Components, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.TrainerState, dict | None]:
+def _resume(c: RunParts, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.TrainerState, dict | None]:
     if plan.folder is None:
         return ckpt.TrainerState(), None
     folder = plan.folder
@@ -686,7 +762,7 @@ def _resume(c: Components, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.
     return state, partial
 
 
-def _epoch_records(c: Components, state: ckpt.TrainerState, records: list[dict]) -> list[dict]:
+def _epoch_records(c: RunParts, state: ckpt.TrainerState, records: list[dict]) -> list[dict]:
     """Every finished epoch's record: this process's, and those of earlier processes (a resumed run) read
     back from ``outputs/metrics_epoch_N.json``."""
     mine = {r["epoch"]: r for r in records}
@@ -700,7 +776,7 @@ def _epoch_records(c: Components, state: ckpt.TrainerState, records: list[dict])
     return [mine[e] for e in sorted(mine)]
 
 
-def applied_optimizer_steps(c: Components) -> int:
+def applied_optimizer_steps(c: RunParts) -> int:
     """Optimizer updates actually applied: the DeepSpeed engine's step count, else AdamW's per-parameter
     ``step`` state (the highest). Equals ``global_step`` minus skipped steps when accumulation is right."""
     wrapped = getattr(c.accelerator, "deepspeed_engine_wrapped", None)
@@ -710,7 +786,7 @@ def applied_optimizer_steps(c: Components) -> int:
     return max(steps, default=0)
 
 
-def _rank_checksums(c: Components) -> list[float]:
+def _rank_checksums(c: RunParts) -> list[float]:
     """One checksum of the trainable weights (and the prompt teacher's) per rank (equal on all ranks when DDP
     kept them in sync)."""
     from accelerate.utils import gather_object
@@ -722,7 +798,7 @@ def _rank_checksums(c: Components) -> list[float]:
     return [float(x) for x in gather_object([total])] if c.accelerator.num_processes > 1 else [total]
 
 
-def _data_summary(c: Components) -> dict[str, Any]:
+def _data_summary(c: RunParts) -> dict[str, Any]:
     """Per split: usable items, files skipped at the scan and at load time, problem counts by kind."""
     sets = {"train": c.train_set, "val": c.val_loader.dataset if c.val_loader is not None else None}
     out: dict[str, Any] = {}
@@ -740,7 +816,7 @@ def _data_summary(c: Components) -> dict[str, Any]:
     return out
 
 
-def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopped: bool,
+def _summary(c: RunParts, state: ckpt.TrainerState, records: list[dict], stopped: bool,
              stop_reason: str | None) -> dict[str, Any]:
     """Write ``outputs/train_summary.json`` (main process) and return it."""
     checksums = _rank_checksums(c)
@@ -769,7 +845,7 @@ def _summary(c: Components, state: ckpt.TrainerState, records: list[dict], stopp
 def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
 
-    ``sources`` ({field: default | preset | yaml | cli}, from ``config_and_sources_from_args``) is written as
+    ``sources`` ({field: default | preset | yaml | cli}, from ``cli.config_args``) is written as
     ``outputs/config_sources.yaml`` beside the resolved ``config.yaml``; without it, sources are inferred.
     ``data_strict``: the train and val splits are checked first (images verified) and ONE DataError lists
     every bad file before any model is built. The run folder is locked for the whole run (``hold_run_folder``:
@@ -787,26 +863,6 @@ def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[st
 
 def _train(cfg: TrainingConfig, accelerator: Accelerator, plan: ResumePlan,
            sources: dict[str, str] | None = None) -> dict[str, Any]:
-    c = _setup(cfg, accelerator, sources)
-    state, partial = _resume(c, cfg, plan)
-    if cfg.report_to and c.accelerator.is_main_process:
-        c.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
-                                                       if isinstance(v, (int, float, str, bool))})
-    records: list[dict] = []
-    streak, stopped = [0], False
-    previous_handler = _Preemption.install()
-    try:
-        while state.epoch < cfg.num_epochs:
-            train_metrics = _train_epoch(c, cfg, state, partial, streak)
-            partial = None
-            if train_metrics is None:
-                stopped = True
-                break
-            records.append(_end_epoch(c, cfg, state, train_metrics))
-    except TrainingStopped as stop:
-        _summary(c, state, records, True, str(stop))
-        raise
-    finally:
-        _Preemption.restore(previous_handler)
-    reason = ("sigterm" if _Preemption.requested else "stop_after_steps") if stopped else None
-    return _summary(c, state, records, stopped, reason)
+    parts = build_run(cfg, accelerator, sources)
+    state, partial = _resume(parts, cfg, plan)
+    return Trainer(cfg, parts, state).fit(partial)
