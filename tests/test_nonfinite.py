@@ -21,7 +21,8 @@ import modlisa.engine.task as task_module
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
 from modlisa.engine import checkpoint as ckpt
-from modlisa.engine.train import RunPaths, Trainer, TrainingStopped, all_ranks_finite, train
+from modlisa.engine.build import RunPaths
+from modlisa.engine.train import Trainer, TrainingStopped, all_ranks_finite, train
 from modlisa.synthetic import make_dataset
 
 

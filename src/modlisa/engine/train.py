@@ -15,39 +15,32 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modlisa.atomic import append_line, atomic_write_text
-from modlisa.config import ConfigError, TrainingConfig, infer_sources, load_yaml, save_config
-from modlisa.data.collate import check_max_length, make_collate_fn
-from modlisa.data.dataset import ReasonSegDataset, check_training_data
+from modlisa.config import TrainingConfig
+from modlisa.data.dataset import check_training_data
 from modlisa.data.types import Batch
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import (
-    check_accumulation,
     clip_parameters,
-    launched_backend,
     make_accelerator,
     needs_every_gradient,
     zero_touch,
 )
+from modlisa.engine.build import RunParts, build_run
 from modlisa.engine.evaluate import evaluate
 from modlisa.engine.meters import ThroughputMeter, peak_memory
-from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
-from modlisa.engine.run_folder import hold_run_folder, prepare_run_folder, previous_run_marker
-from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
-from modlisa.engine.sampling import EvalShardSampler, TrainSampler
-from modlisa.engine.schedule import lr_lambda
+from modlisa.engine.resume import ResumePlan, plan_resume, resume
+from modlisa.engine.run_folder import hold_run_folder
+from modlisa.engine.run_summary import write_summary
 from modlisa.engine.task import PromptTeacher, SegmentationTask, update_iou
-from modlisa.losses import LossWeights
 from modlisa.metrics import IoUAccumulator
 from modlisa.weights import save_best
 
@@ -136,43 +129,6 @@ class NonFiniteGuard:
 
 
 @dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def outputs(self) -> Path:
-        return self.root / "outputs"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-
-@dataclass
-class RunParts:
-    """Everything ``build_run`` builds for a run (the wiring; the loop state lives in ``Trainer``)."""
-
-    accelerator: Accelerator
-    model: torch.nn.Module  # prepared (possibly DDP-wrapped)
-    unwrapped: torch.nn.Module
-    tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    train_set: ReasonSegDataset
-    train_sampler: TrainSampler
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    steps_per_epoch: int
-    total_steps: int
-    paths: RunPaths
-    loss_weights: LossWeights
-    data_report: dict[str, Any] = field(default_factory=dict)
-    sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
-    config: dict[str, Any] = field(default_factory=dict)  # cfg.to_dict(), stored in checkpoints/last
-    prompt_teacher: BagOfWordsPrompt | None = None  # seg_prompt_teacher_fraction > 0 (engine/prompt_teacher.py)
-
-
-@dataclass
 class EpochStats:
     """Running sums of one epoch's training figures (saved inside mid-epoch checkpoints)."""
 
@@ -212,101 +168,6 @@ class NullTimer:
 
     def region(self, name: str) -> AbstractContextManager[Any]:
         return contextlib.nullcontext()
-
-
-# ---------------------------------------------------------------------- setup
-def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed: int) -> DataLoader:
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=cfg.num_workers, persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),  # never consume the global RNG (exact resume)
-    )
-
-
-def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
-    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict,
-              "verify_images": True}
-    train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
-                                 queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
-                                 augmenter=processors.augmenter if cfg.augment else None,
-                                 max_samples=cfg.max_train_samples, **common)
-    try:
-        val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
-    except FileNotFoundError:
-        logger.warning("no val split under %s: training without validation", cfg.data_root)
-        val_set = None
-    return train_set, val_set
-
-
-def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
-              sources: dict[str, str] | None = None) -> RunParts:
-    """Prepare the run folder, write the resolved config, build model, data, optimizer and scheduler."""
-    from modlisa.model.factory import build_model, resolve_preset
-
-    accelerator = accelerator or make_accelerator(cfg)
-    set_seed(cfg.seed)
-    paths = RunPaths(Path(cfg.output_dir))
-    prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
-                       main_process=accelerator.is_main_process)
-    if accelerator.is_main_process:  # the resolved config, and where each value came from
-        resolved, resolved_sources = resolve_preset(cfg, sources or infer_sources(cfg))
-        save_config(resolved, paths.outputs / "config.yaml", resolved_sources)
-    accelerator.wait_for_everyone()
-    model, tokenizer, processors = build_model(cfg)
-    check_max_length(tokenizer, cfg.max_length)
-    if launched_backend() == "fsdp":  # FSDP flattens each unit into ONE dtype: all fp32, sharded (untested on CPU)
-        model.float()
-    sam_cache = build_sam_cache(cfg, model, processors)
-    train_set, val_set = build_datasets(cfg, processors)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    accum = cfg.gradient_accumulation_steps
-    steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))
-    train_sampler = TrainSampler(len(train_set), steps_per_epoch * accum * cfg.batch_size, seed=cfg.seed,
-                                 rank=rank, world_size=world)
-    collate = make_collate_fn(tokenizer, cfg.max_length, model.conversation)
-    train_loader = _loader(train_set, train_sampler, cfg, collate, cfg.seed)
-    val_loader = None
-    if val_set is not None:
-        val_loader = _loader(val_set, EvalShardSampler(len(val_set), rank=rank, world_size=world), cfg, collate,
-                             cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    teacher = _build_prompt_teacher(cfg, model, tokenizer, accelerator, train_set)
-    groups = [{"params": params}] + ([{"params": list(teacher.parameters())}] if teacher is not None else [])
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    total_steps = steps_per_epoch * cfg.num_epochs
-    # The scheduler is NOT prepared: Accelerate would step it once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.lr_schedule))
-    prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    check_accumulation(accelerator, cfg)
-    # The scheduler's state goes into trainer_state.json (JSON), not a pickle: see checkpoint.save_last.
-    ckpt.register_trainable_only_hooks(accelerator, model, teacher)
-    data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
-                           "problems": [asdict(p) if hasattr(p, "__dataclass_fields__") else str(p)
-                                        for p in ds.problems]}
-                   for split, ds in (("train", train_set), ("val", val_set)) if ds is not None}
-    weights = LossWeights(ce=cfg.ce_loss_weight, bce=cfg.bce_loss_weight, dice=cfg.dice_loss_weight,
-                          focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
-    return RunParts(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
-                      train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
-                      data_report, sam_cache=sam_cache, config=cfg.to_dict(), prompt_teacher=teacher)
-
-
-def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer: Any,
-                          accelerator: Accelerator, train_set: ReasonSegDataset) -> BagOfWordsPrompt | None:
-    """The bag-of-words prompt teacher when ``seg_prompt_teacher_fraction`` > 0, on the run's device (saved in
-    ``checkpoints/last`` by the checkpoint hooks, for exact resume); None otherwise."""
-    if cfg.seg_prompt_teacher_fraction <= 0:
-        return None
-    if launched_backend() == "deepspeed":
-        raise ConfigError("seg_prompt_teacher_fraction > 0 cannot run under DeepSpeed (the teacher is not part of "
-                          "the engine's model); use a DDP launch or a single process")
-    weights = None
-    if cfg.seg_prompt_teacher_idf:
-        texts = [text for annotation in train_set.annotations for text in annotation.texts]
-        weights = idf_weights(tokenizer, texts, len(tokenizer))
-    dim = model.text_hidden_fcs[-1].out_features
-    return BagOfWordsPrompt(len(tokenizer), dim, weights).to(accelerator.device)
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -352,10 +213,10 @@ class Trainer:
                         break
                     records.append(self.end_epoch(train_metrics))
             except TrainingStopped as stop:
-                _summary(self.parts, self.state, records, True, str(stop))
+                write_summary(self.parts, self.state, records, True, str(stop))
                 raise
         reason = ("sigterm" if self.preemption.requested else "stop_after_steps") if stopped else None
-        return _summary(self.parts, self.state, records, stopped, reason)
+        return write_summary(self.parts, self.state, records, stopped, reason)
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, partial: dict | None = None) -> dict[str, Any] | None:
@@ -669,179 +530,6 @@ def _broadcast(accelerator: Any, values: list[float]) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------- entry point
-def _trim_train_log(path: Path, global_step: int) -> None:
-    """Keep the records of ``train_log.jsonl`` up to ``global_step`` (a resumed run logs the later steps
-    again) and drop a line cut by a kill."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and int(record.get("global_step", 0)) <= global_step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-@dataclass
-class ResumePlan:
-    """What ``--resume_from_checkpoint`` resolved to, checked before anything is built or written."""
-
-    folder: Path | None = None
-    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-
-
-def _saved_config(folder: Path, state: ckpt.TrainerState, root: Path) -> dict[str, Any] | None:
-    """The config the checkpoint was trained with (its trainer state; a legacy one: outputs/config.yaml)."""
-    if state.config is not None:
-        return {**state.config, "num_processes": state.num_processes}
-    legacy = root / "outputs" / "config.yaml"
-    return load_yaml(legacy) if legacy.is_file() else None
-
-
-def _plan_resume(cfg: TrainingConfig, num_processes: int) -> ResumePlan:
-    """Resolve and verify the checkpoint to resume, and compare its config with ``cfg`` (ConfigError on a
-    change that breaks exactness, unless ``allow_config_change``). ``latest`` with no checkpoint starts fresh
-    only in a folder that holds no earlier run."""
-    if not cfg.resume_from_checkpoint:
-        return ResumePlan()
-    root = Path(cfg.output_dir)
-    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, root / "checkpoints")
-    if folder is None:
-        marker = previous_run_marker(root)
-        if marker is not None:
-            raise ConfigError(f"resume_from_checkpoint latest: {root} holds a run ({marker}) but no checkpoint to "
-                              "resume (checkpoints/last is missing); start over with --overwrite_output_dir true, "
-                              "or resume from a checkpoint folder")
-        logger.info("resume_from_checkpoint=latest: no checkpoint yet in %s, starting fresh", root)
-        return ResumePlan()
-    state = ckpt.read_trainer_state(folder)
-    current = {**cfg.to_dict(), "num_processes": num_processes}
-    changes = ckpt.check_resume_config(_saved_config(folder, state, root), current, cfg.allow_config_change,
-                                       folder)
-    return ResumePlan(folder, changes)
-
-
-def _apply_optimizer_changes(c: RunParts, cfg: TrainingConfig, changes: dict[str, Any]) -> None:
-    """With ``allow_config_change``: a changed lr / weight decay / betas takes effect after the resume."""
-    if not {"learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps", "lr_schedule",
-            "num_epochs"} & set(changes):
-        return
-    c.scheduler.base_lrs = [cfg.learning_rate] * len(c.optimizer.param_groups)
-    for group, lmbda in zip(c.optimizer.param_groups, c.scheduler.lr_lambdas):
-        group.update(initial_lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                     betas=(cfg.adam_beta1, cfg.adam_beta2), lr=cfg.learning_rate * lmbda(c.scheduler.last_epoch))
-    c.scheduler._last_lr = [group["lr"] for group in c.optimizer.param_groups]
-
-
-def _record_changes(path: Path, state: ckpt.TrainerState, changes: dict[str, tuple[Any, Any]]) -> None:
-    """Append the accepted config changes to ``outputs/config_changes.json``."""
-    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    history.append({"global_step": state.global_step, "epoch": state.epoch, "time": time.time(),
-                    "changes": {k: {"checkpoint": old, "new": new} for k, (old, new) in changes.items()}})
-    atomic_write_text(path, json.dumps(history, indent=2, default=str))
-
-
-def _resume(c: RunParts, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.TrainerState, dict | None]:
-    if plan.folder is None:
-        return ckpt.TrainerState(), None
-    folder = plan.folder
-    if c.accelerator.is_main_process:
-        ckpt.set_corrupt_aside(c.paths.checkpoints, folder)
-    state = ckpt.load_last(c.accelerator, folder, c.scheduler)
-    partial, state.partial = state.partial, None
-    _apply_optimizer_changes(c, cfg, plan.changes)
-    if c.accelerator.is_main_process:
-        _trim_train_log(c.paths.outputs / "train_log.jsonl", state.global_step)
-        if plan.changes:
-            _record_changes(c.paths.outputs / "config_changes.json", state, plan.changes)
-        print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
-              f"(global step {state.global_step})")
-    return state, partial
-
-
-def _epoch_records(c: RunParts, state: ckpt.TrainerState, records: list[dict]) -> list[dict]:
-    """Every finished epoch's record: this process's, and those of earlier processes (a resumed run) read
-    back from ``outputs/metrics_epoch_N.json``."""
-    mine = {r["epoch"]: r for r in records}
-    for epoch in range(1, state.epoch + 1):
-        path = c.paths.outputs / f"metrics_epoch_{epoch}.json"
-        if epoch not in mine and path.is_file():
-            try:
-                mine[epoch] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                logger.warning("%s: unreadable (%s); left out of train_summary.json", path, err)
-    return [mine[e] for e in sorted(mine)]
-
-
-def applied_optimizer_steps(c: RunParts) -> int:
-    """Optimizer updates actually applied: the DeepSpeed engine's step count, else AdamW's per-parameter
-    ``step`` state (the highest). Equals ``global_step`` minus skipped steps when accumulation is right."""
-    wrapped = getattr(c.accelerator, "deepspeed_engine_wrapped", None)
-    if wrapped is not None:
-        return int(wrapped.engine.global_steps)
-    steps = [int(s["step"]) for s in c.optimizer.state.values() if isinstance(s, dict) and "step" in s]
-    return max(steps, default=0)
-
-
-def _rank_checksums(c: RunParts) -> list[float]:
-    """One checksum of the trainable weights (and the prompt teacher's) per rank (equal on all ranks when DDP
-    kept them in sync)."""
-    from accelerate.utils import gather_object
-
-    params = [p for p in c.unwrapped.parameters() if p.requires_grad]
-    params += list(c.prompt_teacher.parameters()) if c.prompt_teacher is not None else []
-    with torch.no_grad():
-        total = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in params)
-    return [float(x) for x in gather_object([total])] if c.accelerator.num_processes > 1 else [total]
-
-
-def _data_summary(c: RunParts) -> dict[str, Any]:
-    """Per split: usable items, files skipped at the scan and at load time, problem counts by kind."""
-    sets = {"train": c.train_set, "val": c.val_loader.dataset if c.val_loader is not None else None}
-    out: dict[str, Any] = {}
-    for split, ds in sets.items():
-        if ds is None:
-            continue
-        by_kind: dict[str, int] = {}
-        for problem in ds.problems:
-            key = f"{problem.kind} ({problem.severity})"
-            by_kind[key] = by_kind.get(key, 0) + 1
-        out[split] = {"usable": len(ds), "skipped": ds.num_skipped, "skipped_at_load": len(ds.load_failures),
-                      "errors": sum(p.is_error for p in ds.problems),
-                      "warnings": sum(not p.is_error for p in ds.problems), "problems_by_kind": by_kind,
-                      "skipped_files": sorted({p.file for p in ds.problems if p.is_error} | set(ds.load_failures))}
-    return out
-
-
-def _summary(c: RunParts, state: ckpt.TrainerState, records: list[dict], stopped: bool,
-             stop_reason: str | None) -> dict[str, Any]:
-    """Write ``outputs/train_summary.json`` (main process) and return it."""
-    checksums = _rank_checksums(c)
-    num_processes = c.accelerator.num_processes
-    updates = applied_optimizer_steps(c)
-    backend = str(c.accelerator.distributed_type).replace("DistributedType.", "")
-    # Release the DDP wrapper (its gloo/NCCL reducer) while every rank is still connected, then tear the
-    # process group down together: a rank that outlives its peer can otherwise hang in that teardown.
-    c.accelerator.wait_for_everyone()
-    c.model = c.unwrapped
-    c.accelerator.free_memory()
-    c.accelerator.end_training()
-    summary = {"output_dir": str(c.paths.root), "best_val_giou": state.best_giou, "best_epoch": state.best_epoch,
-               "best_checkpoint": state.best_path, "global_step": state.global_step, "stopped_early": stopped,
-               "stop_reason": stop_reason, "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
-               "fp16_overflow_steps": state.fp16_overflow_steps, "data": _data_summary(c),
-               "epochs": _epoch_records(c, state, records), "has_validation": c.val_loader is not None,
-               "num_processes": num_processes, "rank_param_checksums": checksums, "backend": backend,
-               "gradient_accumulation_steps": c.accelerator.gradient_accumulation_steps,
-               "optimizer_updates": updates}
-    if c.accelerator.is_main_process:
-        atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
-    return summary
-
-
 def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Run training as configured; returns a summary (best gIoU, paths, per-epoch records, data counts).
 
@@ -857,12 +545,12 @@ def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[st
         check_training_data(cfg.data_root)
     accelerator = make_accelerator(cfg)
     with hold_run_folder(Path(cfg.output_dir), accelerator):
-        plan = _plan_resume(cfg, accelerator.num_processes)
+        plan = plan_resume(cfg, accelerator.num_processes)
         return _train(cfg, accelerator, plan, sources)
 
 
 def _train(cfg: TrainingConfig, accelerator: Accelerator, plan: ResumePlan,
            sources: dict[str, str] | None = None) -> dict[str, Any]:
     parts = build_run(cfg, accelerator, sources)
-    state, partial = _resume(parts, cfg, plan)
+    state, partial = resume(parts, cfg, plan)
     return Trainer(cfg, parts, state).fit(partial)

@@ -1,0 +1,159 @@
+"""Build a run: prepare the run folder, write the resolved config, build model, data, optimizer, scheduler and
+the prompt teacher, and prepare them with Accelerate (``build_run`` -> ``RunParts``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from modlisa.config import ConfigError, TrainingConfig, infer_sources, save_config
+from modlisa.data.collate import check_max_length, make_collate_fn
+from modlisa.data.dataset import ReasonSegDataset
+from modlisa.engine import checkpoint as ckpt
+from modlisa.engine.backends import check_accumulation, launched_backend, make_accelerator
+from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
+from modlisa.engine.run_folder import prepare_run_folder
+from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
+from modlisa.engine.sampling import EvalShardSampler, TrainSampler
+from modlisa.engine.schedule import lr_lambda
+from modlisa.losses import LossWeights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+
+@dataclass
+class RunParts:
+    """Everything ``build_run`` builds for a run (the wiring; the loop state lives in ``Trainer``)."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (possibly DDP-wrapped)
+    unwrapped: torch.nn.Module
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    train_set: ReasonSegDataset
+    train_sampler: TrainSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    steps_per_epoch: int
+    total_steps: int
+    paths: RunPaths
+    loss_weights: LossWeights
+    data_report: dict[str, Any] = field(default_factory=dict)
+    sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
+    config: dict[str, Any] = field(default_factory=dict)  # cfg.to_dict(), stored in checkpoints/last
+    prompt_teacher: BagOfWordsPrompt | None = None  # seg_prompt_teacher_fraction > 0 (engine/prompt_teacher.py)
+
+
+def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=cfg.num_workers, persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # never consume the global RNG (exact resume)
+    )
+
+
+def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
+    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict,
+              "verify_images": True}
+    train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
+                                 queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
+                                 augmenter=processors.augmenter if cfg.augment else None,
+                                 max_samples=cfg.max_train_samples, **common)
+    try:
+        val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
+    except FileNotFoundError:
+        logger.warning("no val split under %s: training without validation", cfg.data_root)
+        val_set = None
+    return train_set, val_set
+
+
+def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
+              sources: dict[str, str] | None = None) -> RunParts:
+    """Prepare the run folder, write the resolved config, build model, data, optimizer and scheduler."""
+    from modlisa.model.factory import build_model, resolve_preset
+
+    accelerator = accelerator or make_accelerator(cfg)
+    set_seed(cfg.seed)
+    paths = RunPaths(Path(cfg.output_dir))
+    prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
+                       main_process=accelerator.is_main_process)
+    if accelerator.is_main_process:  # the resolved config, and where each value came from
+        resolved, resolved_sources = resolve_preset(cfg, sources or infer_sources(cfg))
+        save_config(resolved, paths.outputs / "config.yaml", resolved_sources)
+    accelerator.wait_for_everyone()
+    model, tokenizer, processors = build_model(cfg)
+    check_max_length(tokenizer, cfg.max_length)
+    if launched_backend() == "fsdp":  # FSDP flattens each unit into ONE dtype: all fp32, sharded (untested on CPU)
+        model.float()
+    sam_cache = build_sam_cache(cfg, model, processors)
+    train_set, val_set = build_datasets(cfg, processors)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    accum = cfg.gradient_accumulation_steps
+    steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))
+    train_sampler = TrainSampler(len(train_set), steps_per_epoch * accum * cfg.batch_size, seed=cfg.seed,
+                                 rank=rank, world_size=world)
+    collate = make_collate_fn(tokenizer, cfg.max_length, model.conversation)
+    train_loader = _loader(train_set, train_sampler, cfg, collate, cfg.seed)
+    val_loader = None
+    if val_set is not None:
+        val_loader = _loader(val_set, EvalShardSampler(len(val_set), rank=rank, world_size=world), cfg, collate,
+                             cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    teacher = _build_prompt_teacher(cfg, model, tokenizer, accelerator, train_set)
+    groups = [{"params": params}] + ([{"params": list(teacher.parameters())}] if teacher is not None else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    # The scheduler is NOT prepared: Accelerate would step it once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.lr_schedule))
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    check_accumulation(accelerator, cfg)
+    # The scheduler's state goes into trainer_state.json (JSON), not a pickle: see checkpoint.save_last.
+    ckpt.register_trainable_only_hooks(accelerator, model, teacher)
+    data_report = {split: {"usable": len(ds), "skipped": ds.num_skipped,
+                           "problems": [asdict(p) if hasattr(p, "__dataclass_fields__") else str(p)
+                                        for p in ds.problems]}
+                   for split, ds in (("train", train_set), ("val", val_set)) if ds is not None}
+    weights = LossWeights(ce=cfg.ce_loss_weight, bce=cfg.bce_loss_weight, dice=cfg.dice_loss_weight,
+                          focal=cfg.focal_loss_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
+    return RunParts(accelerator, prepared_model, model, tokenizer, optimizer, scheduler, train_set,
+                      train_sampler, train_loader, val_loader, steps_per_epoch, total_steps, paths, weights,
+                      data_report, sam_cache=sam_cache, config=cfg.to_dict(), prompt_teacher=teacher)
+
+
+def _build_prompt_teacher(cfg: TrainingConfig, model: torch.nn.Module, tokenizer: Any,
+                          accelerator: Accelerator, train_set: ReasonSegDataset) -> BagOfWordsPrompt | None:
+    """The bag-of-words prompt teacher when ``seg_prompt_teacher_fraction`` > 0, on the run's device (saved in
+    ``checkpoints/last`` by the checkpoint hooks, for exact resume); None otherwise."""
+    if cfg.seg_prompt_teacher_fraction <= 0:
+        return None
+    if launched_backend() == "deepspeed":
+        raise ConfigError("seg_prompt_teacher_fraction > 0 cannot run under DeepSpeed (the teacher is not part of "
+                          "the engine's model); use a DDP launch or a single process")
+    weights = None
+    if cfg.seg_prompt_teacher_idf:
+        texts = [text for annotation in train_set.annotations for text in annotation.texts]
+        weights = idf_weights(tokenizer, texts, len(tokenizer))
+    dim = model.text_hidden_fcs[-1].out_features
+    return BagOfWordsPrompt(len(tokenizer), dim, weights).to(accelerator.device)
