@@ -21,7 +21,7 @@ import modlisa.engine.task as task_module
 from modlisa.cli import main
 from modlisa.config import TrainingConfig
 from modlisa.engine import checkpoint as ckpt
-from modlisa.engine.build import RunPaths
+from modlisa.engine.run_folder import RunFolder
 from modlisa.engine.train import Trainer, TrainingStopped, all_ranks_finite, train
 from modlisa.synthetic import make_dataset
 
@@ -168,7 +168,7 @@ def fp16_parts(tmp_path: Path, init_scale: float) -> tuple[Trainer, torch.nn.Par
     accelerator = Fp16Accelerator(inner, init_scale)
     params = torch.nn.ParameterList([weight])
     c = SimpleNamespace(accelerator=accelerator, unwrapped=params, model=params, prompt_teacher=None,
-                        optimizer=ScaledOptimizer(accelerator), paths=RunPaths(tmp_path), loss_weights=None,
+                        optimizer=ScaledOptimizer(accelerator), paths=RunFolder(tmp_path), loss_weights=None,
                         sam_cache=None, scheduler=torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0))
     cfg = TrainingConfig(use_mixed_precision=True, mixed_precision="fp16", max_nonfinite_steps=2)
     return Trainer(cfg, c), weight

@@ -16,6 +16,7 @@ from typing import Any
 from modlisa.cli.common import parse_args
 from modlisa.cli.config_args import add_config_arguments, config_from_args
 from modlisa.config import ConfigError, TrainingConfig
+from modlisa.engine.run_folder import RunFolder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="modlisa-large-") as tmp:
             result["large_image"] = large_image_stages(tmp, cfg.sam_image_size, cfg.img_size, cfg.queries_per_image)
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / "outputs" / "bench.json"
+    out = Path(args.out) if args.out else RunFolder(Path(cfg.output_dir)).bench
     _write(out, result)
     _print_bench(result, out)
     return 0

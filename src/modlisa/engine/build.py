@@ -19,26 +19,13 @@ from modlisa.data.dataset import ReasonSegDataset
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import check_accumulation, launched_backend, make_accelerator
 from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
-from modlisa.engine.run_folder import prepare_run_folder
+from modlisa.engine.run_folder import RunFolder, prepare_run_folder
 from modlisa.engine.sam_cache import SamEmbeddingCache, build_sam_cache
 from modlisa.engine.sampling import EvalShardSampler, TrainSampler
 from modlisa.engine.schedule import lr_lambda
 from modlisa.losses import LossWeights
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def outputs(self) -> Path:
-        return self.root / "outputs"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
 
 
 @dataclass
@@ -57,7 +44,7 @@ class RunParts:
     val_loader: DataLoader | None
     steps_per_epoch: int
     total_steps: int
-    paths: RunPaths
+    paths: RunFolder
     loss_weights: LossWeights
     data_report: dict[str, Any] = field(default_factory=dict)
     sam_cache: SamEmbeddingCache | None = None  # frozen-SAM embeddings (engine/sam_cache.py)
@@ -95,12 +82,12 @@ def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
 
     accelerator = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
-    paths = RunPaths(Path(cfg.output_dir))
+    paths = RunFolder(Path(cfg.output_dir))
     prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
                        main_process=accelerator.is_main_process)
     if accelerator.is_main_process:  # the resolved config, and where each value came from
         resolved, resolved_sources = resolve_preset(cfg, sources or infer_sources(cfg))
-        save_config(resolved, paths.outputs / "config.yaml", resolved_sources)
+        save_config(resolved, paths.config, resolved_sources)
     accelerator.wait_for_everyone()
     model, tokenizer, processors = build_model(cfg)
     check_max_length(tokenizer, cfg.max_length)

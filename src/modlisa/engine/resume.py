@@ -14,7 +14,7 @@ from modlisa.atomic import atomic_write_text
 from modlisa.config import ConfigError, TrainingConfig, load_yaml
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.build import RunParts
-from modlisa.engine.run_folder import previous_run_marker
+from modlisa.engine.run_folder import RunFolder, previous_run_marker
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _saved_config(folder: Path, state: ckpt.TrainerState, root: Path) -> dict[st
     """The config the checkpoint was trained with (its trainer state; a legacy one: outputs/config.yaml)."""
     if state.config is not None:
         return {**state.config, "num_processes": state.num_processes}
-    legacy = root / "outputs" / "config.yaml"
+    legacy = RunFolder(root).config
     return load_yaml(legacy) if legacy.is_file() else None
 
 
@@ -58,7 +58,7 @@ def plan_resume(cfg: TrainingConfig, num_processes: int) -> ResumePlan:
     if not cfg.resume_from_checkpoint:
         return ResumePlan()
     root = Path(cfg.output_dir)
-    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, root / "checkpoints")
+    folder = ckpt.resolve_resume(cfg.resume_from_checkpoint, RunFolder(root).checkpoints)
     if folder is None:
         marker = previous_run_marker(root)
         if marker is not None:
@@ -104,9 +104,9 @@ def resume(c: RunParts, cfg: TrainingConfig, plan: ResumePlan) -> tuple[ckpt.Tra
     partial, state.partial = state.partial, None
     _apply_optimizer_changes(c, cfg, plan.changes)
     if c.accelerator.is_main_process:
-        _trim_train_log(c.paths.outputs / "train_log.jsonl", state.global_step)
+        _trim_train_log(c.paths.train_log, state.global_step)
         if plan.changes:
-            _record_changes(c.paths.outputs / "config_changes.json", state, plan.changes)
+            _record_changes(c.paths.config_changes, state, plan.changes)
         print(f"Resumed from {folder}: epoch {state.epoch + 1}, step {state.step_in_epoch} "
               f"(global step {state.global_step})")
     return state, partial

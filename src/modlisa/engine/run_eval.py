@@ -24,6 +24,7 @@ from modlisa.atomic import atomic_write_text
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.engine.evaluate import EvalResult, autocast_context, evaluate, subset_of
 from modlisa.engine.grounding import query_blind_warning
+from modlisa.engine.run_folder import RunFolder
 from modlisa.metrics import IoUAccumulator, intersection_union
 from modlisa.weights import load_checkpoint
 
@@ -32,11 +33,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("teacher", "generate")
 MASK_PICTURE_PATTERNS = ("best_*.png", "worst_*.png", "index.json")
-
-
-def output_name(split: str, mode: str) -> str:
-    """``val`` for teacher mode (LISA's protocol), ``val_generate`` for generate mode."""
-    return split if mode == "teacher" else f"{split}_{mode}"
 
 
 def write_eval_outputs(out_dir: Path, split: str, metrics: dict[str, Any], records: list[dict[str, Any]],
@@ -293,8 +289,8 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         if blind:
             logger.warning("%s", blind)
             metrics["warnings"].append(blind)
-    target = Path(out_dir) if out_dir else Path(cfg.output_dir) / "outputs"
-    name = output_name(split, mode)
+    target = Path(out_dir) if out_dir else RunFolder(Path(cfg.output_dir)).outputs
+    name = RunFolder.eval_name(split, mode)
     extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode,
              "precision": "fp32" if amp == "no" else amp, "precision_source": amp_source}
     if mode == "generate":

@@ -1,4 +1,6 @@
-"""The run folder of a training run: refuse to mix a fresh run into an earlier one's files; lock a live one."""
+"""The run folder of a training run: its layout (``RunFolder``, the contract of docs/TRAINING_GUIDE.md that
+the engine writes and the report reads), refusing to mix a fresh run into an earlier one's files, and the lock
+of a live run. No torch here: the report imports this module."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +25,82 @@ from modlisa.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-RUN_MARKERS = ("outputs/train_log.jsonl", "outputs/metrics_epoch_1.json", "checkpoints/last")
+@dataclass(frozen=True)
+class RunFolder:
+    """Every path of a run folder::
+
+        ROOT/outputs/config.yaml, config_sources.yaml, config_changes.json   the resolved config, its sources
+                     train_log.jsonl, metrics_epoch_N.json, train_summary.json  training
+                     eval_NAME.json, predictions_NAME.jsonl, eval_NAME_masks/   `modlisa eval` (NAME = split[_generate])
+                     bench.json                                                 `modlisa bench`
+        ROOT/checkpoints/best_model_epoch_N.safetensors + .json, last/         weights (modlisa.weights)
+    """
+
+    root: Path
+
+    RUN_FILES = ("config.yaml", "train_log.jsonl", "train_summary.json", "bench.json")  # any marks outputs/
+    EPOCH_FILE = re.compile(r"^metrics_epoch_(\d+)\.json$")
+    SPLIT_FILE = re.compile(r"^(eval_\w+\.json|predictions_\w+\.jsonl)$")
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last"
+
+    @property
+    def config(self) -> Path:
+        return self.outputs / "config.yaml"
+
+    @property
+    def config_changes(self) -> Path:
+        return self.outputs / "config_changes.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.outputs / "train_log.jsonl"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.outputs / "train_summary.json"
+
+    @property
+    def bench(self) -> Path:
+        return self.outputs / "bench.json"
+
+    def metrics_epoch(self, epoch: int) -> Path:
+        return self.outputs / f"metrics_epoch_{epoch}.json"
+
+    @staticmethod
+    def eval_name(split: str, mode: str = "teacher") -> str:
+        """``split`` for LISA's protocol (teacher), ``split_generate`` for free generation."""
+        return split if mode == "teacher" else f"{split}_{mode}"
+
+    def eval_json(self, name: str) -> Path:
+        return self.outputs / f"eval_{name}.json"
+
+    def predictions(self, name: str) -> Path:
+        return self.outputs / f"predictions_{name}.jsonl"
+
+    def eval_masks(self, name: str) -> Path:
+        return self.outputs / f"eval_{name}_masks"
+
+    def markers(self) -> tuple[Path, ...]:
+        """Files whose presence shows that the folder already holds a training run."""
+        return self.train_log, self.metrics_epoch(1), self.last
 
 
 def previous_run_marker(root: Path) -> Path | None:
     """The first file showing that ``root`` already holds a training run, or None."""
-    for marker in RUN_MARKERS:
-        if (root / marker).exists():
-            return root / marker
+    for marker in RunFolder(root).markers():
+        if marker.exists():
+            return marker
     return None
 
 
@@ -46,15 +118,16 @@ def prepare_run_folder(root: Path, *, resuming: bool, overwrite: bool, main_proc
         )
     if not main_process:
         return
+    folder = RunFolder(root)
     if marker is not None and not resuming:
         logger.warning("overwrite_output_dir: removing the previous run's outputs/ and checkpoints/ in %s", root)
-        for sub in ("outputs", "checkpoints"):
-            shutil.rmtree(root / sub, ignore_errors=True)
-    for sub in ("outputs", "checkpoints"):
+        for sub in (folder.outputs, folder.checkpoints):
+            shutil.rmtree(sub, ignore_errors=True)
+    for sub in (folder.outputs, folder.checkpoints):
         try:
-            (root / sub).mkdir(parents=True, exist_ok=True)
+            sub.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise write_error(root / sub, err, "create the folder") from err
+            raise write_error(sub, err, "create the folder") from err
 
 
 # ---------------------------------------------------------------------- the run-folder lock

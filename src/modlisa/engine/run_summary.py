@@ -21,7 +21,7 @@ def _epoch_records(c: RunParts, state: ckpt.TrainerState, records: list[dict]) -
     back from ``outputs/metrics_epoch_N.json``."""
     mine = {r["epoch"]: r for r in records}
     for epoch in range(1, state.epoch + 1):
-        path = c.paths.outputs / f"metrics_epoch_{epoch}.json"
+        path = c.paths.metrics_epoch(epoch)
         if epoch not in mine and path.is_file():
             try:
                 mine[epoch] = json.loads(path.read_text(encoding="utf-8"))
@@ -92,5 +92,5 @@ def write_summary(c: RunParts, state: ckpt.TrainerState, records: list[dict], st
                "gradient_accumulation_steps": c.accelerator.gradient_accumulation_steps,
                "optimizer_updates": updates}
     if c.accelerator.is_main_process:
-        atomic_write_text(c.paths.outputs / "train_summary.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(c.paths.train_summary, json.dumps(summary, indent=2, default=str))
     return summary

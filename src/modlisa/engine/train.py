@@ -371,7 +371,7 @@ class Trainer:
         if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and parts.val_loader is not None:
             result = self._validate(progress=False)
             if self.is_main:
-                _log_jsonl(parts.paths.outputs / "train_log.jsonl", {"global_step": state.global_step,
+                _log_jsonl(parts.paths.train_log, {"global_step": state.global_step,
                                                                      "val": _brief(result.metrics)})
             parts.model.train()
         if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 \
@@ -386,7 +386,7 @@ class Trainer:
 
     def _log_step(self, meter: ThroughputMeter, grad_norm: float) -> None:
         state, m = self.state, self.acc.compute()
-        _log_jsonl(self.parts.paths.outputs / "train_log.jsonl", {
+        _log_jsonl(self.parts.paths.train_log, {
             "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
             **self.stats.means(), "giou": m["giou"], "ciou": m["ciou"],
             "lr": float(self.parts.optimizer.param_groups[0]["lr"]), "grad_norm": grad_norm,
@@ -465,7 +465,7 @@ class Trainer:
         state.best_giou, state.best_epoch = giou, epoch
 
     def _report_epoch(self, epoch: int, record: dict, train_metrics: dict, val: dict | None) -> None:
-        atomic_write_text(self.parts.paths.outputs / f"metrics_epoch_{epoch}.json", json.dumps(record, indent=2))
+        atomic_write_text(self.parts.paths.metrics_epoch(epoch), json.dumps(record, indent=2))
         print(f"\nEpoch {epoch}/{self.cfg.num_epochs}")
         _print_block("Training Metrics", train_metrics)
         if val is not None:

@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from modlisa.engine.run_folder import RunFolder
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-RUN_FILES = ("config.yaml", "train_log.jsonl", "train_summary.json", "bench.json")
-_EPOCH_FILE = re.compile(r"^metrics_epoch_(\d+)\.json$")
-_SPLIT_FILE = re.compile(r"^(eval_\w+\.json|predictions_\w+\.jsonl)$")
 SYNTHETIC_README_START = "Synthetic ReasonSeg-format dataset"
 OFFICIAL_REASONSEG_FILES = {"val": 200, "test": 779}  # annotation files per split (SPEC-LISA.md §1)
 
@@ -65,8 +63,12 @@ class RunData:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.root)
+
+    @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        return self.folder.outputs
 
     @property
     def planned_epochs(self) -> int | None:
@@ -79,9 +81,9 @@ def _has_run_files(outputs: Path) -> bool:
     if not outputs.is_dir():
         return False
     names = {p.name for p in outputs.iterdir()}
-    if names & set(RUN_FILES):
+    if names & set(RunFolder.RUN_FILES):
         return True
-    return any(_EPOCH_FILE.match(n) or _SPLIT_FILE.match(n) for n in names)
+    return any(RunFolder.EPOCH_FILE.match(n) or RunFolder.SPLIT_FILE.match(n) for n in names)
 
 
 def resolve_run_root(path: str | Path) -> Path:
@@ -91,7 +93,7 @@ def resolve_run_root(path: str | Path) -> Path:
         raise FileNotFoundError(f"run folder {path} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a run folder")
-    if _has_run_files(path / "outputs"):
+    if _has_run_files(RunFolder(path).outputs):
         return path
     if path.name == "outputs" and _has_run_files(path):
         return path.parent
@@ -138,8 +140,8 @@ def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def _read_config(outputs: Path, notes: list[str]) -> dict[str, Any] | None:
-    path = outputs / "config.yaml"
+def _read_config(folder: RunFolder, notes: list[str]) -> dict[str, Any] | None:
+    path = folder.config
     if not path.is_file():
         notes.append("config.yaml missing: model and data of the run unknown")
         return None
@@ -154,8 +156,9 @@ def _read_config(outputs: Path, notes: list[str]) -> dict[str, Any] | None:
     return data
 
 
-def _read_epochs(outputs: Path, notes: list[str]) -> list[dict[str, Any]]:
-    found = sorted((int(m.group(1)), p) for p in outputs.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+def _read_epochs(folder: RunFolder, notes: list[str]) -> list[dict[str, Any]]:
+    found = sorted((int(m.group(1)), p) for p in folder.outputs.iterdir()
+                   if (m := RunFolder.EPOCH_FILE.match(p.name)))
     records = []
     for number, path in found:
         record = _read_json(path, notes)
@@ -172,8 +175,8 @@ def _read_epochs(outputs: Path, notes: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def _read_log(outputs: Path, notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    path = outputs / "train_log.jsonl"
+def _read_log(folder: RunFolder, notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    path = folder.train_log
     if not path.is_file():
         return [], []
     records = _read_jsonl(path, notes)
@@ -182,11 +185,11 @@ def _read_log(outputs: Path, notes: list[str]) -> tuple[list[dict[str, Any]], li
     return steps, vals
 
 
-def _read_split_files(outputs: Path, run: RunData) -> None:
+def _read_split_files(folder: RunFolder, run: RunData) -> None:
     """eval_<name>.json and predictions_<name>.jsonl, name = split (teacher mode) or split_generate."""
     for split in SPLITS:
-        for name in (split, f"{split}_generate"):
-            eval_path, pred_path = outputs / f"eval_{name}.json", outputs / f"predictions_{name}.jsonl"
+        for name in (RunFolder.eval_name(split), RunFolder.eval_name(split, "generate")):
+            eval_path, pred_path = folder.eval_json(name), folder.predictions(name)
             if eval_path.is_file():
                 payload = _read_json(eval_path, run.notes)
                 if isinstance(payload, dict) and "giou" in payload:
@@ -293,16 +296,16 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     """Read the run folder ``path`` (or its outputs/). Raises only when ``path`` is not a run folder."""
     root = resolve_run_root(path)
     run = RunData(name=name or root.resolve().name, root=root)
-    outputs = run.outputs
-    run.config = _read_config(outputs, run.notes)
-    run.epochs = _read_epochs(outputs, run.notes)
-    run.log, run.log_val = _read_log(outputs, run.notes)
-    if (outputs / "train_summary.json").is_file():
-        summary = _read_json(outputs / "train_summary.json", run.notes)
+    folder = run.folder
+    run.config = _read_config(folder, run.notes)
+    run.epochs = _read_epochs(folder, run.notes)
+    run.log, run.log_val = _read_log(folder, run.notes)
+    if folder.train_summary.is_file():
+        summary = _read_json(folder.train_summary, run.notes)
         run.summary = summary if isinstance(summary, dict) else None
-    _read_split_files(outputs, run)
-    if (outputs / "bench.json").is_file():
-        bench = _read_json(outputs / "bench.json", run.notes)
+    _read_split_files(folder, run)
+    if folder.bench.is_file():
+        bench = _read_json(folder.bench, run.notes)
         run.bench = bench if isinstance(bench, dict) else None
     _status_notes(run)
     return run
