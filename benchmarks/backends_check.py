@@ -44,7 +44,7 @@ def _free_port() -> int:
 def write_config(root: Path) -> Path:
     """Synthetic data + the tiny config every backend runs (accumulation set per backend on the command line)."""
     from modlisa.config import TrainingConfig
-    from modlisa.data.synthetic import make_dataset
+    from modlisa.synthetic import make_dataset
 
     make_dataset(root / "data", seed=0, num_train=8, num_val=3, num_test=1, image_size=64, progress=False)
     cfg = TrainingConfig(

@@ -22,7 +22,7 @@ from typing import Any
 from modlisa.bench.data_bench import large_image_loader, large_image_stages
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.config import config_from_dict, load_yaml
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

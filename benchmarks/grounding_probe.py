@@ -38,12 +38,12 @@ from modlisa.config import TrainingConfig
 from modlisa.data import prompts
 from modlisa.data.collate import collate_samples
 from modlisa.data.dataset import ReasonSegDataset
-from modlisa.data.synthetic import COLOURS, KINDS, SIZES
 from modlisa.engine.grounding import WrongQueryDataset, wrong_query_partners
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
 from modlisa.model.factory import build_model
 from modlisa.model.seg import decode_masks
+from modlisa.synthetic import COLOURS, KINDS, SIZES
 
 
 def parse_args() -> argparse.Namespace:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modlisa.config import TrainingConfig, config_from_dict, load_yaml
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

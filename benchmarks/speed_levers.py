@@ -30,7 +30,7 @@ import torch
 
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.config import TrainingConfig, config_from_dict, load_yaml
-from modlisa.data.synthetic import make_dataset
+from modlisa.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = ("bf16", "checkpointing", "sdpa", "compile", "batched_decoding")
