@@ -15,7 +15,6 @@ from modlisa.cli.eval import main as main_eval
 from modlisa.data.dataset import ReasonSegDataset
 from modlisa.data.reasonseg import get_mask_from_json, load_annotation, mask_from_shapes, read_image_size
 from modlisa.data.synthetic import SceneOptions, generate_scene_examples, make_dataset, rasterise
-from modlisa.data.types import Annotation
 from modlisa.engine import run_eval as run_eval_module
 from modlisa.engine.grounding import (
     WrongQueryDataset,
@@ -24,6 +23,7 @@ from modlisa.engine.grounding import (
     query_blind_warning,
     wrong_query_partners,
 )
+from modlisa.types import Annotation
 
 
 def _ann(text: str, is_sentence: bool) -> Annotation:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from modlisa.weights import export_checkpoint
 
 from inference_helpers import make_data
 from llava_fixtures import single_thread  # noqa: F401  (fixture)
@@ -23,7 +22,7 @@ from modlisa.data.collate import collate_samples
 from modlisa.data.dataset import ReasonSegDataset
 from modlisa.engine.run_eval import run_eval
 from modlisa.model.random_init import FROZEN_RANDOM_FILE
-from modlisa.weights import load_checkpoint
+from modlisa.weights import export_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 EXPORT_ATOL = 1e-4  # LoRA merging reorders float32 sums (tests/test_io.py)

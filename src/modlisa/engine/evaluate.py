@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modlisa.data.types import Batch
 from modlisa.engine.grounding import grounding_accuracy, is_grounded
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
+from modlisa.types import Batch
 
 logger = logging.getLogger(__name__)
 
