@@ -27,7 +27,7 @@ from modlisa.atomic import WriteError, atomic_write_text, write_error
 from modlisa.data.collate import minimum_max_length, shorten_query
 from modlisa.data.reasonseg import DataError, load_image_rgb, reserved_token_reason
 from modlisa.overlay import overlay_masks, write_png
-from modlisa.predictor import Predictor, check_query
+from modlisa.predictor import Prediction, Predictor, check_query
 
 logger = logging.getLogger(__name__)
 
@@ -36,44 +36,18 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 # ---------------------------------------------------------------------- results
 @dataclass
-class PredictionResult:
-    """One query's prediction.
+class PredictionResult(Prediction):
+    """One query's prediction (a ``Prediction``: ``answer``, ``logits``, ``masks``...) with its image.
 
-    logits: (n, H, W) float32 mask logits on the CPU at the image's original size, one per [SEG]
-            (n = 0 when the generated answer has no [SEG]); the mask is ``logits > 0``.
     image:  (H, W, 3) uint8 RGB, the image as the model saw it (EXIF orientation applied).
     """
 
     image_path: str
-    query: str
-    question: str
-    is_sentence: bool | None
-    mode: str
-    answer: str
-    logits: torch.Tensor
     image: np.ndarray = field(repr=False)
-
-    @property
-    def has_seg(self) -> bool:
-        return self.logits.shape[0] > 0
-
-    @property
-    def seg_count(self) -> int:
-        return int(self.logits.shape[0])
-
-    @property
-    def masks(self) -> np.ndarray:
-        """(n, H, W) bool: LISA's prediction, logits > 0."""
-        return (self.logits > 0).numpy()
 
     @property
     def image_hw(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
-
-    def mask_union(self) -> np.ndarray:
-        """(H, W) bool union of the masks (all False without [SEG])."""
-        masks = self.masks
-        return masks.any(axis=0) if len(masks) else np.zeros(self.image_hw, dtype=bool)
 
 
 def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path: str | Path, query: str, *,
@@ -94,9 +68,9 @@ def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path:
     predictor = Predictor(model, tokenizer, processors, max_length)
     predictor.set_image(image)
     prediction = predictor.predict(query, is_sentence=is_sentence, mode=mode, max_new_tokens=max_new_tokens)
-    return PredictionResult(image_path=str(image_path), query=query, question=prediction.question,
-                            is_sentence=is_sentence, mode=mode, answer=prediction.text.strip(),
-                            logits=prediction.logits, image=image)
+    return PredictionResult(query=prediction.query, question=prediction.question, is_sentence=is_sentence,
+                            mode=mode, text=prediction.text, logits=prediction.logits, image_path=str(image_path),
+                            image=image)
 
 
 def mask_file_names(stem: str, count: int) -> list[str]:

@@ -62,10 +62,10 @@ def check_query(query: str, mode: str, where: str = "") -> None:
 class Prediction:
     """One query answered about the image of a ``Predictor``.
 
-    text:   generate mode: the generated tokens decoded without the EOS ([SEG] kept, not stripped);
-            teacher mode: "[SEG]." (the answer given).
+    text:   generate mode: the generated tokens decoded without the EOS ([SEG] kept, not stripped; ``answer``
+            is it stripped); teacher mode: "[SEG]." (the answer given).
     logits: (n, H, W) float32 mask logits on the CPU at the image's original size, one per [SEG] (n = 0 when
-            the generated answer has no [SEG]; always 1 in teacher mode); the mask is ``logits > 0``.
+            the generated answer has no [SEG]; always 1 in teacher mode); the masks are ``logits > 0``.
     """
 
     query: str
@@ -76,12 +76,27 @@ class Prediction:
     logits: Tensor
 
     @property
+    def answer(self) -> str:
+        """The answer text without surrounding white space."""
+        return self.text.strip()
+
+    @property
     def has_seg(self) -> bool:
         return self.logits.shape[0] > 0
 
     @property
     def seg_count(self) -> int:
         return int(self.logits.shape[0])
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(n, H, W) bool: LISA's prediction, logits > 0."""
+        return (self.logits > 0).numpy()
+
+    def mask_union(self) -> np.ndarray:
+        """(H, W) bool union of the masks (all False without [SEG])."""
+        masks = self.masks
+        return masks.any(axis=0) if len(masks) else np.zeros(tuple(self.logits.shape[1:]), dtype=bool)
 
 
 @dataclass
