@@ -50,10 +50,10 @@ from transformers import (
 from modlisa.bench import architectures as A
 from modlisa.bench.training_bench import BenchOptions, run_bench
 from modlisa.config import TrainingConfig, config_from_dict, load_yaml
-from modlisa.data.transforms import CLIP_MEAN, CLIP_STD
 from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, VisionProjector, resize_vocabulary
 from modlisa.model.tokenizer import build_byte_tokenizer
 from modlisa.synthetic import make_dataset
+from modlisa.types import CLIP_MEAN, CLIP_STD
 
 logger = logging.getLogger("gpu_check")
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from modlisa.config import TrainingConfig  # noqa: E402
-from modlisa.data import prompts  # noqa: E402
 from modlisa.model.adapters import unwrap_lm  # noqa: E402
 from modlisa.synthetic import make_dataset  # noqa: E402
+from modlisa.types import SEG_TOKEN  # noqa: E402
 
 
 def make_data(root: Path) -> Path:
@@ -100,7 +100,7 @@ def scripted_answers(model: nn.Module, tokenizer, answers: list[list[str]]) -> I
         del model._greedy
 
 
-SEG_ANSWER = [prompts.SEG_TOKEN, ".", "</s>"]
+SEG_ANSWER = [SEG_TOKEN, ".", "</s>"]
 NO_SEG_ANSWER = ["N", "o", "</s>"]
 
 

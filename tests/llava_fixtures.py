@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modlisa.data import prompts
 from modlisa.model.tokenizer import build_byte_tokenizer
+from modlisa.types import IMAGE_TOKEN
 
 # The chat template of llava-hf/llava-1.5-7b-hf (tokenizer_config.json / chat_template.json).
 LLAVA_HF_CHAT_TEMPLATE = (
@@ -45,7 +45,7 @@ def save_tiny_llava(folder: Path, *, dtype: torch.dtype = torch.float16, chat_te
         vision_config=CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=IMG, patch_size=32),
         text_config=LlamaConfig(**LM_SIZES),
-        image_token_id=tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)

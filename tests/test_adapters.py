@@ -14,7 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data import prompts  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
-from modlisa.data.types import Sample  # noqa: E402
 from modlisa.model.adapters import (  # noqa: E402
     SegRowEmbedding,
     SegRowHead,
@@ -26,6 +25,7 @@ from modlisa.model.adapters import (  # noqa: E402
 from modlisa.model.backbones import build_backbones, tiny_language_model  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.lisa import ModifiedLISA  # noqa: E402
+from modlisa.types import Sample  # noqa: E402
 
 IMG, SAM = 64, 64
 

@@ -10,11 +10,10 @@ import torch
 from llava_fixtures import LLAVA_HF_CHAT_TEMPLATE, save_tiny_llava
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.data import prompts
-from modlisa.data.collate import IGNORE_INDEX, collate_samples, encode_query
-from modlisa.data.prompts import ConversationFormat
-from modlisa.data.types import Sample
+from modlisa.data.collate import collate_samples, encode_query
 from modlisa.model.factory import build_model
 from modlisa.model.tokenizer import build_byte_tokenizer
+from modlisa.types import IGNORE_INDEX, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, ConversationFormat, Sample
 from test_precision import square_batch
 
 CHAT = ConversationFormat(use_chat_template=True)
@@ -87,8 +86,8 @@ def test_image_start_end_tokens_wrap_the_image_features():
     _, plain_tok, processors = build_model(tiny_cfg())
     model, tokenizer, _ = build_model(tiny_cfg(use_mm_start_end=True))
     assert model.conversation == SPAN and len(tokenizer) == len(plain_tok) + 2
-    start, end = (tokenizer.convert_tokens_to_ids(t) for t in (prompts.IM_START_TOKEN, prompts.IM_END_TOKEN))
-    image_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
+    start, end = (tokenizer.convert_tokens_to_ids(t) for t in (IM_START_TOKEN, IM_END_TOKEN))
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     batch = collate_samples([_one_sample(processors)], tokenizer, conversation=model.conversation)
     row = batch.input_ids[0].tolist()
     at = row.index(image_id)

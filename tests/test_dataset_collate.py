@@ -11,11 +11,12 @@ import torch
 from tokenizers import processors
 
 from modlisa.data import prompts
-from modlisa.data.collate import IGNORE_INDEX, collate_samples, encode_query, make_collate_fn
+from modlisa.data.collate import collate_samples, encode_query, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset, item_seed
 from modlisa.data.reasonseg import DataError, mask_from_shapes
 from modlisa.data.transforms import Augmenter, SamTransform, VisionTransform
 from modlisa.model.tokenizer import build_byte_tokenizer
+from modlisa.types import IGNORE_INDEX, IMAGE_TOKEN, SEG_TOKEN
 from reasonseg_fixtures import GOOD_TRAIN_TEXTS, make_reasonseg, write_bad_files, write_truncated_jpeg
 
 SAM_SIZE, VISION_SIZE = 32, 16
@@ -164,7 +165,7 @@ def test_collate_offsets_labels_and_padding(data_root, tokenizer):
     assert batch.queries == [q for s in samples for q in s.queries]
     assert batch.is_sentence == [s.is_sentence for s in samples for _ in s.queries]
     assert [m.shape[0] for m in batch.masks] == counts
-    image_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     answers = [a for s in samples for a in s.answers]
     questions = [q for s in samples for q in s.questions]
     for row in range(batch.num_queries):
@@ -195,7 +196,7 @@ def test_collate_with_a_bos_adding_tokenizer(data_root):
 def test_truncation_keeps_seg_and_refuses_to_cut_it(data_root, tokenizer):
     question, answer = "What is it? Please output segmentation mask.", "Sure, [SEG]. " + "because " * 40
     full_ids, _ = encode_query(question, answer, tokenizer, 10_000)
-    seg_id = tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
+    seg_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
     keep = full_ids.index(seg_id) + 3
     ids, labels = encode_query(question, answer, tokenizer, keep)
     assert len(ids) == len(labels) == keep and ids[-3] == seg_id and labels[-3] == seg_id

@@ -23,7 +23,7 @@ from modlisa.data.dataset import (
     train_dialogue,
 )
 from modlisa.data.transforms import SamTransform, VisionTransform
-from modlisa.data.types import Annotation
+from modlisa.types import SEG_TOKEN, Annotation
 from reasonseg_fixtures import GOOD_TRAIN_TEXTS, make_reasonseg
 
 EXPLANATION = "Scissors have two blades that cut paper."
@@ -37,7 +37,7 @@ def explained(is_sentence: bool = False) -> Annotation:
 
 def kind_of(question: str, answer: str) -> str:
     """Classify one sequence by its answer, as the audit of LISA's dataset did."""
-    if prompts.SEG_TOKEN not in answer:
+    if SEG_TOKEN not in answer:
         return TEXT_ONLY
     return SEG_EXPLANATION if answer.endswith(" " + EXPLANATION) else SEG_ONLY
 

@@ -14,7 +14,6 @@ from inference_helpers import make_data, train_tiny_run
 from modlisa.cli.eval import main as main_eval
 from modlisa.data.dataset import ReasonSegDataset
 from modlisa.data.reasonseg import get_mask_from_json, load_annotation, mask_from_shapes, read_image_size
-from modlisa.data.types import Annotation
 from modlisa.engine import run_eval as run_eval_module
 from modlisa.engine.grounding import (
     WrongQueryDataset,
@@ -24,6 +23,7 @@ from modlisa.engine.grounding import (
     wrong_query_partners,
 )
 from modlisa.synthetic import SceneOptions, generate_scene_examples, make_dataset, rasterise
+from modlisa.types import Annotation
 
 
 def _ann(text: str, is_sentence: bool) -> Annotation:

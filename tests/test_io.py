@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from modlisa.config import TrainingConfig
 from modlisa.data.collate import collate_samples
-from modlisa.data.prompts import SEG_TOKEN, eval_question
-from modlisa.data.types import Batch, Sample
+from modlisa.data.prompts import eval_question
 from modlisa.model.factory import build_model
+from modlisa.types import SEG_TOKEN, Batch, Sample
 from modlisa.weights import (
     WeightsError,
     export_merged,

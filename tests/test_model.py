@@ -18,13 +18,13 @@ from inference_helpers import ScriptedHead  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data import prompts  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
-from modlisa.data.transforms import CLIP_MEAN  # noqa: E402
-from modlisa.data.types import Batch, Sample  # noqa: E402
 from modlisa.model.adapters import trainable_parameter_names, unwrap_lm  # noqa: E402
 from modlisa.model.backbones import tiny_sam  # noqa: E402
 from modlisa.model.factory import LISA_7B_OVERRIDES, apply_preset, build_model  # noqa: E402
 from modlisa.model.seg import expand_image_tokens, seg_positions  # noqa: E402
 from modlisa.model.tokenizer import build_byte_tokenizer  # noqa: E402
+from modlisa.predictor import Predictor  # noqa: E402
+from modlisa.types import CLIP_MEAN, IMAGE_TOKEN, SEG_TOKEN, Batch, Sample  # noqa: E402
 
 IMG, SAM = 64, 64  # vision and SAM input sizes of the tests: N = (64 / 32)^2 = 4 image tokens
 
@@ -223,16 +223,23 @@ def _with_script(model, tokenizer, script_tokens: list[str]):
     return lm
 
 
-def test_generate_masks_collects_seg_states_like_teacher_forcing(tiny):
+def _predict(model, tokenizer, processors, image, query, **kwargs):
+    """One query through a ``Predictor`` (generation through ``ModifiedLISA.generate``)."""
+    predictor = Predictor(model, tokenizer, processors)
+    predictor.set_image(image)
+    return predictor.predict(query, **kwargs)
+
+
+def test_generate_collects_seg_states_like_teacher_forcing(tiny):
     model, tokenizer, processors = tiny
     image = np.random.default_rng(3).integers(0, 256, (45, 61, 3), dtype=np.uint8)
-    lm = _with_script(model, tokenizer, [prompts.SEG_TOKEN, "Ġ", prompts.SEG_TOKEN, tokenizer.eos_token])
+    lm = _with_script(model, tokenizer, [SEG_TOKEN, "Ġ", SEG_TOKEN, tokenizer.eos_token])
     head = lm.get_output_embeddings()
     try:
-        result = model.generate_masks(image, "the red circle", processors, tokenizer, is_sentence=False)
+        result = _predict(model, tokenizer, processors, image, "the red circle", is_sentence=False)
         assert result.has_seg and result.seg_count == 2
-        assert result.text == f"{prompts.SEG_TOKEN} {prompts.SEG_TOKEN}"
-        assert result.masks.shape == (2, 45, 61) and result.masks.dtype == torch.float32
+        assert result.text == f"{SEG_TOKEN} {SEG_TOKEN}"
+        assert result.logits.shape == (2, 45, 61) and result.logits.dtype == torch.float32
         # teacher forcing prompt + generated tokens gives the same masks (KV-cache generation vs full pass)
         prompt, _ = prompts.format_conversation(prompts.eval_question("the red circle", False), None, tokenizer)
         ids = tokenizer(prompt)["input_ids"] + tokenizer(result.text, add_special_tokens=False)["input_ids"]
@@ -247,25 +254,25 @@ def test_generate_masks_collects_seg_states_like_teacher_forcing(tiny):
             forced = model(batch)
         model.train()
         assert forced.seg_counts.tolist() == [2]
-        assert torch.allclose(forced.pred_masks[0], result.masks, atol=1e-4)
+        assert torch.allclose(forced.pred_masks[0], result.logits, atol=1e-4)
         assert model.training
     finally:
         lm.set_output_embeddings(head.base)
 
 
-def test_generate_masks_without_seg(tiny):
+def test_generate_without_seg(tiny):
     model, tokenizer, processors = tiny
     image = np.zeros((20, 30, 3), dtype=np.uint8)
     lm = _with_script(model, tokenizer, ["a", "b", tokenizer.eos_token])
     head = lm.get_output_embeddings()
     try:
-        result = model.generate_masks(image, "Which object is red? Please output segmentation mask.", processors,
-                                      tokenizer, max_new_tokens=8)
+        result = _predict(model, tokenizer, processors, image, "Which object is red? Please output segmentation mask.",
+                          max_new_tokens=8)
     finally:
         lm.set_output_embeddings(head.base)
     assert not result.has_seg and result.seg_count == 0
     assert result.text == "ab"
-    assert result.masks.shape == (0, 20, 30)
+    assert result.logits.shape == (0, 20, 30)
 
 
 # ---------------------------------------------------------------------- checkpoints from disk
@@ -343,7 +350,7 @@ def _save_llava(folder: Path) -> str:
         vision_config=CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=IMG, patch_size=32),
         text_config=LlamaConfig(**LM_SIZES),  # 260 rows < len(tokenizer): the view must be resized
-        image_token_id=tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
     torch.manual_seed(0)

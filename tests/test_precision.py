@@ -21,10 +21,10 @@ from llava_fixtures import (
 from modlisa.config import TrainingConfig
 from modlisa.data.collate import collate_samples
 from modlisa.data.prompts import eval_question
-from modlisa.data.types import Sample
 from modlisa.losses import compute_losses
 from modlisa.model.factory import build_model
 from modlisa.model.precision import apply_dtype_policy, parameter_dtypes
+from modlisa.types import Sample
 
 PRECISIONS = {"fp32": (False, "bf16"), "fp16": (True, "fp16"), "bf16": (True, "bf16")}
 

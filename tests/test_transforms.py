@@ -7,10 +7,6 @@ import pytest
 import torch
 
 from modlisa.data.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
-    SAM_MEAN,
-    SAM_STD,
     Augmenter,
     ImageProcessors,
     SamTransform,
@@ -18,6 +14,7 @@ from modlisa.data.transforms import (
     mentions_left_or_right,
     resize_longest_side_shape,
 )
+from modlisa.types import CLIP_MEAN, CLIP_STD, SAM_MEAN, SAM_STD
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

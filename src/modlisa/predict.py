@@ -1,15 +1,10 @@
 """`modlisa predict`: image + query -> answer text, binary mask PNG(s), overlay picture, JSON record.
 
-Two modes:
-
-- ``generate`` (default, LISA's chat behaviour): the model answers freely (greedy); one mask per
-  generated ``[SEG]``; no ``[SEG]`` means no mask.
-- ``teacher``: the evaluation protocol (SPEC-LISA.md §5): the answer "[SEG]." is given in the input,
-  so there is always exactly one mask; the same numbers as ``modlisa eval`` for the same image and query.
-
-The question is the fixed evaluation prompt of the query's kind when ``is_sentence`` is given
-(false: "What is {query} in this image? Please output segmentation mask.", true: "{query} Please
-output segmentation mask."), else the query text itself.
+The prediction is a ``predictor.Predictor``'s: two modes, ``generate`` (default, LISA's chat behaviour: a free
+answer, one mask per generated ``[SEG]``) and ``teacher`` (the evaluation protocol: the answer "[SEG]." given,
+always one mask, the numbers of ``modlisa eval``). The question is the fixed evaluation prompt of the query's kind
+when ``is_sentence`` is given (false: "What is {query} in this image? Please output segmentation mask.", true:
+"{query} Please output segmentation mask."), else the query text itself.
 
 Files written per query into the output folder (``<stem>`` = image file name without suffix, prefixed
 by the request number in batch mode): ``<stem>_mask.png`` (0/255, the image's size; ``_mask_0.png``,
@@ -21,176 +16,61 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from modlisa.atomic import WriteError, atomic_write_text, write_error
-from modlisa.config import ConfigError
-from modlisa.data import prompts
+from modlisa.data.collate import minimum_max_length, shorten_query
 from modlisa.data.reasonseg import DataError, load_image_rgb, reserved_token_reason
+from modlisa.overlay import overlay_masks, write_png
+from modlisa.predictor import Prediction, Predictor, check_query
 
 logger = logging.getLogger(__name__)
 
-MODES = ("generate", "teacher")
-# magenta first: rare in photos and distinct from the green ground-truth outline of eval pictures
-PALETTE: tuple[tuple[int, int, int], ...] = ((255, 30, 200), (30, 144, 255), (255, 200, 0), (255, 110, 0),
-                                             (120, 60, 255))
-GT_COLOUR = (0, 230, 0)
-OVERLAY_ALPHA = 0.45
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
 # ---------------------------------------------------------------------- results
 @dataclass
-class PredictionResult:
-    """One query's prediction.
+class PredictionResult(Prediction):
+    """One query's prediction (a ``Prediction``: ``answer``, ``logits``, ``masks``...) with its image.
 
-    logits: (n, H, W) float32 mask logits on the CPU at the image's original size, one per [SEG]
-            (n = 0 when the generated answer has no [SEG]); the mask is ``logits > 0``.
     image:  (H, W, 3) uint8 RGB, the image as the model saw it (EXIF orientation applied).
     """
 
     image_path: str
-    query: str
-    question: str
-    is_sentence: bool | None
-    mode: str
-    answer: str
-    logits: torch.Tensor
     image: np.ndarray = field(repr=False)
-
-    @property
-    def has_seg(self) -> bool:
-        return self.logits.shape[0] > 0
-
-    @property
-    def seg_count(self) -> int:
-        return int(self.logits.shape[0])
-
-    @property
-    def masks(self) -> np.ndarray:
-        """(n, H, W) bool: LISA's prediction, logits > 0."""
-        return (self.logits > 0).numpy()
 
     @property
     def image_hw(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def mask_union(self) -> np.ndarray:
-        """(H, W) bool union of the masks (all False without [SEG])."""
-        masks = self.masks
-        return masks.any(axis=0) if len(masks) else np.zeros(self.image_hw, dtype=bool)
-
-
-def question_for(query: str, is_sentence: bool | None) -> str:
-    """The user question: the fixed evaluation prompt of the query's kind, or the query itself."""
-    return query if is_sentence is None else prompts.eval_question(query, is_sentence)
-
-
-def _teacher_logits(model: torch.nn.Module, tokenizer: Any, processors: Any, image: np.ndarray, query: str,
-                    question: str, max_length: int) -> torch.Tensor:
-    """(1, H, W) mask logits with the answer "[SEG]." given in the input (LISA's evaluation protocol)."""
-    from modlisa.data.collate import collate_samples
-    from modlisa.data.types import Sample
-
-    height, width = image.shape[:2]
-    sam_image, resize_hw = processors.sam(image)
-    sample = Sample(image_path="", json_path="", sam_image=sam_image, vision_image=processors.vision(image),
-                    resize_hw=(int(resize_hw[0]), int(resize_hw[1])), original_hw=(height, width),
-                    questions=[question], answers=[prompts.EVAL_ANSWER], queries=[query],
-                    masks=torch.zeros(1, height, width, dtype=torch.uint8), is_sentence=False, index=0)
-    device = next(model.text_hidden_fcs.parameters()).device
-    batch = collate_samples([sample], tokenizer, max_length, model.conversation).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(batch).pred_masks[0]
-    finally:
-        model.train(was_training)
-
 
 def predict(model: torch.nn.Module, tokenizer: Any, processors: Any, image_path: str | Path, query: str, *,
             is_sentence: bool | None = None, mode: str = "generate", max_new_tokens: int = 32,
             max_length: int = 512, image: np.ndarray | None = None) -> PredictionResult:
-    """Segment what ``query`` asks for in the image at ``image_path``.
+    """Segment what ``query`` asks for in the image at ``image_path`` (one ``Predictor`` query).
 
     ``image`` (H, W, 3) uint8 RGB may be passed when already loaded (``image_path`` then only names it).
     ``mode`` "generate": free greedy answer, one mask per [SEG]; "teacher": answer "[SEG]." given.
-    Raises DataError naming the file when the image is missing or unreadable.
+    A query longer than ``max_length`` allows is cut at its end. Raises ConfigError for a bad mode or query,
+    DataError naming the file when the image is missing or unreadable.
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if not query.strip():
-        raise ConfigError(f"{image_path}: the query is empty")
-    reason = reserved_token_reason("the query", query)
-    if reason is not None:
-        raise ConfigError(f"{image_path}: {reason}")
+    check_query(query, mode, str(image_path))
     if mode == "generate":  # teacher mode: the collate's rule shortens a query that does not fit
-        from modlisa.data.collate import minimum_max_length, shorten_query
-
         query = shorten_query(query, tokenizer, max_length - minimum_max_length(tokenizer))
     if image is None:
         image = load_image_rgb(image_path)
-    question = question_for(query, is_sentence)
-    if mode == "teacher":
-        logits = _teacher_logits(model, tokenizer, processors, image, query, question, max_length)
-        answer = prompts.EVAL_ANSWER
-    else:
-        generated = model.generate_masks(image, query, processors, tokenizer, is_sentence=is_sentence,
-                                         max_new_tokens=max_new_tokens)
-        logits, answer = generated.masks, generated.text.strip()
-    return PredictionResult(image_path=str(image_path), query=query, question=question, is_sentence=is_sentence,
-                            mode=mode, answer=answer, logits=logits.detach().float().cpu(), image=image)
-
-
-# ---------------------------------------------------------------------- pictures
-def _thickness(hw: tuple[int, int]) -> int:
-    return max(1, round(min(hw) / 250))
-
-
-def _draw_outline(picture: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int) -> None:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(picture, contours, -1, colour, thickness)
-
-
-def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], *, gt: np.ndarray | None = None,
-                  alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The image with each mask blended in a palette colour and outlined; ``gt`` is outlined in green.
-
-    image: (H, W, 3) uint8 RGB; masks: n arrays (H, W), non-zero = on; gt: (H, W), 1 = target.
-    Returns a new (H, W, 3) uint8 RGB array; pixels off every mask and outline are unchanged.
-    """
-    hw = (int(image.shape[0]), int(image.shape[1]))
-    picture = image.astype(np.float32)
-    bool_masks = [np.asarray(m) != 0 for m in masks]
-    for k, mask in enumerate(bool_masks):
-        if mask.shape != hw:
-            raise ValueError(f"overlay_masks: mask {k} has shape {mask.shape}, the image {hw}")
-        colour = np.asarray(PALETTE[k % len(PALETTE)], dtype=np.float32)
-        picture[mask] = (1.0 - alpha) * picture[mask] + alpha * colour
-    picture = np.ascontiguousarray(np.clip(np.rint(picture), 0, 255).astype(np.uint8))
-    thickness = _thickness(hw)
-    for k, mask in enumerate(bool_masks):
-        _draw_outline(picture, mask, PALETTE[k % len(PALETTE)], thickness)
-    if gt is not None:
-        _draw_outline(picture, np.asarray(gt) == 1, GT_COLOUR, thickness)
-    return picture
-
-
-def write_png(array: np.ndarray, path: Path) -> Path:
-    """Write an (H, W) bool/0-1 mask as 0/255 grey PNG, or an (H, W, 3) uint8 RGB picture."""
-    if array.ndim == 2:
-        array = np.where(array != 0, 255, 0).astype(np.uint8)
-    Image.fromarray(array).save(path)
-    return path
+    predictor = Predictor(model, tokenizer, processors, max_length)
+    predictor.set_image(image)
+    prediction = predictor.predict(query, is_sentence=is_sentence, mode=mode, max_new_tokens=max_new_tokens)
+    return PredictionResult(query=prediction.query, question=prediction.question, is_sentence=is_sentence,
+                            mode=mode, text=prediction.text, logits=prediction.logits, image_path=str(image_path),
+                            image=image)
 
 
 def mask_file_names(stem: str, count: int) -> list[str]:

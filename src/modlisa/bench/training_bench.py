@@ -28,11 +28,11 @@ from modlisa.bench import flops as flops_mod
 from modlisa.bench.environment import current_rss_gb, environment, load_average
 from modlisa.bench.timing import ComponentTimer, latency_summary, wrap_model
 from modlisa.config import TrainingConfig
-from modlisa.data.types import Batch
 from modlisa.engine.meters import peak_memory, reset_peak_memory, synchronize
 from modlisa.engine.task import SegmentationTask
 from modlisa.engine.train import NullTimer
 from modlisa.metrics import IoUAccumulator
+from modlisa.types import Batch
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from modlisa.atomic import atomic_write_text
 from modlisa.cli.common import parse_args
 from modlisa.config import ConfigError
 from modlisa.data.reasonseg import DataError, reserved_token_reason
-from modlisa.predict import MODES, PREDICTIONS_FILE, PredictRequest, predict, read_requests, save_prediction
+from modlisa.predict import PREDICTIONS_FILE, PredictRequest, predict, read_requests, save_prediction
+from modlisa.predictor import MODES
 
 
 def parse_bool(text: str) -> bool:

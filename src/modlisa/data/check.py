@@ -26,7 +26,7 @@ from modlisa.data.reasonseg import (
     resolve_split_dir,
     scan_split,
 )
-from modlisa.data.types import Annotation
+from modlisa.types import Annotation
 
 logger = logging.getLogger(__name__)
 

@@ -14,18 +14,16 @@ from typing import Any
 import torch
 
 from modlisa.data import prompts
-from modlisa.data.types import Batch, Sample
+from modlisa.types import IGNORE_INDEX, IMAGE_TOKEN, SEG_TOKEN, Batch, ConversationFormat, Sample
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class TooLongError(ValueError):
     """A conversation does not fit ``max_length`` without cutting its prompt, answer or [SEG]."""
 
 
-def _encode_ids(text: str, tokenizer: Any) -> list[int]:
+def encode_ids(text: str, tokenizer: Any) -> list[int]:
     """Token ids of ``text`` with the tokenizer's usual special tokens (its BOS), unless the text
     already starts with the BOS string (chat templates often write it), which would double it."""
     bos = getattr(tokenizer, "bos_token", None)
@@ -35,7 +33,7 @@ def _encode_ids(text: str, tokenizer: Any) -> list[int]:
 
 def encode_query(
     question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
-    conversation: prompts.ConversationFormat | None = None,
+    conversation: ConversationFormat | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation that fits ``max_length`` tokens.
 
@@ -54,7 +52,7 @@ def encode_query(
 
 
 def _encode_shortened(question: str, answer: str, tokenizer: Any, max_length: int,
-                      query: str, conversation: prompts.ConversationFormat | None = None
+                      query: str, conversation: ConversationFormat | None = None
                       ) -> tuple[list[int], list[int]]:
     """``encode_query`` with the longest prefix (in tokens) of ``query`` that fits (binary search)."""
     tokens = tokenizer(query, add_special_tokens=False)["input_ids"]
@@ -82,7 +80,7 @@ def minimum_max_length(tokenizer: Any) -> int:
     for question in questions:
         for answer in prompts.ANSWERS:
             prompt, full = prompts.format_conversation(question.format(x="").strip(), answer, tokenizer)
-            ids, seg_id = _encode_ids(full, tokenizer), tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
+            ids, seg_id = encode_ids(full, tokenizer), tokenizer.convert_tokens_to_ids(SEG_TOKEN)
             longest = max(longest, ids.index(seg_id) + 1 if seg_id in ids else len(ids))
     return longest + 1
 
@@ -108,25 +106,25 @@ def shorten_query(query: str, tokenizer: Any, max_tokens: int) -> str:
 
 def _encode(
     question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
-    conversation: prompts.ConversationFormat | None = None,
+    conversation: ConversationFormat | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) truncated from the right; TooLongError when the cut would hit the prompt or [SEG]."""
     prompt, full = prompts.format_conversation(question, answer, tokenizer, conversation)
-    ids, prompt_ids = _encode_ids(full, tokenizer), _encode_ids(prompt, tokenizer)
+    ids, prompt_ids = encode_ids(full, tokenizer), encode_ids(prompt, tokenizer)
     name = f"query {query or question!r}"
     if ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError(f"{name}: the tokenised prompt is not a prefix of the tokenised conversation; "
                          "this tokenizer merges tokens across the prompt/answer boundary")
-    image_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
-    seg_id = tokenizer.convert_tokens_to_ids(prompts.SEG_TOKEN)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    seg_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
     if ids.count(image_id) != 1:
-        raise ValueError(f"{name}: expected exactly one {prompts.IMAGE_TOKEN} token, found {ids.count(image_id)}")
+        raise ValueError(f"{name}: expected exactly one {IMAGE_TOKEN} token, found {ids.count(image_id)}")
     if seg_id in prompt_ids:
-        raise ValueError(f"{name}: the question holds the special token {prompts.SEG_TOKEN}; remove it")
+        raise ValueError(f"{name}: the question holds the special token {SEG_TOKEN}; remove it")
     if len(ids) > max_length:
         if len(prompt_ids) >= max_length or ids[max_length:].count(seg_id) > 0:
             raise TooLongError(f"{name}: {len(ids)} tokens (prompt {len(prompt_ids)}) do not fit max_length="
-                             f"{max_length} without cutting the answer or its {prompts.SEG_TOKEN}; "
+                             f"{max_length} without cutting the answer or its {SEG_TOKEN}; "
                              "raise max_length or shorten the query")
         ids = ids[:max_length]
     labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
@@ -134,7 +132,7 @@ def _encode(
 
 
 def _encode_for(sample: Sample, question: str, answer: str, tokenizer: Any, max_length: int,
-                query: str, conversation: prompts.ConversationFormat | None = None) -> tuple[list[int], list[int]]:
+                query: str, conversation: ConversationFormat | None = None) -> tuple[list[int], list[int]]:
     """``encode_query`` whose errors name the sample's annotation file (DataError, one line, exit 2)."""
     from modlisa.data.reasonseg import DataError
 
@@ -161,10 +159,10 @@ def _stack_images(samples: Sequence[Sample], attr: str) -> torch.Tensor:
 
 
 def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512,
-                    conversation: prompts.ConversationFormat | None = None) -> Batch:
+                    conversation: ConversationFormat | None = None) -> Batch:
     """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes.
 
-    ``conversation``: how prompts are rendered (LLaVA v1 by default; ``prompts.ConversationFormat``).
+    ``conversation``: how prompts are rendered (LLaVA v1 by default; ``ConversationFormat``).
     """
     if not samples:
         raise ValueError("collate_samples: empty list of samples")
@@ -178,9 +176,9 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     for sample in samples:
         if not len(sample.questions) == len(sample.answers) == len(sample.queries):
             raise ValueError(f"{sample.json_path}: questions, answers and queries differ in number")
-        seg_count = sum(answer.count(prompts.SEG_TOKEN) for answer in sample.answers)
+        seg_count = sum(answer.count(SEG_TOKEN) for answer in sample.answers)
         if seg_count != sample.masks.shape[0]:
-            raise ValueError(f"{sample.json_path}: {sample.masks.shape[0]} masks for {seg_count} {prompts.SEG_TOKEN} "
+            raise ValueError(f"{sample.json_path}: {sample.masks.shape[0]} masks for {seg_count} {SEG_TOKEN} "
                              "tokens in the answers (one mask per [SEG]; text-only answers have none)")
         for question, answer, query in zip(sample.questions, sample.answers, sample.queries):
             ids, labels = _encode_for(sample, question, answer, tokenizer, max_length, query, conversation)
@@ -210,6 +208,6 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
 
 
 def make_collate_fn(tokenizer: Any, max_length: int = 512,
-                    conversation: prompts.ConversationFormat | None = None) -> Callable[[list[Sample]], Batch]:
+                    conversation: ConversationFormat | None = None) -> Callable[[list[Sample]], Batch]:
     """A picklable ``collate_fn`` for DataLoader (workers included)."""
     return functools.partial(collate_samples, tokenizer=tokenizer, max_length=max_length, conversation=conversation)

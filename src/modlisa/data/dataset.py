@@ -27,7 +27,7 @@ from modlisa.data.reasonseg import (
     resolve_split_dir,
     scan_split,
 )
-from modlisa.data.types import Annotation, Sample
+from modlisa.types import Annotation, Sample
 
 logger = logging.getLogger(__name__)
 

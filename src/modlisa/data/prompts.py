@@ -1,22 +1,17 @@
 """LISA's question and answer templates and the conversation text of one query.
 
 The first template of each list is the fixed evaluation prompt (SPEC-LISA.md §3, §5). Conversations are
-rendered in LLaVA v1 (LISA's format) unless ``ConversationFormat.use_chat_template`` asks for the
+rendered in LLaVA v1 (LISA's format) unless ``types.ConversationFormat.use_chat_template`` asks for the
 tokenizer's own chat template.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from modlisa.config import ConfigError
-
-IMAGE_TOKEN = "<image>"
-SEG_TOKEN = "[SEG]"
-IM_START_TOKEN = "<im_start>"  # LISA-7B-v1 (LLaVA-Lightning v1) wraps the image features in these
-IM_END_TOKEN = "<im_end>"
+from modlisa.types import IMAGE_TOKEN, ConversationFormat
 
 SHORT_QUESTIONS = [
     "What is {x} in this image? Please output segmentation mask.",
@@ -53,30 +48,6 @@ EVAL_QUESTION_PREFIX = " "  # LISA's validation prompt: "<image>\n What is ..." 
 
 class ChatTemplateError(ConfigError):
     """The tokenizer's chat template cannot render a single-turn image conversation."""
-
-
-@dataclass(frozen=True)
-class ConversationFormat:
-    """How a question and answer become text.
-
-    use_chat_template: render with the tokenizer's chat template (``TrainingConfig.use_chat_template``);
-        False (default): LLaVA v1, LISA's format, whatever template the tokenizer carries.
-    image_start_end: the image placeholder is ``<im_start><image><im_end>`` (LISA-7B-v1's
-        ``use_mm_start_end``; ``TrainingConfig.use_mm_start_end``) instead of ``<image>``.
-    """
-
-    use_chat_template: bool = False
-    image_start_end: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ConversationFormat:
-        """The format a ``TrainingConfig`` asks for."""
-        return cls(use_chat_template=bool(getattr(cfg, "use_chat_template", False)),
-                   image_start_end=bool(getattr(cfg, "use_mm_start_end", False)))
-
-    @property
-    def image_placeholder(self) -> str:
-        return f"{IM_START_TOKEN}{IMAGE_TOKEN}{IM_END_TOKEN}" if self.image_start_end else IMAGE_TOKEN
 
 
 def eval_question(query: str, is_sentence: bool) -> str:

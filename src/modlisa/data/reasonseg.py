@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from modlisa.data.prompts import IMAGE_TOKEN, SEG_TOKEN
-from modlisa.data.types import Annotation, Shape
+from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, SEG_TOKEN, Annotation, Shape
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # Tokens the model reserves: in a query or an explanation they would add a mask ([SEG]) or an image slot
 # (<image>) the data does not have. User text holding one is REJECTED (never escaped): see docs/DATA.md.
-RESERVED_TOKENS = (SEG_TOKEN, IMAGE_TOKEN, "<im_start>", "<im_end>")
+RESERVED_TOKENS = (SEG_TOKEN, IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN)
 
 
 def reserved_token_in(text: str) -> str | None:

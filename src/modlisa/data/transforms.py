@@ -20,10 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-SAM_MEAN = (123.675, 116.28, 103.53)
-SAM_STD = (58.395, 57.12, 57.375)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from modlisa.types import CLIP_MEAN, CLIP_STD, SAM_MEAN, SAM_STD
 
 # "left"/"right" at the start of a word: left, right, leftmost, rightmost, left-hand, Right, ...
 _LEFT_RIGHT = re.compile(r"\b(?:left|right)", re.IGNORECASE)

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modlisa.data.types import Batch
 from modlisa.engine.grounding import grounding_accuracy, is_grounded
 from modlisa.engine.task import SegmentationTask, subset_of
 from modlisa.losses import LossWeights
 from modlisa.metrics import IoUAccumulator
+from modlisa.types import Batch
 
 logger = logging.getLogger(__name__)
 

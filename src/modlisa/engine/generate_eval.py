@@ -2,7 +2,7 @@
 
 This is the second, separately named mode of SPEC-LISA.md §5 (LISA's own numbers use teacher mode,
 ``engine.evaluate``). Per annotation: the first text, the fixed question of its kind
-(``prompts.eval_question``), greedy generation (``ModifiedLISA.generate_masks``). The mask of the FIRST
+(``prompts.eval_question``), greedy generation (``Predictor.predict``, generate mode). The mask of the FIRST
 generated [SEG] is thresholded at 0 and scored with the same IoU rules; an answer without [SEG] scores
 an empty prediction. ``seg_rate`` = fraction of answers with at least one [SEG]. Single process.
 """
@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from modlisa.data.reasonseg import DataError, load_image_rgb, mask_from_shapes
-from modlisa.data.types import Annotation
 from modlisa.engine.evaluate import PROTOCOL, EvalResult, metrics_from_records, subset_of
 from modlisa.metrics import intersection_union, query_iou
+from modlisa.predictor import Predictor
+from modlisa.types import Annotation
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,23 @@ class GeneratedQuery:
         return (self.logits > 0).numpy()
 
 
-def generate_query(model: torch.nn.Module, tokenizer: Any, processors: Any, ann: Annotation, *,
-                   max_new_tokens: int = 32) -> GeneratedQuery:
-    """Answer the first text of ``ann`` with its fixed evaluation question; keep the first [SEG] mask."""
+def image_and_gt(ann: Annotation) -> tuple[np.ndarray, np.ndarray]:
+    """(image (H, W, 3) uint8 RGB, ground truth (H, W) uint8 in {0, 1, 255}) of ``ann``; DataError naming
+    its file when the polygons do not fit the image."""
     image = load_image_rgb(ann.image_path)
     try:
         gt = mask_from_shapes(ann.shapes, image.shape[:2])
     except ValueError as err:
         raise DataError(ann.json_path, str(err)) from err
-    result = model.generate_masks(image, ann.texts[0], processors, tokenizer, is_sentence=ann.is_sentence,
-                                  max_new_tokens=max_new_tokens)
-    logits = result.masks[0].detach().float().cpu() if result.seg_count else None
+    return image, gt
+
+
+def generate_query(predictor: Predictor, ann: Annotation, *, max_new_tokens: int = 32) -> GeneratedQuery:
+    """Answer the first text of ``ann`` with its fixed evaluation question; keep the first [SEG] mask."""
+    image, gt = image_and_gt(ann)
+    predictor.set_image(image)
+    result = predictor.predict(ann.texts[0], is_sentence=ann.is_sentence, max_new_tokens=max_new_tokens)
+    logits = result.logits[0] if result.seg_count else None
     return GeneratedQuery(text=result.text, seg_count=result.seg_count, logits=logits, gt=gt, image=image)
 
 
@@ -89,26 +96,19 @@ def add_seg_rates(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dic
     return metrics
 
 
-@torch.no_grad()
 def evaluate_generate(model: torch.nn.Module, tokenizer: Any, processors: Any, annotations: list[Annotation], *,
                       max_new_tokens: int = 32, desc: str = "eval generate", progress: bool = True) -> EvalResult:
     """Generate-mode evaluation of ``annotations`` (index = position in the list, as in teacher mode).
 
     Returns metrics (giou, ciou, num_queries, subsets, seg_rate, num_with_seg, protocol, loss=None) and
-    one record per annotation.
+    one record per annotation. The model runs in eval mode without gradients (the ``Predictor``'s rule).
     """
-    was_training = model.training
-    model.eval()
+    predictor = Predictor(model, tokenizer, processors)
     records = []
-    try:
-        for index, ann in enumerate(tqdm(annotations, desc=desc, disable=not progress, leave=False,
-                                         dynamic_ncols=True)):
-            query = generate_query(model, tokenizer, processors, ann, max_new_tokens=max_new_tokens)
-            records.append(generated_record(index, ann, query))
-            logger.debug("%s: %r (%d [SEG]) IoU %.4f", ann.image_path, query.text, query.seg_count,
-                         records[-1]["IoU"])
-    finally:
-        model.train(was_training)
+    for index, ann in enumerate(tqdm(annotations, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
+        query = generate_query(predictor, ann, max_new_tokens=max_new_tokens)
+        records.append(generated_record(index, ann, query))
+        logger.debug("%s: %r (%d [SEG]) IoU %.4f", ann.image_path, query.text, query.seg_count, records[-1]["IoU"])
     metrics = add_seg_rates(metrics_from_records(records), records)
     metrics["loss"] = None
     metrics["protocol"] = GENERATE_PROTOCOL

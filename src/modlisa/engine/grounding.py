@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modlisa.data.types import Annotation, Sample
+from modlisa.types import Annotation, Sample
 
 # gIoU points (fractions) within which own-query and wrong-query scores count as "the same".
 QUERY_BLIND_MARGIN = 0.05

@@ -26,6 +26,8 @@ from modlisa.engine.evaluate import EvalResult, autocast_context, evaluate, subs
 from modlisa.engine.grounding import query_blind_warning
 from modlisa.engine.run_folder import RunFolder
 from modlisa.metrics import IoUAccumulator, intersection_union
+from modlisa.overlay import overlay_masks, write_png
+from modlisa.predictor import Predictor
 from modlisa.weights import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -106,27 +108,24 @@ def select_extremes(records: list[dict[str, Any]], k: int) -> list[tuple[str, in
     return [("best", i + 1, r) for i, r in enumerate(best)] + [("worst", i + 1, r) for i, r in enumerate(worst)]
 
 
-def _teacher_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, max_length: int,
+def _teacher_query(predictor: Predictor, dataset: Any,
                    record: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(logits (H, W), gt (H, W) uint8, image (H, W, 3)) of one record, recomputed in teacher mode."""
-    from modlisa.data.collate import collate_samples
-    from modlisa.data.reasonseg import load_image_rgb
+    """(logits (H, W), gt (H, W) uint8, image (H, W, 3)) of one record, recomputed in teacher mode (the record's
+    query and kind: the question the evaluation asked)."""
+    from modlisa.engine.generate_eval import image_and_gt
 
-    sample = dataset[record["index"]]
-    device = next(model.text_hidden_fcs.parameters()).device
-    with torch.no_grad():
-        out = model(collate_samples([sample], tokenizer, max_length, model.conversation).to(device))
-    q = record["query_index"]
-    return out.pred_masks[0][q].float().cpu(), sample.masks[q].numpy(), load_image_rgb(sample.image_path)
+    image, gt = image_and_gt(dataset.annotations[record["index"]])
+    predictor.set_image(image)
+    prediction = predictor.predict(record["query"], is_sentence=record["is_sentence"], mode="teacher")
+    return prediction.logits[0], gt, image
 
 
-def _generate_query(model: torch.nn.Module, dataset: Any, tokenizer: Any, processors: Any,
-                    record: dict[str, Any], max_new_tokens: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def _generate_query(predictor: Predictor, dataset: Any, record: dict[str, Any],
+                    max_new_tokens: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(logits (H, W) of the first [SEG] or all -inf, gt, image) of one record, regenerated."""
     from modlisa.engine.generate_eval import generate_query
 
-    query = generate_query(model, tokenizer, processors, dataset.annotations[record["index"]],
-                           max_new_tokens=max_new_tokens)
+    query = generate_query(predictor, dataset.annotations[record["index"]], max_new_tokens=max_new_tokens)
     logits = query.logits if query.logits is not None else torch.full(query.gt.shape, float("-inf"))
     return logits, query.gt, query.image
 
@@ -138,8 +137,6 @@ def save_mask_pictures(folder: Path, picks: list[tuple[str, int, dict[str, Any]]
 
     ``recompute(record)`` -> (logits (H, W), gt (H, W), image (H, W, 3)) re-predicts one query.
     """
-    from modlisa.predict import overlay_masks, write_png
-
     folder.mkdir(parents=True, exist_ok=True)
     for pattern in MASK_PICTURE_PATTERNS:  # only files this function writes
         for stale in folder.glob(pattern):
@@ -305,13 +302,13 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     masks_dir = None
     if save_masks:
         masks_dir = target / f"eval_{name}_masks"
+        predictor = Predictor(model, tokenizer, processors, cfg.max_length)
         if mode == "generate":
             def recompute(r: dict[str, Any]) -> tuple:
-                return _generate_query(model, dataset, tokenizer, processors, r, max_new_tokens)
+                return _generate_query(predictor, dataset, r, max_new_tokens)
         else:
             def recompute(r: dict[str, Any]) -> tuple:
-                return _teacher_query(model, dataset, tokenizer, cfg.max_length, r)
-        model.eval()
+                return _teacher_query(predictor, dataset, r)
         with autocast_context(accelerator.device, amp):
             save_mask_pictures(masks_dir, select_extremes(result.records, save_masks), recompute)
     return {"metrics": metrics, "eval_json": str(eval_path), "predictions": str(pred_path),

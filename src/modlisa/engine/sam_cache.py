@@ -37,8 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from modlisa.data.transforms import SAM_MEAN, SAM_STD
-from modlisa.data.types import Batch
+from modlisa.types import SAM_MEAN, SAM_STD, Batch
 
 logger = logging.getLogger(__name__)
 

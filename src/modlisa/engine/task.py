@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modlisa.data.types import Batch
 from modlisa.engine.prompt_teacher import (
     BagOfWordsPrompt,
     count_seg_tokens,
@@ -26,6 +25,7 @@ from modlisa.engine.prompt_teacher import (
 )
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
+from modlisa.types import Batch
 
 
 def subset_of(is_sentence: bool) -> str:

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from modlisa.atomic import append_line, atomic_write_text
 from modlisa.config import TrainingConfig
 from modlisa.data.dataset import check_training_data
-from modlisa.data.types import Batch
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import (
     clip_parameters,
@@ -42,6 +41,7 @@ from modlisa.engine.run_folder import hold_run_folder
 from modlisa.engine.run_summary import write_summary
 from modlisa.engine.task import PromptTeacher, SegmentationTask, update_iou
 from modlisa.metrics import IoUAccumulator
+from modlisa.types import Batch
 from modlisa.weights import save_best
 
 logger = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ from transformers import (
 )
 
 from modlisa.config import ConfigError, TrainingConfig
-from modlisa.data.transforms import CLIP_MEAN, CLIP_STD
 from modlisa.model.tokenizer import add_special_tokens, build_word_tokenizer
+from modlisa.types import CLIP_MEAN, CLIP_STD
 
 logger = logging.getLogger(__name__)
 

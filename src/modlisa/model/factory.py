@@ -19,6 +19,7 @@ from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbone
 from modlisa.model.lisa import ModifiedLISA
 from modlisa.model.precision import apply_dtype_policy
 from modlisa.model.random_init import random_init_prefixes
+from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, ConversationFormat
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
 def add_image_span_tokens(parts: Backbones) -> None:
     """Add ``<im_start>``/``<im_end>`` (LISA-7B-v1's ``use_mm_start_end``) as single tokens; grow the LM's
     embeddings when the tokenizer outgrows them (new rows are trained with ``train_embeddings: full``)."""
-    from modlisa.data.prompts import IM_END_TOKEN, IM_START_TOKEN
-
     tokenizer = parts.tokenizer
     tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
                                  replace_extra_special_tokens=False)
@@ -120,8 +119,6 @@ def add_image_span_tokens(parts: Backbones) -> None:
 
 def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     """Build the model of preset ``cfg.model``, its tokenizer (with [SEG]/<image>) and image processors."""
-    from modlisa.data.prompts import ConversationFormat
-
     if cfg.model not in model_registry:
         raise ConfigError(f"model must be one of {', '.join(model_registry)}; got {cfg.model!r}")
     cfg = apply_preset(cfg)

@@ -1,23 +1,21 @@
 """ModifiedLISA: vision tower + projector + causal LM + SAM, wired through the [SEG] token.
 
-The model returns outputs, never losses. Shapes: B images, Q >= B sequences, L padded token length,
+Tensors in, tensors out: prompts, tokenisation and image transforms live outside the model (the data layer for
+training and evaluation, ``modlisa.predictor.Predictor`` for inference on raw images). The model returns
+outputs, never losses. Shapes: B images, Q >= B sequences, L padded token length,
 N image tokens, L' = L + N - 1, h = LM hidden size, D = SAM prompt dim, V = vision input size,
 S = SAM input size, (H, W) original image size.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, SamModel
 
-from modlisa.data import prompts
-from modlisa.data.types import Batch
 from modlisa.model.backbones import Backbones
 from modlisa.model.seg import (
     decode_masks,
@@ -26,8 +24,7 @@ from modlisa.model.seg import (
     rows_to_images,
     seg_positions,
 )
-
-logger = logging.getLogger(__name__)
+from modlisa.types import IMAGE_TOKEN, SEG_TOKEN, Batch, ConversationFormat
 
 
 @dataclass
@@ -50,16 +47,6 @@ class LISAOutput:
     seg_counts: Tensor
     seg_embeddings: Tensor
     seg_prompts: Tensor
-
-
-@dataclass
-class GenerationResult:
-    """Output of ``generate_masks``: text (with [SEG] tokens kept), masks (n, H, W) float32 logits."""
-
-    text: str
-    masks: Tensor
-    has_seg: bool
-    seg_count: int
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
@@ -115,7 +102,7 @@ class ModifiedLISA(nn.Module):
         self.vision_feature_layer = vision_feature_layer
         self.drop_cls = drop_cls
         self.sam_image_size = int(sam.config.vision_config.image_size)
-        self.conversation = prompts.ConversationFormat()  # how prompts are rendered (set by build_model)
+        self.conversation = ConversationFormat()  # how its prompts are rendered (set by build_model)
         self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
         self._num_image_tokens: int | None = None
 
@@ -124,8 +111,8 @@ class ModifiedLISA(nn.Module):
         """Assemble from ``build_backbones`` output; token ids come from ``parts.tokenizer``."""
         tok = parts.tokenizer
         return cls(parts.vision_tower, parts.projector, parts.language_model, parts.sam,
-                   seg_token_id=tok.convert_tokens_to_ids(prompts.SEG_TOKEN),
-                   image_token_id=tok.convert_tokens_to_ids(prompts.IMAGE_TOKEN),
+                   seg_token_id=tok.convert_tokens_to_ids(SEG_TOKEN),
+                   image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                    vision_image_size=vision_image_size, vision_feature_layer=parts.vision_feature_layer,
                    drop_cls=parts.drop_cls)
 
@@ -182,18 +169,22 @@ class ModifiedLISA(nn.Module):
         return embeds, mask, new_labels, image_pos
 
     def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
-                decoder_prompts: Tensor | None = None) -> LISAOutput:
+                decoder_prompts: Tensor | None = None, image_features: Tensor | None = None) -> LISAOutput:
         """Teacher-forced pass over a collated batch.
 
         ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
         are computed from ``batch.sam_images``.
+        ``image_features`` (B, N, h) may be passed as ``encode_images(batch.vision_images)`` computed earlier
+        (a ``Predictor`` encodes its image once for many queries); else they are computed here.
         ``decoder_prompts`` (K, D), one per [SEG] in row then position order: what the mask decoder reads
         instead of LISA's ``text_hidden_fcs([SEG])`` (a training-time teacher, engine/prompt_teacher.py);
         LISA's own prompts are still computed and returned in ``seg_prompts``.
         """
         num_rows = batch.input_ids.shape[0]
         image_of_row = rows_to_images(batch.offsets, num_rows)
-        image_features = self.encode_images(batch.vision_images)[image_of_row]  # (Q, N, h)
+        if image_features is None:
+            image_features = self.encode_images(batch.vision_images)
+        image_features = image_features[image_of_row]  # (Q, N, h)
         embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
                                                        image_features)
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
@@ -230,60 +221,39 @@ class ModifiedLISA(nn.Module):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate_masks(
-        self,
-        image: np.ndarray,
-        query: str,
-        processors: Any,
-        tokenizer: Any,
-        *,
-        is_sentence: bool | None = None,
-        max_new_tokens: int = 32,
-    ) -> GenerationResult:
-        """Answer ``query`` about ``image`` (H, W, 3 uint8 RGB) by greedy generation; decode one mask per [SEG].
+    def generate(self, input_ids: Tensor, image_features: Tensor, sam_embeddings: Tensor,
+                 resize_hw: tuple[int, int], original_hw: tuple[int, int], *, max_new_tokens: int = 32,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None) -> tuple[Tensor, Tensor]:
+        """Answer one prompt about one image by greedy decoding; decode one mask per generated [SEG].
 
-        ``is_sentence`` True/False wraps the query in the fixed evaluation question of its kind; None uses
-        the query verbatim as the question (LISA's chat behaviour). ``processors`` is an ``ImageProcessors``.
-        Masks: (n, H, W) float32 logits, n = number of generated [SEG] tokens.
+        input_ids:      (1, L) int64 prompt holding one image token, ending where the answer starts.
+        image_features: (1, N, h) ``encode_images`` of the image's (1, 3, V, V) vision input.
+        sam_embeddings: (1, D, S/16, S/16) ``encode_sam`` of the image's (1, 3, S, S) SAM input.
+        resize_hw:      (h', w') of the image inside the SAM input, before padding; original_hw: (H, W).
+        Returns ``(new_ids, masks)``: new_ids (T,) int64, the generated tokens (the EOS included when reached,
+        T <= max_new_tokens); masks (n, H, W) float32 logits, n = the number of [SEG] in new_ids. Call in eval
+        mode (``modlisa.predictor.Predictor`` does).
         """
-        question = query if is_sentence is None else prompts.eval_question(query, is_sentence)
-        prompt, _ = prompts.format_conversation(question, None, tokenizer, self.conversation)
-        device = next(self.text_hidden_fcs.parameters()).device
-        bos = getattr(tokenizer, "bos_token", None)  # same rule as the collate: never a doubled BOS
-        encoded = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)), return_tensors="pt")
-        input_ids = encoded["input_ids"].to(device)
-        vision = processors.vision(image).unsqueeze(0).to(device)
-        sam_image, resize_hw = processors.sam(image)
-        was_training = self.training
-        self.eval()
-        try:
-            new_ids, seg_hidden = self._greedy(input_ids, vision, tokenizer, max_new_tokens)
-            original_hw = (int(image.shape[0]), int(image.shape[1]))
-            sam_embed = self.encode_sam(sam_image.unsqueeze(0).to(device))[0]
-            masks = decode_masks(self.sam, self.project_seg(seg_hidden), sam_embed, tuple(resize_hw),
-                                 original_hw, self.sam_image_size)
-        finally:
-            self.train(was_training)
-        text = tokenizer.decode([t for t in new_ids if t != tokenizer.eos_token_id], skip_special_tokens=False)
-        logger.debug("generated %d tokens (%d [SEG]): %r", len(new_ids), len(seg_hidden), text)
-        return GenerationResult(text=text, masks=masks, has_seg=len(seg_hidden) > 0, seg_count=len(seg_hidden))
+        new_ids, seg_hidden = self._greedy(input_ids, image_features, max_new_tokens, eos_token_id, pad_token_id)
+        masks = decode_masks(self.sam, self.project_seg(seg_hidden), sam_embeddings[0], tuple(resize_hw),
+                             tuple(original_hw), self.sam_image_size)
+        return new_ids, masks
 
-    def _greedy(self, input_ids: Tensor, vision: Tensor, tokenizer: Any,
-                max_new_tokens: int) -> tuple[list[int], Tensor]:
+    def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,
+                pad_token_id: int | None) -> tuple[Tensor, Tensor]:
         """Greedy decoding over spliced ``inputs_embeds`` with the LM's KV cache.
 
-        input_ids (1, L), vision (1, 3, V, V). Returns the new token ids and (n_seg, h) hidden states that
-        predicted each generated [SEG] (last layer, after the final norm).
+        input_ids (1, L), image_features (1, N, h). Returns the new token ids (T,) and (n_seg, h) hidden states
+        that predicted each generated [SEG] (last layer, after the final norm).
         """
-        features = self.encode_images(vision)
-        embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, features)
+        embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, image_features)
         # an explicit config: a checkpoint's sampling settings (temperature, repetition penalty…) never apply
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   output_hidden_states=True, return_dict_in_generate=True,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                  pad_token_id=pad_token_id, eos_token_id=eos_token_id)
         out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
-        new_ids = out.sequences[0, -len(out.hidden_states):].tolist()
-        seg_states = [out.hidden_states[step][-1][0, -1] for step, tok in enumerate(new_ids)
+        new_ids = out.sequences[0, -len(out.hidden_states):]
+        seg_states = [out.hidden_states[step][-1][0, -1] for step, tok in enumerate(new_ids.tolist())
                       if tok == self.seg_token_id]
         hidden = self.language_model.config.get_text_config().hidden_size
         seg_hidden = torch.stack(seg_states) if seg_states else embeds.new_zeros((0, hidden))

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import SamModel
 
+from modlisa.types import IGNORE_INDEX
+
 
 def image_token_positions(input_ids: Tensor, image_token_id: int) -> Tensor:
     """(Q,) index of the single ``<image>`` token of each row of ``input_ids`` (Q, L).
@@ -45,7 +47,7 @@ def expand_image_tokens(
 
     text_embeds (Q,L,h), image_embeds (Q,N,h) (one image per row), image_pos (Q,), attention_mask (Q,L),
     labels (Q,L) or None. Returns inputs_embeds (Q,L',h), attention_mask (Q,L') with 1 on the image span,
-    labels (Q,L') with -100 on the image span (or None).
+    labels (Q,L') with IGNORE_INDEX (-100) on the image span (or None).
     """
     num_rows, length, _ = text_embeds.shape
     n_img = image_embeds.shape[1]
@@ -64,7 +66,7 @@ def expand_image_tokens(
                        torch.gather(attention_mask, 1, text_idx))
     new_labels = None
     if labels is not None:
-        new_labels = torch.where(in_image, torch.full_like(text_idx, -100, dtype=labels.dtype),
+        new_labels = torch.where(in_image, torch.full_like(text_idx, IGNORE_INDEX, dtype=labels.dtype),
                                  torch.gather(labels, 1, text_idx))
     return embeds, mask, new_labels
 

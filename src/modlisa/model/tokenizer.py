@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from modlisa.data import prompts
-from modlisa.data.prompts import IMAGE_TOKEN, SEG_TOKEN
+from modlisa.types import IMAGE_TOKEN, SEG_TOKEN
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 

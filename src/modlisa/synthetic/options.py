@@ -58,11 +58,11 @@ def option_arguments(options: SceneOptions) -> str:
     if (options.min_objects, options.max_objects) != (default.min_objects, default.max_objects):
         parts.append(f"--objects {options.min_objects}-{options.max_objects}")
     if options.lookalike_prob != default.lookalike_prob:
-        parts.append(f"--lookalike-prob {options.lookalike_prob}")
+        parts.append(f"--lookalike_prob {options.lookalike_prob}")
     if options.query_types:
-        parts.append(f"--query-types {','.join(options.query_types)}")
+        parts.append(f"--query_types {','.join(options.query_types)}")
     if options.targets_per_scene != default.targets_per_scene:
-        parts.append(f"--targets-per-scene {options.targets_per_scene}")
+        parts.append(f"--targets_per_scene {options.targets_per_scene}")
     if options.select_by is not None:
-        parts.append(f"--select-by {options.select_by}")
+        parts.append(f"--select_by {options.select_by}")
     return "".join(f" {p}" for p in parts)

@@ -77,7 +77,8 @@ def _vision_stats(model: nn.Module, cfg: TrainingConfig, processors: Any) -> tup
     """(mean, std) of the vision branch: from ``processors`` when given, else as the factory derives them."""
     if processors is not None:
         return list(processors.vision.mean), list(processors.vision.std)
-    from modlisa.model.backbones import CLIP_MEAN, CLIP_STD, image_stats
+    from modlisa.model.backbones import image_stats
+    from modlisa.types import CLIP_MEAN, CLIP_STD
 
     source = cfg.llava_model if cfg.model in ("llava", "lisa-7b") else cfg.vision_model
     if not source:

@@ -1,4 +1,9 @@
-"""Typed containers passed between the data layer, the collate function and the model.
+"""The vocabulary shared by the data layer and the model, below both (imports nothing of modlisa).
+
+- Token strings of the prompts and the tokenizer (``IMAGE_TOKEN``, ``SEG_TOKEN``, LISA-7B-v1's image span
+  ``IM_START_TOKEN`` / ``IM_END_TOKEN``), the label value ``IGNORE_INDEX``, the image normalisation constants.
+- ``ConversationFormat``: how a question and answer become text (the model carries the one it was trained with).
+- Typed containers: ReasonSeg ``Shape`` / ``Annotation``, a dataset item ``Sample``, a collated ``Batch``.
 
 Shapes use: S = SAM input size (e.g. 1024), V = vision-tower input size (``img_size``),
 B = images in a batch, Q = queries (sequences) in a batch, L = padded token length,
@@ -8,8 +13,46 @@ H, W = original image height and width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
+
+IMAGE_TOKEN = "<image>"
+SEG_TOKEN = "[SEG]"
+IM_START_TOKEN = "<im_start>"  # LISA-7B-v1 (LLaVA-Lightning v1) wraps the image features in these
+IM_END_TOKEN = "<im_end>"
+
+IGNORE_INDEX = -100  # label value of the tokens that are not learned (prompt, padding, image span)
+
+# SAM's normalisation on 0-255 RGB; CLIP's (LLaVA / LISA) on [0, 1] RGB
+SAM_MEAN = (123.675, 116.28, 103.53)
+SAM_STD = (58.395, 57.12, 57.375)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ConversationFormat:
+    """How a question and answer become text (rendered by ``data.prompts.format_conversation``).
+
+    use_chat_template: render with the tokenizer's chat template (``TrainingConfig.use_chat_template``);
+        False (default): LLaVA v1, LISA's format, whatever template the tokenizer carries.
+    image_start_end: the image placeholder is ``<im_start><image><im_end>`` (LISA-7B-v1's
+        ``use_mm_start_end``; ``TrainingConfig.use_mm_start_end``) instead of ``<image>``.
+    """
+
+    use_chat_template: bool = False
+    image_start_end: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ConversationFormat:
+        """The format a ``TrainingConfig`` asks for."""
+        return cls(use_chat_template=bool(getattr(cfg, "use_chat_template", False)),
+                   image_start_end=bool(getattr(cfg, "use_mm_start_end", False)))
+
+    @property
+    def image_placeholder(self) -> str:
+        return f"{IM_START_TOKEN}{IMAGE_TOKEN}{IM_END_TOKEN}" if self.image_start_end else IMAGE_TOKEN
 
 
 @dataclass
