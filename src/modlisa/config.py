@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b")
+PROJECTORS = ("mlp2x_gelu", "linear")
 TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
 MIXED_PRECISION = ("fp16", "bf16")
 
@@ -51,8 +52,15 @@ class TrainingConfig:
     model: str = _f("tiny", "preset: tiny | smol | composite | llava | lisa-7b (docs/TRAINING_GUIDE.md)")
     vision_model: str | None = _f(None, "HF id or folder of a CLIP / SigLIP vision tower (composite preset)")
     language_model: str | None = _f(None, "HF id or folder of any causal LM (composite preset)")
-    sam_model: str | None = _f(None, "HF id or folder of a SamModel (default: a random tiny SAM)")
+    sam_model: str | None = _f(None, "HF id or folder of a SamModel, or an original segment-anything checkpoint "
+                                     "file (sam_vit_b/l/h_*.pth, converted on load) (default: a random tiny SAM)")
     llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
+    projector: str = _f("mlp2x_gelu", "vision-to-LM projector of the composite preset: mlp2x_gelu (LLaVA-1.5) | "
+                                      "linear (LLaVA-v1, LISA-7B-v1)")
+    init_from: str | None = _f(None, "a modlisa export folder (`modlisa export` / `modlisa import-lisa`) to start "
+                                     "from: its models, projector, [SEG] head and model settings; LoRA, freezing "
+                                     "and the optimisation come from this config (keep the folder: the run refers "
+                                     "to it)")
     img_size: int = _f(224, "vision-tower input size (pixels)")
     sam_image_size: int = _f(1024, "SAM input size, longest side (pixels; LISA: 1024)")
     use_lora: bool = _f(True, "train LoRA adapters on the LM (LISA: yes)")
@@ -192,6 +200,11 @@ def _non_negative(cfg: TrainingConfig, *names: str) -> None:
 def _check_choices(cfg: TrainingConfig) -> None:
     if cfg.model not in PRESETS:
         raise ConfigError(f"model must be one of {', '.join(PRESETS)}; got {cfg.model!r}")
+    if cfg.projector not in PROJECTORS:
+        raise ConfigError(f"projector must be one of {', '.join(PROJECTORS)}; got {cfg.projector!r}")
+    if cfg.projector != "mlp2x_gelu" and cfg.model != "composite" and not cfg.init_from:
+        raise ConfigError(f"projector={cfg.projector} applies to the composite preset only (model={cfg.model} "
+                          "brings its own projector)")
     if cfg.train_embeddings not in TRAIN_EMBEDDINGS:
         raise ConfigError(f"train_embeddings must be one of {', '.join(TRAIN_EMBEDDINGS)}; got {cfg.train_embeddings!r}")
     if cfg.mixed_precision not in MIXED_PRECISION:
@@ -260,9 +273,14 @@ def _check_paths(cfg: TrainingConfig) -> None:
         )
     for name in MODEL_PATH_FIELDS:
         value = getattr(cfg, name)
+        if name == "sam_model" and value and Path(value).expanduser().is_file():
+            continue  # an original segment-anything checkpoint
         if value and _looks_local(value) and not Path(value).expanduser().is_dir():
             raise ConfigError(f"{name} {value!r} is not a folder (a local path must exist; a Hugging Face id "
                               "looks like org/name)")
+    if cfg.init_from and not (Path(cfg.init_from).expanduser() / "modlisa_config.yaml").is_file():
+        raise ConfigError(f"init_from {cfg.init_from!r} is not a modlisa export folder (no modlisa_config.yaml); "
+                          "write one with `modlisa export` or `modlisa import-lisa`")
     resume = cfg.resume_from_checkpoint
     if resume and resume != "latest" and not Path(resume).is_dir():
         raise ConfigError(f"resume_from_checkpoint {resume!r} is not a folder; use `latest` or a "

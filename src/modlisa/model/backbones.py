@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,10 +168,16 @@ def load_pretrained(field: str, name: str, loader: Any, **kwargs: Any) -> Any:
 
 
 def load_sam(cfg: TrainingConfig) -> SamModel:
-    """SamModel from ``cfg.sam_model`` (HF id or folder), or the tiny random SAM when it is None."""
+    """SamModel from ``cfg.sam_model`` (HF id or folder, or an original segment-anything ``.pth`` converted on
+    load by ``modlisa.convert.sam_original``), or the tiny random SAM when it is None."""
     if not cfg.sam_model:
         return tiny_sam(cfg.sam_image_size)
-    sam = load_pretrained("sam_model", cfg.sam_model, SamModel.from_pretrained)
+    from modlisa.convert.sam_original import is_original_checkpoint, load_original_sam
+
+    if is_original_checkpoint(cfg.sam_model):
+        sam = load_original_sam(Path(cfg.sam_model).expanduser())
+    else:
+        sam = load_pretrained("sam_model", cfg.sam_model, SamModel.from_pretrained)
     expected = sam.config.vision_config.image_size
     if expected != cfg.sam_image_size:
         raise ConfigError(f"sam_image_size={cfg.sam_image_size} but SAM model {cfg.sam_model!r} takes "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.adapters import apply_adapters
@@ -47,15 +48,24 @@ LISA_7B_OVERRIDES: dict[str, Any] = {
 
 
 def fixed_preset_fields(cfg: TrainingConfig) -> dict[str, Any]:
-    """The model settings preset ``cfg.model`` fixes ({} for presets without any).
+    """The model settings preset ``cfg.model`` (and ``cfg.init_from``) fix ({} for presets without any).
 
     ``lisa-7b``: the LISA overrides above; ``llava_model`` / ``sam_model`` default to LLaVA-1.5-7B and
     SAM ViT-H; with the default LLaVA-1.5 checkpoint ``img_size`` becomes 336 (its CLIP's own size), with the
     default SAM ``sam_image_size`` becomes 1024 (a SAM given in ``sam_model`` keeps the size it takes).
     (Its optimisation recipe is ``config.PRESET_RECIPES``: defaults the YAML / command line may override.)
+    ``init_from``: the export folder's model settings (``weights.export_layout.INIT_FIELDS``: the composite
+    preset on its subfolders, image sizes, projector, prompt format), over any preset's.
     """
-    if cfg.model != "lisa-7b":
-        return {}
+    changes = _lisa_7b_fields(cfg) if cfg.model == "lisa-7b" else {}
+    if cfg.init_from:
+        from modlisa.weights.export_layout import init_fields
+
+        changes.update(init_fields(cfg.init_from))
+    return changes
+
+
+def _lisa_7b_fields(cfg: TrainingConfig) -> dict[str, Any]:
     changes = dict(LISA_7B_OVERRIDES)
     changes["llava_model"] = cfg.llava_model or LISA_7B_LLAVA
     changes["sam_model"] = cfg.sam_model or LISA_7B_SAM
@@ -126,11 +136,18 @@ def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     # rows, LoRA A) draw from cfg.seed, as after the training loop's set_seed (model/random_init.py).
     torch.manual_seed(cfg.seed)
     parts = build_backbones(cfg)
+    if cfg.projector == "linear":  # LLaVA-v1 / LISA-7B-v1: one Linear instead of LLaVA-1.5's MLP
+        vision_dim = parts.vision_tower.config.hidden_size
+        parts.projector = nn.Linear(vision_dim, parts.language_model.config.get_text_config().hidden_size)
     if cfg.use_mm_start_end:
         add_image_span_tokens(parts)
     model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
     model.conversation = ConversationFormat.from_config(cfg)
     model.random_init_prefixes = random_init_prefixes(cfg)  # frozen random parts are saved with checkpoints
+    if cfg.init_from:  # the export's projector, [SEG] head and vision wiring, before adapters freeze / wrap
+        from modlisa.weights.export_layout import load_init_weights
+
+        load_init_weights(model, cfg.init_from)
     apply_adapters(model, cfg)
     apply_dtype_policy(model, cfg.precision)  # fp32 master weights for what trains (model/precision.py)
     if cfg.gradient_checkpointing:

@@ -25,7 +25,10 @@ FROZEN_RANDOM_KEY = "frozen_random"  # key of best_model_epoch_N.pt
 
 
 def random_init_prefixes(cfg: TrainingConfig) -> tuple[str, ...]:
-    """Top-level parts of preset ``cfg.model`` that are random-initialised instead of loaded."""
+    """Top-level parts of preset ``cfg.model`` that are random-initialised instead of loaded (none with
+    ``init_from``: the export folder holds every part)."""
+    if cfg.init_from:
+        return ()
     sam = () if cfg.sam_model else ("sam.",)
     if cfg.model == "tiny":
         return ("vision_tower.", "projector.", "language_model.", "sam.")

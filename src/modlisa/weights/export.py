@@ -8,9 +8,13 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
       sam/                       save_pretrained of the SamModel (trained mask decoder included)
       modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
       modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
-      modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats
+      modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats,
+                                 projector kind (and, for an import, its source)
       README.md                  how to load
       SHA256SUMS                 the SHA-256 of every file above (``sha256sum -c SHA256SUMS``), verified on load
+
+The names of the layout and its readers live in ``modlisa.weights.export_layout`` (also used by the factory for
+``TrainingConfig.init_from``); ``modlisa.convert.lisa`` writes the same folder from a LISA checkpoint.
 """
 
 from __future__ import annotations
@@ -25,40 +29,33 @@ import types
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from safetensors import SafetensorError
-from torch import Tensor, nn
+from torch import nn
 
 import modlisa
 from modlisa.atomic import WriteError, remove_quietly, write_error
-from modlisa.config import ConfigError, TrainingConfig, config_from_dict, load_yaml
-from modlisa.weights.files import (
-    MANIFEST,
-    CheckpointError,
-    WeightsError,
-    has_manifest,
-    read_safetensors,
-    verify_manifest,
-    write_manifest,
-    write_safetensors,
+from modlisa.config import ConfigError, TrainingConfig
+from modlisa.weights.export_layout import (
+    CONFIG_FILE,
+    EXPORT_INFO_FILE,
+    EXPORT_PATHS,
+    HEADS_FILE,
+    apply_export_info,
+    check_export_folder,
+    exported_config,
+    heads_state_dict,
+    load_heads,
+    projector_kind,
+    read_export_info,
 )
+from modlisa.weights.files import CheckpointError, WeightsError, write_manifest, write_safetensors
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_ATTRS = ("language_model", "vision_tower", "sam")  # saved as Hugging Face subfolders
-HEADS_FILE = "modlisa_heads.safetensors"
-CONFIG_FILE = "modlisa_config.yaml"
-EXPORT_INFO_FILE = "modlisa_export.json"
-EXPORT_PATHS = {"language_model": "language_model", "vision_model": "vision_tower", "sam_model": "sam"}
 
 
 # ---------------------------------------------------------------------- export
-def heads_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Every weight of ``model`` outside the Hugging Face backbones (projector.*, text_hidden_fcs.*, ...)."""
-    return {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] not in BACKBONE_ATTRS}
-
-
 def merged_language_model(model: nn.Module, in_place: bool = False) -> nn.Module:
     """A plain transformers LM: [SEG]-row deltas folded into embedding / LM head, LoRA merged.
 
@@ -109,12 +106,14 @@ _DEFAULTS = dataclasses.asdict(TrainingConfig())
 
 
 def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
-    """The config that rebuilds the export: composite preset on the subfolders, no LoRA, no resume."""
+    """The config that rebuilds the export: composite preset on the subfolders, no LoRA, no resume, nothing
+    else to start from (``init_from``: the export holds it all)."""
     from modlisa.model.factory import apply_preset
 
     cfg = apply_preset(cfg)
     return dataclasses.replace(
-        cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None,
+        cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None, init_from=None,
+        projector=projector_kind(model.projector),
         # LoRA is merged: its options go back to their defaults (set while use_lora is false = a config error)
         **{f: _DEFAULTS[f] for f in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")},
         img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size), **EXPORT_PATHS,
@@ -133,6 +132,7 @@ def _export_info(model: nn.Module, cfg: TrainingConfig, mean: list[float], std: 
         "vision_mean": mean,
         "vision_std": std,
         "lora_merged": hasattr(model.language_model, "peft_config"),
+        "projector": projector_kind(model.projector),
     }
 
 
@@ -183,7 +183,7 @@ def _write_folder(tmp: Path, out_dir: Path, model: nn.Module, tokenizer: Any, cf
     write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
     (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=cfg.model,
+    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=info["source_preset"],
                                                       folder=out_dir.name), encoding="utf-8")
     write_manifest(tmp)
     if out_dir.exists():
@@ -200,17 +200,19 @@ def export_merged(
     processors: Any = None,
     in_place: bool = False,
     overwrite: bool = False,
+    extra_info: dict[str, Any] | None = None,
 ) -> Path:
     """Write a Hugging Face-style folder of ``model`` (see the module docstring); returns ``out_dir``.
 
     ``processors`` (``ImageProcessors``) supplies the vision mean/std; without it they are derived from
     ``cfg`` as the factory does. ``in_place`` merges LoRA into ``model`` itself instead of a copy.
-    The folder is written next to ``out_dir`` and renamed into place when complete.
+    The folder is written next to ``out_dir`` and renamed into place when complete. ``extra_info`` is merged
+    into ``modlisa_export.json`` (an importer records its source there).
     """
     out_dir = Path(out_dir)
     tmp = _prepare_out_dir(out_dir, overwrite)
     mean, std = _vision_stats(model, cfg, processors)
-    info = _export_info(model, cfg, mean, std)
+    info = {**_export_info(model, cfg, mean, std), **(extra_info or {})}
     exported_cfg = export_config(cfg, model)
     language_model = merged_language_model(model, in_place=in_place)
     try:
@@ -226,75 +228,6 @@ def export_merged(
 
 
 # ---------------------------------------------------------------------- reload
-def _check_export_folder(folder: Path) -> None:
-    """Every part present; with SHA256SUMS (exports of this version) every file verified, none unlisted."""
-    required = [CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE, *EXPORT_PATHS.values()]
-    absent = [name for name in required if not (folder / name).exists()]
-    if absent:
-        raise FileNotFoundError(f"{folder} is not a complete modlisa export: missing {', '.join(absent)}")
-    if not has_manifest(folder):
-        logger.warning("%s has no %s (an export of an older modlisa): its files are not verified", folder, MANIFEST)
-        return
-    verify_manifest(folder, required=[CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE], strict=True)
-
-
-def _export_info_of(folder: Path) -> dict[str, Any]:
-    path = folder / EXPORT_INFO_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise WeightsError(f"{path}: unreadable export information ({' '.join(str(err).split())[:160]})") from None
-    keys = ("seg_token_id", "image_token_id", "vision_feature_layer", "drop_cls")
-    if not isinstance(info, dict) or any(k not in info for k in keys):
-        raise WeightsError(f"{path}: not a modlisa export information file (keys {', '.join(keys)} expected)")
-    return info
-
-
-def _exported_config(folder: Path) -> TrainingConfig:
-    """The export's TrainingConfig with its subfolder pointers made absolute."""
-    source = folder / CONFIG_FILE
-    cfg = config_from_dict(load_yaml(source), source=str(source))
-    if cfg.model != "composite":
-        raise ConfigError(f"{source}: model must be composite in an export, got {cfg.model!r}")
-    paths = {}
-    for field_name in EXPORT_PATHS:
-        value = getattr(cfg, field_name)
-        if not value:
-            raise ConfigError(f"{source}: {field_name} is empty; it should name a subfolder of the export")
-        paths[field_name] = str(value if Path(value).is_absolute() else folder / value)
-    return dataclasses.replace(cfg, **paths)
-
-
-def _apply_export_info(model: nn.Module, info: dict[str, Any], source: Path) -> None:
-    """Restore vision wiring the composite preset cannot infer; check the token ids agree."""
-    for key in ("seg_token_id", "image_token_id"):
-        if int(getattr(model, key)) != int(info[key]):
-            raise WeightsError(f"{source}: {key} is {info[key]} in the export but {getattr(model, key)} in the "
-                               "rebuilt tokenizer of language_model/")
-    layer = info["vision_feature_layer"]
-    model.vision_feature_layer = list(layer) if isinstance(layer, list) else int(layer)
-    model.drop_cls = bool(info["drop_cls"])
-    model._num_image_tokens = None
-
-
-def _load_heads(model: nn.Module, path: Path) -> None:
-    """Load ``modlisa_heads.safetensors`` strictly into the non-backbone weights of ``model``."""
-    state = read_safetensors(path)
-    targets = dict(heads_state_dict(model))
-    missing = sorted(set(targets) - set(state))
-    unexpected = sorted(set(state) - set(targets))
-    if missing or unexpected:
-        raise WeightsError(f"{path} does not match the rebuilt model: missing {missing[:10]}, "
-                           f"unexpected {unexpected[:10]}")
-    bad = [f"{n}: file {tuple(state[n].shape)} vs model {tuple(t.shape)}" for n, t in targets.items()
-           if state[n].shape != t.shape]
-    if bad:
-        raise WeightsError(f"{path}: {len(bad)} shape mismatch(es): " + "; ".join(bad[:5]))
-    with torch.no_grad():
-        for name, target in targets.items():
-            target.copy_(state[name])
-
-
 def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, TrainingConfig]:
     """Rebuild an ``export_merged`` folder offline: (model in eval mode, tokenizer, processors, cfg).
 
@@ -304,9 +237,9 @@ def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, 
     from modlisa.model.factory import build_model
 
     folder = Path(folder)
-    _check_export_folder(folder)
-    cfg = _exported_config(folder)
-    info = _export_info_of(folder)
+    check_export_folder(folder)
+    cfg = exported_config(folder)
+    info = read_export_info(folder)
     try:
         model, tokenizer, processors = build_model(cfg)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
@@ -314,8 +247,8 @@ def load_exported(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, Any, 
             raise
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise CheckpointError(f"{folder}: cannot load the export's models ({reason})") from None
-    _apply_export_info(model, info, folder / EXPORT_INFO_FILE)
-    _load_heads(model, folder / HEADS_FILE)
+    apply_export_info(model, info, folder / EXPORT_INFO_FILE)
+    load_heads(model, folder / HEADS_FILE)
     model.eval()
     logger.info("loaded export %s (source preset %s)", folder, info.get("source_preset"))
     return model, tokenizer, processors, cfg

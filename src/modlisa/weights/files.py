@@ -157,17 +157,19 @@ TORCH_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, OSError, RuntimeError, Va
                      AttributeError, TypeError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, struct.error)
 
 
-def read_torch_safely(path: str | os.PathLike[str], what: str = "checkpoint file") -> Any:
+def read_torch_safely(path: str | os.PathLike[str], what: str = "checkpoint file", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU: tensors and plain values only, nothing can run.
 
     A file that needs anything else (a pickled object, possibly code) or is damaged raises CheckpointError
-    naming it. Used only for files older modlisa versions wrote (``best_model_epoch_N.pt``).
+    naming it. Used for files older modlisa versions wrote (``best_model_epoch_N.pt``) and for published
+    weights being imported (``modlisa.convert``). ``mmap``: tensors stay backed by the file (zip-format files)
+    instead of being read into memory.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
