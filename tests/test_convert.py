@@ -31,6 +31,7 @@ from modlisa.model.seg import decode_masks  # noqa: E402
 from modlisa.synthetic import make_dataset  # noqa: E402
 from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, SEG_TOKEN, Sample  # noqa: E402
 from modlisa.weights import WeightsError, load_checkpoint, load_exported  # noqa: E402
+from modlisa.weights.export import merged_language_model  # noqa: E402
 
 # ====================================================================== original SAM
 SAM_SIZE = 64  # input pixels: patch 8 -> an 8x8 grid, 4x4... of the mask decoder's image embedding
@@ -292,8 +293,9 @@ def lisa_state(src: dict, with_vision: bool) -> dict[str, torch.Tensor]:
     state.update({f"model.mm_projector.{k}": v for k, v in src["projector"].state_dict().items()})
     state.update({f"model.visual_model.{k}": v for k, v in to_original(src["sam"].state_dict()).items()})
     state.update({f"model.text_hidden_fcs.0.{k}": v for k, v in src["head"].state_dict().items()})
-    if with_vision:
-        state.update({f"model.vision_tower.vision_tower.{k}": v for k, v in src["clip"].state_dict().items()})
+    if with_vision:  # CLIPVisionTower.vision_tower = CLIPVisionModel, written by transformers 4 (vision_model.*)
+        state.update({f"model.vision_tower.vision_tower.vision_model.{k.removeprefix('vision_model.')}": v
+                      for k, v in src["clip"].state_dict().items()})
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
@@ -403,7 +405,7 @@ def test_import_writes_an_export_with_lisas_ids_and_every_weight(lisa):
     for name, tensor in src["clip"].state_dict().items():
         assert torch.equal(model.vision_tower.state_dict()[name], tensor), name
     rows = len(src["tokenizer"])
-    lm_state = model.language_model.state_dict()
+    lm_state = merged_language_model(model).state_dict()  # [SEG]-row wrappers folded: the plain LM
     for name, tensor in src["lm"].state_dict().items():
         assert torch.equal(lm_state[name][:rows] if name.endswith(("embed_tokens.weight", "lm_head.weight"))
                            else lm_state[name], tensor), name
@@ -456,7 +458,7 @@ def test_imported_folder_evaluates_predicts_and_fine_tunes(lisa, data_root, tmp_
     out = lisa["out"]
     assert main(["eval", "--checkpoint", str(out), "--data_root", str(data_root), "--split", "val",
                  "--out", str(tmp_path / "eval"), "--precision", "fp32"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "eval_val.json").read_text())["metrics"]
+    metrics = json.loads((tmp_path / "eval" / "eval_val.json").read_text())
     assert metrics["num_queries"] >= 1 and 0.0 <= metrics["giou"] <= 1.0
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((40, 56, 3), 120, dtype=np.uint8)).save(image)
@@ -474,7 +476,7 @@ def test_imported_folder_evaluates_predicts_and_fine_tunes(lisa, data_root, tmp_
     tuned, _, _, cfg = load_checkpoint(run)
     start, *_ = load_exported(out)
     assert isinstance(tuned.projector, torch.nn.Linear) and torch.equal(tuned.projector.weight, start.projector.weight)
-    assert cfg.init_from == str(out.resolve()) and cfg.use_mm_start_end is True
+    assert cfg.init_from == str(out) and tuned.conversation.image_start_end is True  # rebuilt through init_from
     changed = not torch.equal(tuned.text_hidden_fcs[0].weight, start.text_hidden_fcs[0].weight)
     assert changed  # one optimizer step moved the [SEG] head
 

@@ -70,7 +70,7 @@ PROJECTOR_PREFIX = "model.mm_projector."
 HEAD_PREFIX = "model.text_hidden_fcs.0."  # nn.ModuleList([nn.Sequential(Linear, ReLU, Linear, Dropout)])
 VISION_PREFIXES = ("model.vision_tower.vision_tower.", "model.vision_tower.")  # CLIPVisionTower / a bare CLIP
 DERIVED = (re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),  # older transformers saved them
-           re.compile(r"model\.vision_tower\.(vision_tower\.)?vision_model\.embeddings\.position_ids"))
+           re.compile(r"model\.vision_tower\.(vision_tower\.)?(vision_model\.)?embeddings\.position_ids"))
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"  # LISA's --vision-tower default
 SELECT_FEATURES = {"patch": True, "cls_patch": False}  # mm_vision_select_feature -> drop_cls
 
@@ -132,15 +132,16 @@ def weight_files(src: Path) -> tuple[list[Path], dict[str, str] | None]:
         if (src / name).is_file():
             return [src / name], None
     for pattern in SHARD_PATTERNS:
-        shards = sorted((m, p) for p in src.iterdir() if (m := pattern.fullmatch(p.name)))
+        shards = sorted(p for p in src.iterdir() if pattern.fullmatch(p.name))
         if shards:
-            total = int(shards[0][0][2])
-            have = {int(m[1]) for m, _ in shards}
+            first = pattern.fullmatch(shards[0].name)
+            total = int(first[2])
+            have = {int(pattern.fullmatch(p.name)[1]) for p in shards}
             absent = [i for i in range(1, total + 1) if i not in have]
             if absent:
-                stem = shards[0][1].name.replace(f"{int(shards[0][0][1]):05d}-of", f"{absent[0]:05d}-of")
-                raise WeightsError(f"{src / stem}: missing ({len(absent)} of {total} shards absent); download every shard")
-            return [p for _, p in shards], None
+                name = shards[0].name.replace(f"{first[1]}-of", f"{absent[0]:0{len(first[1])}d}-of", 1)
+                raise WeightsError(f"{src / name}: missing ({len(absent)} of {total} shards absent); download every shard")
+            return shards, None
     raise ConfigError(f"{src}: unknown weights layout: no {', '.join(INDEXES + SINGLE_FILES)} and no "
                       "model-*-of-*.safetensors / pytorch_model-*-of-*.bin shards")
 
@@ -178,7 +179,7 @@ def split_weights(state: dict[str, Tensor], origin: dict[str, str], src: Path) -
     out = LisaWeights(files=sorted(set(origin.values())))
     unmapped: list[str] = []
     for key, tensor in state.items():
-        vision_prefix = next((p for p in VISION_PREFIXES if key.startswith(p + "vision_model.")), None)
+        vision_prefix = next((p for p in VISION_PREFIXES if key.startswith(p)), None)
         if any(p.fullmatch(key) for p in DERIVED):
             out.dropped.append(key)
         elif key.startswith(LM_PREFIXES):
@@ -291,6 +292,15 @@ def build_language_model(config: dict[str, Any], lm: dict[str, Tensor], tokens: 
     return model, added
 
 
+def _clip_name(key: str, names: set[str]) -> str:
+    """``key`` as the installed CLIPVisionModel names it: transformers 4 keeps its layers under
+    ``vision_model.``, transformers 5 at the top (LISA's files, written by 4.31, have the prefix)."""
+    for candidate in (key, key.removeprefix("vision_model."), f"vision_model.{key}"):
+        if candidate in names:
+            return candidate
+    return key  # reported by the strict check
+
+
 def _vision_source(config: dict[str, Any], vision_model: str | None) -> str:
     return vision_model or config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_DEFAULT
 
@@ -304,6 +314,9 @@ def build_vision_tower(config: dict[str, Any], weights: dict[str, Tensor], visio
     source = _vision_source(config, vision_model)
     if weights:
         clip = load_pretrained("vision_model", source, CLIPVisionConfig.from_pretrained)
+        with torch.device("meta"):
+            names = set(CLIPVisionModel(clip).state_dict())
+        weights = {_clip_name(k, names): v for k, v in weights.items()}
         tower = assign_state(lambda: CLIPVisionModel(clip), weights, f"{src} (vision tower)", allow_meta_buffers=True)
         return tower, "checkpoint"
     logger.info("%s holds no vision tower (LISA's merge script leaves it out): loading %s as LISA does", src, source)
