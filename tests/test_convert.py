@@ -200,6 +200,9 @@ def test_sam_model_accepts_an_original_checkpoint_file(sam_pair, tmp_path):
     cfg = TrainingConfig(sam_model=str(path), sam_image_size=SAM_SIZE, data_root=str(tmp_path))
     cfg.validate(cuda_available=False)  # a .pth file is a valid sam_model
     assert load_sam(cfg).config.vision_config.image_size == SAM_SIZE
+    from modlisa.bench.architectures import sam_config as planner_sam_config
+
+    assert planner_sam_config(cfg)[0].to_dict() == sam_config(original, "x")[0].to_dict()  # the memory planner
     with pytest.raises(ConfigError, match="sam_image_size=1024 but SAM model"):
         load_sam(TrainingConfig(sam_model=str(path)))
 
@@ -536,3 +539,39 @@ def test_init_from_needs_an_export_folder(tmp_path):
         cfg.validate(cuda_available=False)
     with pytest.raises(ConfigError, match="projector=linear applies to the composite preset only"):
         TrainingConfig(projector="linear").validate(check_paths=False, cuda_available=False)
+
+
+def test_lisa_7b_recipe_on_an_imported_folder(lisa):
+    """`--model lisa-7b --init_from OUT`: LISA's LoRA / embedding settings, the imported folder's models."""
+    from modlisa.model.factory import apply_preset
+
+    cfg = apply_preset(TrainingConfig(model="lisa-7b", init_from=str(lisa["out"])))
+    assert (cfg.model, cfg.llava_model, cfg.projector, cfg.use_mm_start_end) == ("composite", None, "linear", True)
+    assert cfg.language_model == str(lisa["out"].resolve() / "language_model")
+    assert (cfg.img_size, cfg.sam_image_size) == (CLIP_SIZE, SAM_SIZE)
+    assert (cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.train_embeddings) == (True, 8, 16, "full")
+    assert apply_preset(cfg) == cfg  # idempotent: a run folder's resolved config rebuilds the same model
+    cfg.validate(check_paths=False, cuda_available=False)
+
+
+class _Payload:
+    """Pickles as a call of print: what a malicious checkpoint would do with os.system."""
+
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_pickle_payloads_are_refused_not_run(lisa, sam_pair, tmp_path, capsys):
+    folder = write_lisa_folder(tmp_path / "evil", lisa["src"])
+    shard = folder / "pytorch_model-00002-of-00002.bin"
+    part = torch.load(shard, weights_only=True)
+    torch.save({**part, next(iter(part)): _Payload()}, shard)
+    assert main(["import-lisa", str(folder), str(tmp_path / "out"), "--vision_model", str(lisa["base"] / "clip")]) == 2
+    captured = capsys.readouterr()
+    assert "payload ran" not in captured.out
+    assert re.search(r"evil/pytorch_model-00002-of-00002\.bin: refused", captured.err)
+    sam = tmp_path / "sam_vit_evil.pth"
+    torch.save({**sam_pair[1], "image_encoder.pos_embed": _Payload()}, sam)
+    with pytest.raises(WeightsError, match=r"sam_vit_evil\.pth: refused"):
+        load_original_sam(sam)
+    assert "payload ran" not in capsys.readouterr().out

@@ -110,10 +110,16 @@ def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32
 
 
 def sam_config(cfg: TrainingConfig) -> tuple[SamConfig, torch.dtype]:
-    """SAM's config: the tiny random SAM when ``sam_model`` is unset, else the checkpoint's."""
+    """SAM's config: the tiny random SAM when ``sam_model`` is unset, else the checkpoint's (an original
+    segment-anything ``.pth``: read off its shapes, the file memory-mapped)."""
     if not cfg.sam_model:
         with torch.device("meta"):
             return tiny_sam(cfg.sam_image_size).config, torch.float32
+    from modlisa.convert import sam_original
+
+    if sam_original.is_original_checkpoint(cfg.sam_model):
+        path = Path(cfg.sam_model).expanduser()
+        return sam_original.sam_config(sam_original.read_original_state(path), str(path))[0], torch.float32
     config = checkpoint_config(cfg.sam_model, "sam_model")
     return config, _config_dtype(config)
 

@@ -10,14 +10,12 @@ What LISA's folder holds (``model/LISA.py``, ``model/llava/model/llava_arch.py``
   ``tokenizer("[SEG]", add_special_tokens=False).input_ids[0]``) and ``<im_start>`` / ``<im_end>``.
 - weight shards (``pytorch_model-*.bin`` or safetensors, with an index), keyed as ``LISAForCausalLM`` saves:
 
-  ===============================================  ============================================================
-  ``model.embed_tokens`` / ``model.layers.*`` /    the Llama LM, already in ``LlamaForCausalLM`` naming
-  ``model.norm`` / ``lm_head``
-  ``model.mm_projector.{weight,bias}``             LLaVA-v1's projector: ONE Linear (``.0`` / ``.2``: mlp2x_gelu)
-  ``model.visual_model.*``                         SAM ViT-H in segment_anything naming (``sam_original``)
-  ``model.text_hidden_fcs.0.{0,2}.*``              the [SEG] projection: Linear, ReLU, Linear (+ Dropout(0))
-  ``model.vision_tower.vision_tower.vision_model.*``  CLIP: NOT in LISA's released folders (below)
-  ===============================================  ============================================================
+  - ``model.embed_tokens``, ``model.layers.*``, ``model.norm``, ``lm_head``: the Llama LM, already in
+    ``LlamaForCausalLM`` naming;
+  - ``model.mm_projector.{weight,bias}``: LLaVA-v1's projector, ONE Linear (``.0`` / ``.2``: mlp2x_gelu);
+  - ``model.visual_model.*``: SAM ViT-H in segment_anything naming (``sam_original`` converts it);
+  - ``model.text_hidden_fcs.0.{0,2}.*``: the [SEG] projection, Linear, ReLU, Linear (+ a parameterless Dropout);
+  - ``model.vision_tower.vision_tower.vision_model.*``: CLIP, NOT in LISA's released folders (below).
 
 The vision tower: LISA's merge script saves every key except those containing ``vision_tower``, and LISA
 builds the tower at run time with ``CLIPVisionModel.from_pretrained(config.mm_vision_tower)``
@@ -29,15 +27,14 @@ The result is exactly what ``modlisa.weights.load_exported`` reads (it is writte
 composite preset on the subfolders, ``projector: linear``, ``use_mm_start_end``, ``img_size`` (224) and
 ``sam_image_size`` (1024) of the checkpoint, the [SEG] id checked to be LISA's. One row is added to the
 vocabulary: ``<image>`` (LISA splices the image at id -200, outside the vocabulary); its embedding is zero
-(never read: the image features replace it) and its LM-head row is a copy of ``<unk>``'s, so its logit ties
-``<unk>``'s and greedy decoding (lower id first) never emits it. Every source key is mapped or known to be a
+(never read: the image features replace it) and its LM-head row is a copy of ``<unk>``'s, so its logit is
+``<unk>``'s, a token the LM never predicts. Every source key is mapped or known to be a
 derived buffer (rotary ``inv_freq``, CLIP ``position_ids``, SAM ``pixel_mean`` / ``pixel_std``); anything else
 stops the import with the keys and their file.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -54,7 +51,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Llama
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.convert.assign import assign_state
 from modlisa.convert.sam_original import sam_from_original_state
-from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, SEG_TOKEN
+from modlisa.types import SEG_TOKEN
 from modlisa.weights.files import WeightsError, read_safetensors, read_torch_safely
 
 logger = logging.getLogger(__name__)
@@ -72,6 +69,10 @@ VISION_PREFIXES = ("model.vision_tower.vision_tower.", "model.vision_tower.")  #
 DERIVED = (re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),  # older transformers saved them
            re.compile(r"model\.vision_tower\.(vision_tower\.)?(vision_model\.)?embeddings\.position_ids"))
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"  # LISA's --vision-tower default
+LLAMA_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
+                "pretraining_tp", "rope_theta", "rope_scaling", "rope_parameters", "attention_bias",
+                "attention_dropout", "mlp_bias")
 SELECT_FEATURES = {"patch": True, "cls_patch": False}  # mm_vision_select_feature -> drop_cls
 
 
@@ -100,8 +101,9 @@ def read_lisa_config(src: Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: unreadable ({' '.join(str(err).split())[:160]})") from None
-    lisa = "LISAForCausalLM" in (config.get("architectures") or []) or {"out_dim", "mm_hidden_size"} <= set(config)
-    if not isinstance(config, dict) or not lisa:
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a LISA config (not a JSON object)")
+    if "LISAForCausalLM" not in (config.get("architectures") or []) and not {"out_dim", "mm_hidden_size"} <= set(config):
         raise ConfigError(f"{path}: not a LISA config (architectures {config.get('architectures')}, no out_dim / "
                           "mm_hidden_size): expected a folder written by LISA's merge_lora_weights_and_save_hf_model.py")
     return config
@@ -112,6 +114,10 @@ def _index_files(src: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise WeightsError(f"{index}: not a weight index ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and Path(v).name == v and v not in ("", ".", "..")
+            for k, v in weight_map.items()):
+        raise WeightsError(f"{index}: its weight_map must map tensor names to file names in the same folder")
     names = sorted(set(weight_map.values()))
     for name in names:
         if not (src / name).is_file():
@@ -219,7 +225,7 @@ class LisaTokens:
 def lisa_tokenizer(src: Path, config: dict[str, Any], use_start_end: bool) -> LisaTokens:
     """The folder's tokenizer with ``<image>`` (and ``<im_start>`` / ``<im_end>``) added as modlisa needs them;
     ConfigError unless its ``[SEG]`` is one token with LISA's id."""
-    from modlisa.model.tokenizer import add_special_tokens
+    from modlisa.model.tokenizer import add_image_span_tokens, add_special_tokens
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(src))
@@ -235,13 +241,8 @@ def lisa_tokenizer(src: Path, config: dict[str, Any], use_start_end: bool) -> Li
         tokenizer.pad_token = tokenizer.unk_token  # LISA: tokenizer.pad_token = tokenizer.unk_token
     try:
         image_id, seg_id = add_special_tokens(tokenizer)
-        if use_start_end:
-            tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
-                                         replace_extra_special_tokens=False)
-            for token in (IM_START_TOKEN, IM_END_TOKEN):
-                if tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"].count(
-                        tokenizer.convert_tokens_to_ids(token)) != 1:
-                    raise ValueError(f"{token} is not one token")
+        if use_start_end:  # LISA's tokenizer has them; modlisa's loader would add them otherwise
+            add_image_span_tokens(tokenizer)
     except ValueError as err:
         raise ConfigError(f"{src}: {err}") from None
     if seg_id != seg[0]:
@@ -250,10 +251,11 @@ def lisa_tokenizer(src: Path, config: dict[str, Any], use_start_end: bool) -> Li
 
 
 def _llama_config(config: dict[str, Any], vocab: int, tokens: LisaTokens, dtype: torch.dtype) -> LlamaConfig:
-    """LISA's config.json read as the LlamaConfig it extends (``model_type: llava`` would name another class)."""
-    known = set(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs", "vocab_size", "dtype",
-                                                                        "torch_dtype", "architectures"}
-    fields = {k: v for k, v in config.items() if k in known and v is not None}
+    """LISA's config.json read as the LlamaConfig it extends (``model_type: llava`` would name another class):
+    the architecture fields (LlamaConfig maps the legacy ``rope_theta`` / ``rope_scaling`` itself); vocabulary
+    size and special ids from the grown embedding and the tokenizer; ``use_cache`` left at its default (LISA
+    saves false, for training)."""
+    fields = {k: config[k] for k in LLAMA_FIELDS if config.get(k) is not None}
     tok = tokens.tokenizer
     fields.update(vocab_size=vocab, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

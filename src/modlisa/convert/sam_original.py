@@ -206,9 +206,9 @@ def sam_from_original_state(state: dict[str, Tensor], source: str) -> tuple[SamM
 
 
 def read_original_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """The tensors of an original SAM ``.pth`` (``torch.load(weights_only=True)``): a flat state dict, or one
-    under a ``model`` / ``state_dict`` key. WeightsError naming the file for any other content."""
-    data = read_torch_safely(path, what="SAM checkpoint")
+    """The tensors of an original SAM ``.pth`` (``torch.load(weights_only=True)``, memory-mapped): a flat state
+    dict, or one under a ``model`` / ``state_dict`` key. WeightsError naming the file for any other content."""
+    data = read_torch_safely(path, what="SAM checkpoint", mmap=True)
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

@@ -20,6 +20,7 @@ from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbone
 from modlisa.model.lisa import ModifiedLISA
 from modlisa.model.precision import apply_dtype_policy
 from modlisa.model.random_init import random_init_prefixes
+from modlisa.model.tokenizer import add_image_span_tokens as span_tokens
 from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, ConversationFormat
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def apply_preset(cfg: TrainingConfig) -> TrainingConfig:
     changes = fixed_preset_fields(cfg)
     changed = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
     if changed:
-        logger.info("%s preset sets %s", cfg.model, ", ".join(f"{k}={v}" for k, v in changed.items()))
+        who = f"init_from {cfg.init_from}" if cfg.init_from else f"{cfg.model} preset"
+        logger.info("%s sets %s", who, ", ".join(f"{k}={v}" for k, v in changed.items()))
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -89,11 +91,13 @@ def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[Traini
     """``apply_preset`` plus provenance: a fixed model setting the preset supplies or changes is marked
     ``preset``; one that overrides a value the user set (yaml / cli / api) is also warned about."""
     sources = dict(sources)
+    from_init = set(fixed_preset_fields(dataclasses.replace(cfg, model="composite"))) if cfg.init_from else set()
     for name, value in fixed_preset_fields(cfg).items():
         given = getattr(cfg, name)
         if given != value and sources.get(name) in ("yaml", "cli", "api"):
-            logger.warning("%s preset fixes %s=%r (LISA's model); the %s value %r is not used", cfg.model, name,
-                           value, sources[name], given)
+            who = f"init_from {cfg.init_from} (the export's model)" if name in from_init else \
+                f"{cfg.model} preset (LISA's model)"
+            logger.warning("%s fixes %s=%r; the %s value %r is not used", who, name, value, sources[name], given)
         if given != value or sources.get(name, "default") == "default":
             sources[name] = "preset"
     return apply_preset(cfg), sources
@@ -114,12 +118,10 @@ def add_image_span_tokens(parts: Backbones) -> None:
     """Add ``<im_start>``/``<im_end>`` (LISA-7B-v1's ``use_mm_start_end``) as single tokens; grow the LM's
     embeddings when the tokenizer outgrows them (new rows are trained with ``train_embeddings: full``)."""
     tokenizer = parts.tokenizer
-    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
-                                 replace_extra_special_tokens=False)
-    for token in (IM_START_TOKEN, IM_END_TOKEN):
-        encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
-        if encoded.count(tokenizer.convert_tokens_to_ids(token)) != 1:
-            raise ConfigError(f"use_mm_start_end: the tokenizer does not encode {token} as one token: {encoded}")
+    try:
+        span_tokens(tokenizer)
+    except ValueError as err:
+        raise ConfigError(f"use_mm_start_end: {err}") from None
     rows = parts.language_model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         parts.language_model.resize_token_embeddings(len(tokenizer))

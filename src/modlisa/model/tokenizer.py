@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from modlisa.data import prompts
-from modlisa.types import IMAGE_TOKEN, SEG_TOKEN
+from modlisa.types import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, SEG_TOKEN
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
@@ -85,5 +85,22 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if encoded.count(token_id) != 1:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} does not encode {token} as one token: {encoded}")
+        ids.append(int(token_id))
+    return ids[0], ids[1]
+
+
+def add_image_span_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Add ``<im_start>`` / ``<im_end>`` (LISA-7B-v1's image span) as single special tokens (idempotent).
+
+    Returns their ids; ValueError when either does not encode to exactly one id.
+    """
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
+                                 replace_extra_special_tokens=False)
+    ids = []
+    for token in (IM_START_TOKEN, IM_END_TOKEN):
+        encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if encoded.count(token_id) != 1:
+            raise ValueError(f"the tokenizer does not encode {token} as one token: {encoded}")
         ids.append(int(token_id))
     return ids[0], ids[1]
