@@ -482,6 +482,11 @@ def test_imported_folder_evaluates_predicts_and_fine_tunes(lisa, data_root, tmp_
     assert cfg.init_from == str(out) and tuned.conversation.image_start_end is True  # rebuilt through init_from
     changed = not torch.equal(tuned.text_hidden_fcs[0].weight, start.text_hidden_fcs[0].weight)
     assert changed  # one optimizer step moved the [SEG] head
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "tuned")]) == 0  # self-contained again
+    exported, _, _, exported_cfg = load_exported(tmp_path / "tuned")
+    assert exported_cfg.init_from is None and exported_cfg.projector == "linear"
+    assert torch.equal(exported.text_hidden_fcs[0].weight, tuned.text_hidden_fcs[0].weight)
+    assert torch.equal(exported.projector.weight, start.projector.weight)
 
 
 def test_bad_lisa_folders_are_one_line_errors_naming_the_file(lisa, tmp_path, capsys):
@@ -575,3 +580,17 @@ def test_pickle_payloads_are_refused_not_run(lisa, sam_pair, tmp_path, capsys):
     with pytest.raises(WeightsError, match=r"sam_vit_evil\.pth: refused"):
         load_original_sam(sam)
     assert "payload ran" not in capsys.readouterr().out
+
+
+def test_out_must_be_new_or_overwritten(lisa, tmp_path):
+    clip = str(lisa["base"] / "clip")
+    with pytest.raises(ConfigError, match="OUT .* is the LISA folder itself"):
+        import_lisa(lisa["folder"], lisa["folder"], vision_model=clip)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="OUT .* exists and is not empty; pass --overwrite"):
+        import_lisa(lisa["folder"], busy, vision_model=clip)
+    assert (busy / "keep.txt").read_text() == "mine"
+    import_lisa(lisa["folder"], busy, vision_model=clip, overwrite=True)
+    assert not (busy / "keep.txt").exists() and (busy / "SHA256SUMS").is_file()

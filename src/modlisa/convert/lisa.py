@@ -52,7 +52,7 @@ from modlisa.config import ConfigError, TrainingConfig
 from modlisa.convert.assign import assign_state
 from modlisa.convert.sam_original import sam_from_original_state
 from modlisa.types import SEG_TOKEN
-from modlisa.weights.files import WeightsError, read_safetensors, read_torch_safely
+from modlisa.weights.files import WeightsError, read_json_file, read_safetensors, read_torch_safely
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,7 @@ def read_lisa_config(src: Path) -> dict[str, Any]:
         raise ConfigError(f"{src} is not a folder (give a LISA checkpoint folder: config.json + weight shards)")
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {src} is not a LISA checkpoint folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable ({' '.join(str(err).split())[:160]})") from None
+    config = read_json_file(path, "LISA config")
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not a LISA config (not a JSON object)")
     if "LISAForCausalLM" not in (config.get("architectures") or []) and not {"out_dim", "mm_hidden_size"} <= set(config):
@@ -378,15 +375,10 @@ def import_lisa(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     ``mm_vision_tower``)."""
     from modlisa.model.backbones import Backbones, image_stats
     from modlisa.model.lisa import ModifiedLISA
-    from modlisa.weights.export import export_merged
+    from modlisa.weights.export import check_out_dir, export_merged
 
     src, out_dir = Path(src).expanduser(), Path(out_dir).expanduser()
-    if out_dir.exists() and src.exists() and out_dir.resolve() == src.resolve():
-        raise ConfigError(f"OUT {out_dir} is the LISA folder itself; choose another folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"OUT {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"OUT {out_dir} exists and is not empty; pass --overwrite or choose another folder")
+    check_out_dir(src, out_dir, overwrite=overwrite, flag="OUT", what="the LISA folder")
     config = read_lisa_config(src)
     state, origin = read_weights(src)
     parts = split_weights(state, origin, src)

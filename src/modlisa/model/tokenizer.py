@@ -79,14 +79,7 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
-    ids = []
-    for token in (IMAGE_TOKEN, SEG_TOKEN):
-        encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if encoded.count(token_id) != 1:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} does not encode {token} as one token: {encoded}")
-        ids.append(int(token_id))
-    return ids[0], ids[1]
+    return _single_token_ids(tokenizer, IMAGE_TOKEN, SEG_TOKEN)
 
 
 def add_image_span_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -96,11 +89,16 @@ def add_image_span_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]
     """
     tokenizer.add_special_tokens({"additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN]},
                                  replace_extra_special_tokens=False)
+    return _single_token_ids(tokenizer, IM_START_TOKEN, IM_END_TOKEN)
+
+
+def _single_token_ids(tokenizer: PreTrainedTokenizerBase, first: str, second: str) -> tuple[int, int]:
+    """The ids of two added tokens; ValueError naming the one the tokenizer splits."""
     ids = []
-    for token in (IM_START_TOKEN, IM_END_TOKEN):
+    for token in (first, second):
         encoded = tokenizer(f"a {token} b", add_special_tokens=False)["input_ids"]
         token_id = tokenizer.convert_tokens_to_ids(token)
         if encoded.count(token_id) != 1:
-            raise ValueError(f"the tokenizer does not encode {token} as one token: {encoded}")
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} does not encode {token} as one token: {encoded}")
         ids.append(int(token_id))
     return ids[0], ids[1]

@@ -160,6 +160,18 @@ Evaluate: `modlisa eval --checkpoint {folder} --data_root <ReasonSeg folder> --s
 """
 
 
+def check_out_dir(source: Path, target: Path, *, overwrite: bool, flag: str = "--out",
+                  what: str = "the checkpoint") -> None:
+    """ConfigError before any loading when ``target`` cannot receive an export of ``source``: it is ``source``
+    itself, not a folder, or a non-empty folder without ``overwrite``. ``flag`` / ``what`` name them."""
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"{flag} {target} is {what} itself; choose another folder")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ConfigError(f"{flag} {target} exists and is not empty; pass --overwrite or choose another folder")
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     """A fresh temporary sibling of ``out_dir``; refuses a non-empty ``out_dir`` unless ``overwrite``."""
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

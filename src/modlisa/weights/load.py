@@ -18,7 +18,7 @@ import yaml
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
-from modlisa.weights.export import CONFIG_FILE, export_merged, load_exported
+from modlisa.weights.export import CONFIG_FILE, check_out_dir, export_merged, load_exported
 from modlisa.weights.files import (
     MODEL_FILE,
     TRAINER_STATE,
@@ -113,11 +113,6 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Load ``checkpoint`` and write its merged export to ``out``; returns ``out``."""
     source, target = Path(checkpoint), Path(out)
-    if target.exists() and source.exists() and target.resolve() == source.resolve():
-        raise ConfigError(f"--out {target} is the checkpoint itself; choose another folder")
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"--out {target} exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {target} exists and is not empty; pass --overwrite or choose another folder")
+    check_out_dir(source, target, overwrite=overwrite)
     model, tokenizer, processors, cfg = load_checkpoint(source)
     return export_merged(model, tokenizer, cfg, target, processors=processors, in_place=True, overwrite=overwrite)
