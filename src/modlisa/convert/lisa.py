@@ -226,8 +226,9 @@ def lisa_tokenizer(src: Path, config: dict[str, Any], use_start_end: bool) -> Li
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(src))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{src}: its tokenizer cannot be loaded ({' '.join(str(err).split())[:160]})") from None
+    except (OSError, ValueError, ImportError) as err:
+        raise ConfigError(f"{src}: its tokenizer cannot be loaded ({' '.join(str(err).split())[:160]}); LISA's "
+                          "tokenizer.model needs `pip install sentencepiece protobuf`") from None
     seg = tokenizer(SEG_TOKEN, add_special_tokens=False)["input_ids"]
     if len(seg) != 1:
         raise ConfigError(f"{src}: its tokenizer encodes {SEG_TOKEN} as {seg}, not one token: not a LISA tokenizer")

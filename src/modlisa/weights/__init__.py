@@ -3,7 +3,8 @@
 - ``files``: safetensors read/write, SHA-256 manifests (``SHA256SUMS``) verified on load, safe legacy reads.
 - ``trainable``: strict save/load of the trainable parameters.
 - ``best``: ``best_model_epoch_N.safetensors`` + ``.json`` (no pickle); legacy ``.pt`` via ``weights_only=True``.
-- ``export``: the merged Hugging Face-style export folder and its offline reload.
+- ``export``: the merged Hugging Face-style export folder and its offline reload (``export_layout``: its file
+  names and readers, also used for ``TrainingConfig.init_from``).
 - ``load``: ``load_checkpoint(path)`` for a run folder, a best model, ``checkpoints/last`` or an export.
 
 The resumable ``checkpoints/last`` folder (optimizer, RNG, trainer state) is written by
