@@ -178,7 +178,12 @@ def fold_seg_rows(language_model: nn.Module) -> None:
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """Make ``model.language_model`` a plain transformers LM again: fold [SEG] rows, merge LoRA (in place)."""
+    """Make ``model.language_model`` a plain transformers LM again: fold [SEG] rows, merge LoRA (in place).
+    A quantised LM is de-quantised to float32 with LoRA merged into it (never re-quantised)."""
+    from modlisa.model.quantization import dequantized_merged_lm, is_quantized
+
     fold_seg_rows(model.language_model)
-    if hasattr(model.language_model, "merge_and_unload"):
+    if is_quantized(model.language_model):
+        model.language_model = dequantized_merged_lm(model.language_model)
+    elif hasattr(model.language_model, "merge_and_unload"):
         model.language_model = model.language_model.merge_and_unload()
