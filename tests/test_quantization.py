@@ -80,12 +80,13 @@ def test_quantized_run_resumes_exactly(data_root, tmp_path):
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-9, abs=1e-12)
 
 
-def test_export_of_a_quantized_run_dequantizes_and_predicts_the_same_masks(data_root, tmp_path):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_export_of_a_quantized_run_dequantizes_and_predicts_the_same_masks(data_root, tmp_path, bits):
     from modlisa.model.quantization import is_quantized
     from modlisa.predictor import Predictor
     from modlisa.weights import export_checkpoint, load_checkpoint
 
-    _train(quant_config(data_root, tmp_path / "run", 4, num_epochs=1))
+    _train(quant_config(data_root, tmp_path / "run", bits, num_epochs=1))
     model, tokenizer, processors, cfg = load_checkpoint(tmp_path / "run")
     assert is_quantized(model.language_model)
     image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
@@ -96,7 +97,8 @@ def test_export_of_a_quantized_run_dequantizes_and_predicts_the_same_masks(data_
     exported, tok2, proc2, cfg2 = load_checkpoint(tmp_path / "export")
     assert not is_quantized(exported.language_model) and cfg2.use_quantization is False
     info = json.loads((tmp_path / "export" / "modlisa_export.json").read_text())
-    assert info["lm_dequantized_from_bits"] == 4 and info["lora_merged"] is True
+    assert info["lm_dequantized_from_bits"] == bits and info["lora_merged"] is True
+    assert f"trained {bits}-bit" in (tmp_path / "export" / "README.md").read_text()
     after = Predictor(exported, tok2, proc2, cfg2.max_length)
     after.set_image(image)
     for query in ("the red circle", "the blue square"):

@@ -147,9 +147,15 @@ def apply_adapters(model: nn.Module, cfg: TrainingConfig) -> None:
                     cfg.train_embeddings)
     else:
         _set_embeddings(model, cfg.train_embeddings)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(_logical_numel(p) for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    """Values a parameter stands for: a packed 4-bit weight (two values a byte) counts its unpacked shape."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
@@ -184,6 +190,6 @@ def merge_adapters(model: nn.Module) -> None:
 
     fold_seg_rows(model.language_model)
     if is_quantized(model.language_model):
-        model.language_model = dequantized_merged_lm(model.language_model)
+        model.language_model = dequantized_merged_lm(unwrap_lm(model.language_model))
     elif hasattr(model.language_model, "merge_and_unload"):
         model.language_model = model.language_model.merge_and_unload()

@@ -134,12 +134,10 @@ def _dequantized_state(base: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def dequantized_merged_lm(language_model: nn.Module) -> nn.Module:
-    """A plain float32 transformers LM: the quantised weights of ``language_model`` de-quantised, LoRA merged
-    into them (exactly W + BA * scaling, not re-quantised). Every other weight is copied as it is."""
-    from modlisa.model.adapters import unwrap_lm
-
-    base = unwrap_lm(language_model)
+def dequantized_merged_lm(base: nn.Module) -> nn.Module:
+    """A plain float32 transformers LM from ``base`` (a quantised transformers LM, LoRA layers injected by peft
+    in place, i.e. ``adapters.unwrap_lm`` of a peft model): its quantised weights de-quantised, LoRA merged into
+    them (exactly W + BA * scaling, not re-quantised). Every other weight is copied as it is."""
     merged = _dequantized_state(base)
     config = base.config.__class__.from_dict(base.config.to_dict())
     for key in ("quantization_config", "_pre_quantization_dtype"):
