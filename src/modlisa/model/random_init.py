@@ -44,9 +44,13 @@ def frozen_random_state(model: nn.Module) -> dict[str, torch.Tensor]:
     prefixes = tuple(getattr(model, "random_init_prefixes", ()))
     if not prefixes:
         return {}
+    from modlisa.model.quantization import quantized_module_prefixes
+
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    quantised = quantized_module_prefixes(model)  # packed weights: rebuilt from the seed, not saved
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()
-            if name.startswith(prefixes) and name not in trainable and t.is_floating_point()}
+            if name.startswith(prefixes) and name not in trainable and t.is_floating_point()
+            and not name.startswith(quantised)}
 
 
 def load_frozen_random(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:

@@ -114,6 +114,7 @@ def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
     return dataclasses.replace(
         cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None, init_from=None,
         projector=projector_kind(model.projector),
+        use_quantization=False, quantization_bits=_DEFAULTS["quantization_bits"],  # the export's LM is de-quantised
         # LoRA is merged: its options go back to their defaults (set while use_lora is false = a config error)
         **{f: _DEFAULTS[f] for f in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")},
         img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size), **EXPORT_PATHS,
@@ -133,12 +134,22 @@ def _export_info(model: nn.Module, cfg: TrainingConfig, mean: list[float], std: 
         "vision_std": std,
         "lora_merged": hasattr(model.language_model, "peft_config"),
         "projector": projector_kind(model.projector),
+        "lm_dequantized_from_bits": _quantized_bits(model),
     }
+
+
+def _quantized_bits(model: nn.Module) -> int | None:
+    """4 or 8 when the model's LM is quantised (the export de-quantises it), else None."""
+    from modlisa.model.quantization import is_quantized
+
+    if not is_quantized(model.language_model):
+        return None
+    return 4 if any(type(m).__name__ == "Linear4bit" for m in model.language_model.modules()) else 8
 
 
 README_TEXT = """# ModifiedLISA export
 
-A ModifiedLISA model (modlisa {version}, source preset `{preset}`) with LoRA merged into the language model.
+A ModifiedLISA model (modlisa {version}, source preset `{preset}`) with LoRA merged into the language model{dequantized}.
 
 | path | content |
 |---|---|
@@ -195,8 +206,10 @@ def _write_folder(tmp: Path, out_dir: Path, model: nn.Module, tokenizer: Any, cf
     write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
     (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    bits = info.get("lm_dequantized_from_bits")
+    dequantized = f" (trained {bits}-bit: here de-quantised to float32, LoRA merged exactly)" if bits else ""
     (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=info["source_preset"],
-                                                      folder=out_dir.name), encoding="utf-8")
+                                                      folder=out_dir.name, dequantized=dequantized), encoding="utf-8")
     write_manifest(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -236,6 +249,9 @@ def export_merged(
         remove_quietly(tmp)
         raise
     logger.info("exported %s (LoRA merged: %s) to %s", cfg.model, info["lora_merged"], out_dir)
+    if info.get("lm_dequantized_from_bits"):
+        logger.warning("the run's language model was %d-bit: the export holds it de-quantised to float32 with LoRA "
+                       "merged into it (bigger on disk than the quantised run)", info["lm_dequantized_from_bits"])
     return out_dir
 
 
