@@ -414,6 +414,7 @@ def test_smol_without_its_wheel_is_one_line(good_root, tmp_path, capsys, monkeyp
         raise smol.SmolUnavailableError(f"SmolLM2 weights not found; install it with `{smol.INSTALL_COMMAND}`")
 
     monkeypatch.setattr(smol, "find_smol_gguf", missing)
+    monkeypatch.setenv(smol.CACHE_ENV, str(tmp_path / "empty-cache"))  # a converted copy from another run would load
     config = REPO / "configs" / "smol.yaml"
     code, _, err = run_cli(capsys, ["train", "--config", str(config), "--data_root", str(good_root), "--output_dir",
                                     str(tmp_path / "o"), *CPU])
