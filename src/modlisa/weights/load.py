@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from modlisa.config import ConfigError, TrainingConfig, config_from_dict
+from modlisa.engine.run_folder import RunFolder
 from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
 from modlisa.weights.export import CONFIG_FILE, check_out_dir, export_merged, load_exported
@@ -34,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 def _config_near(folder: Path) -> dict[str, Any] | None:
     """The run's ``outputs/config.yaml`` near a legacy ``last`` folder (its trainer state holds no config)."""
-    for candidate in (folder / "config.yaml", folder.parent / "outputs" / "config.yaml",
-                      folder.parent.parent / "outputs" / "config.yaml"):
+    # the folder itself, then as checkpoints/last of a run (ROOT/checkpoints/last) or a loose last/ in ROOT
+    for candidate in (folder / "config.yaml", RunFolder(folder.parent).config, RunFolder(folder.parent.parent).config):
         if candidate.is_file():
             try:
                 values = yaml.safe_load(candidate.read_text(encoding="utf-8"))
@@ -57,13 +58,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
     if path.is_dir() and (path / TRAINER_STATE).is_file():
         return "last", path
     if path.is_dir():
-        checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        run = RunFolder(path)
+        checkpoints = run.checkpoints if run.checkpoints.is_dir() else path
         best = find_best(checkpoints)
         if best is not None:
             return "best", best
-        if (checkpoints / "last" / TRAINER_STATE).is_file():
-            logger.info("%s has no best model (no validation split?): using %s", path, checkpoints / "last")
-            return "last", checkpoints / "last"
+        last = checkpoints / run.last.name
+        if (last / TRAINER_STATE).is_file():
+            logger.info("%s has no best model (no validation split?): using %s", path, last)
+            return "last", last
         raise FileNotFoundError(f"{path}: no checkpoint found (no checkpoints/best_model_epoch_*.json or .pt, no "
                                 "checkpoints/last); name a checkpoint file or folder")
     return "best", path
