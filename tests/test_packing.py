@@ -13,6 +13,7 @@ import os
 import random
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from modlisa.data.collate import collate_samples  # noqa: E402
 from modlisa.losses import IGNORE_INDEX, compute_losses  # noqa: E402
 from modlisa.model.adapters import unwrap_lm  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
-from modlisa.model.packing import block_attention_mask, packed_lengths, plan_packing  # noqa: E402
+from modlisa.model.packing import block_attention_mask, mask_kind, packed_lengths, plan_packing  # noqa: E402
 from modlisa.model.seg import image_token_positions  # noqa: E402
 from modlisa.types import Batch, Sample  # noqa: E402
 
@@ -36,6 +37,7 @@ IMG, SAM = 64, 64  # N = (64 / 32)^2 = 4 image tokens
 
 ANSWERS = ["Sure, [SEG].", "It is [SEG].",
            "Sure, the segmentation result is [SEG]. It is the red square because it lies left of the circle."]
+EXPLANATION = "The red square is the target because it lies left of the circle."
 QUERIES = ["the shape", "the large blue circle on the right", "the red square that is left of everything else"]
 
 
@@ -51,8 +53,10 @@ def tiny():
     return build_model(tiny_cfg())
 
 
-def make_samples(processors, queries_per_image: tuple[int, ...], seed: int = 0) -> list[Sample]:
-    """Images with n queries each: questions of different lengths (padding), an explanatory answer among them."""
+def make_samples(processors, queries_per_image: tuple[int, ...], seed: int = 0,
+                 text_only: tuple[int, ...] = ()) -> list[Sample]:
+    """Images with n queries each: questions of different lengths (padding), an explanatory answer among them;
+    the images listed in ``text_only`` get LISA's text-only explanatory items (no [SEG], no mask)."""
     rng = np.random.default_rng(seed)
     samples = []
     for i, n in enumerate(queries_per_image):
@@ -64,9 +68,11 @@ def make_samples(processors, queries_per_image: tuple[int, ...], seed: int = 0) 
                      for k, p in enumerate(picks)]
         samples.append(Sample(image_path=f"img{i}.jpg", json_path=f"img{i}.json", sam_image=sam_image,
                               vision_image=processors.vision(image), resize_hw=resize_hw, original_hw=(h, w),
-                              questions=questions, answers=[ANSWERS[p] for p in picks],
+                              questions=questions,
+                              answers=[EXPLANATION if i in text_only else ANSWERS[p] for p in picks],
                               queries=[QUERIES[p] for p in picks],
-                              masks=torch.from_numpy((rng.random((n, h, w)) > 0.5).astype(np.uint8)),
+                              masks=torch.from_numpy((rng.random((0 if i in text_only else n, h, w)) > 0.5)
+                                                     .astype(np.uint8)),
                               is_sentence=False, index=i))
     return samples
 
@@ -115,6 +121,20 @@ def test_plan_and_block_mask_on_a_small_example():
     assert not allowed[0, 3, 4:].any() and allowed[0, 3, :4].all()  # the shared span is causal
 
 
+def test_bool_mask_for_sdpa_float_for_eager_and_refusals():
+    segment = torch.tensor([[-1, -1, 0, 0, 1, -2]])
+    as_bool = block_attention_mask(segment)
+    as_float = block_attention_mask(segment, torch.float32)
+    assert as_bool.dtype == torch.bool and torch.equal(as_bool, as_float == 0)
+    assert mask_kind(SimpleNamespace(_attn_implementation="sdpa"), 100) == "bool"
+    assert mask_kind(SimpleNamespace(_attn_implementation="eager", sliding_window=None), 100) == "float"
+    with pytest.raises(ValueError, match="sdpa or eager"):
+        mask_kind(SimpleNamespace(_attn_implementation="flash_attention_2"), 100)
+    assert mask_kind(SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096), 4096) == "bool"
+    with pytest.raises(ValueError, match="sliding window"):
+        mask_kind(SimpleNamespace(_attn_implementation="sdpa", sliding_window=64), 65)
+
+
 def test_packed_lengths_count_the_image_span_once(tiny):
     model, tokenizer, processors = tiny
     batch = collate_samples(make_samples(processors, (3, 1)), tokenizer, 512)
@@ -129,13 +149,14 @@ def test_packed_lengths_count_the_image_span_once(tiny):
 
 # ---------------------------------------------------------------------- equivalence
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("queries", [(1, 1), (2, 1), (3, 2), (3, 3, 1)])
-def test_packed_forward_equals_unpacked(tiny, attn, queries):
+@pytest.mark.parametrize("queries,text_only", [((1, 1), ()), ((2, 1), ()), ((3, 2), ()), ((3, 3, 1), (1,))])
+def test_packed_forward_equals_unpacked(tiny, attn, queries, text_only):
     model, tokenizer, processors = tiny
     for part in (unwrap_lm(model.language_model), model.vision_tower):
         part.set_attn_implementation(attn)
     model.train()
-    batch = collate_samples(make_samples(processors, queries, seed=len(queries)), tokenizer, 512)
+    batch = collate_samples(make_samples(processors, queries, seed=len(queries), text_only=text_only), tokenizer,
+                            512)
     assert (batch.attention_mask == 0).any() or len(set(queries)) == 1  # padding in the mix
     seen: list[tuple[int, ...]] = []
     hook = model.language_model.register_forward_hook(

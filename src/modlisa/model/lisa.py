@@ -215,10 +215,11 @@ class ModifiedLISA(nn.Module):
         """The LM over one packed sequence per image (``pack_queries``); logits (Q, L', vocab) and last hidden
         states (Q, L', h) mapped back to the unpacked rows (padding positions hold a copy of another token)."""
         offsets = batch.offsets.tolist()
+        kind = packing.mask_kind(self.language_model.config.get_text_config(), mask.shape[1])
         packing.check_shared_prefix(batch.input_ids, image_pos, offsets)
         plan = packing.plan_packing(mask, image_pos, offsets, n_img)
-        out = self.language_model(inputs_embeds=packing.pack(embeds, plan),
-                                  attention_mask=packing.block_attention_mask(plan.segment, embeds.dtype),
+        block = packing.block_attention_mask(plan.segment, None if kind == "bool" else embeds.dtype)
+        out = self.language_model(inputs_embeds=packing.pack(embeds, plan), attention_mask=block,
                                   position_ids=plan.position_ids, output_hidden_states=True, use_cache=False)
         return packing.unpack(out.logits, plan), packing.unpack(out.hidden_states[-1], plan)
 

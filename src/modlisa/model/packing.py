@@ -18,6 +18,7 @@ B images, Lp packed length, N image tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,8 +116,31 @@ def plan_packing(mask: Tensor, image_pos: Tensor, offsets: list[int], n_img: int
     return PackPlan(gather_t.to(device), segment_t.to(device), position_t.to(device), scatter.to(device))
 
 
-def block_attention_mask(segment: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, 1, Lp, Lp) additive float mask (0 = attend, dtype's min = blocked) of the packed rows.
+MASK_KINDS = {"sdpa": "bool", "eager": "float"}  # the LM attention implementations that honour a custom 4D mask
+
+
+def mask_kind(text_config: Any, expanded_length: int) -> str:
+    """"bool" (sdpa) or "float" (eager): the 4D mask the LM's attention reads as given.
+
+    Transformers (5.x) passes a 4D ``attention_mask`` to the attention as it is: sdpa reads a bool mask whatever
+    the query dtype (autocast), eager ADDS the mask to the scores (a float mask). ValueError for another
+    implementation (flash attention ignores a 4D mask) and for a sliding window the unpacked rows would reach
+    (the custom mask has no window).
+    """
+    impl = getattr(text_config, "_attn_implementation", None) or "eager"
+    if impl not in MASK_KINDS:
+        raise ValueError(f"pack_queries needs the LM's attention implementation sdpa or eager (a custom 4D mask); "
+                         f"it is {impl!r}")
+    window = getattr(text_config, "sliding_window", None)
+    if window and expanded_length > int(window):
+        raise ValueError(f"pack_queries: sequences of {expanded_length} tokens exceed the LM's sliding window "
+                         f"({window}), which a packed 4D mask does not apply; set pack_queries=false")
+    return MASK_KINDS[impl]
+
+
+def block_attention_mask(segment: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """(B, 1, Lp, Lp) mask of the packed rows: bool (True = attend) when ``dtype`` is None, else additive float
+    of ``dtype`` (0 = attend, dtype's min = blocked).
 
     Token i attends to token j <= i when j is on the shared span (-1) or on i's own segment; padding (-2)
     attends only to itself (no row is fully blocked, so no softmax over nothing).
@@ -127,6 +151,8 @@ def block_attention_mask(segment: Tensor, dtype: torch.dtype) -> Tensor:
     seg_i, seg_j = segment.unsqueeze(2), segment.unsqueeze(1)  # (B, Lp, 1), (B, 1, Lp)
     allowed = causal & (seg_i != -2) & ((seg_j == -1) | ((seg_j == seg_i) & (seg_j >= 0)))
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=segment.device)
+    if dtype is None:
+        return allowed.unsqueeze(1)
     blocked = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
     blocked.masked_fill_(~allowed, torch.finfo(dtype).min)
     return blocked.unsqueeze(1)
