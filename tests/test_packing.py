@@ -3,7 +3,7 @@
 Proof of equivalence on the tiny preset (everything trainable, fp32): per-query CE terms, [SEG] embeddings, mask
 logits, every loss term and EVERY gradient of the packed forward equal the unpacked one within fp32 round-off
 (atol 1e-5, rtol 1e-4), for 1, 2 and 3 queries per image, with padding and an explanatory answer in the mix,
-with the LM's sdpa and eager attention. Exact resume stays exact with packing on.
+with the LM's sdpa and eager attention. Exact resume with packing on: tests/test_train.py.
 """
 
 from __future__ import annotations
@@ -217,7 +217,8 @@ def test_pack_queries_is_off_by_default_and_set_on_the_model():
     assert model.pack_queries is True
 
 
-# ---------------------------------------------------------------------- exact resume
+# ---------------------------------------------------------------------- the bench (exact resume with packing:
+# tests/test_train.py::test_exact_resume_mid_epoch[True])
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     from modlisa.synthetic import make_dataset
@@ -227,42 +228,6 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _train_cfg(data_root: Path, out: Path, **overrides) -> TrainingConfig:
-    return TrainingConfig(
-        data_root=str(data_root), output_dir=str(out), model="tiny", img_size=64, sam_image_size=64,
-        batch_size=2, num_epochs=2, learning_rate=1e-3, warmup_steps=2, use_mixed_precision=False, cpu=True,
-        freeze_image_encoder=False, freeze_sam=False, freeze_text_encoder=False, log_every_steps=1, seed=7,
-        queries_per_image=3, pack_queries=True, **overrides)
-
-
-def _train(cfg: TrainingConfig) -> dict:
-    from modlisa.engine.train import train
-
-    return train(cfg.validate())
-
-
-def test_exact_resume_mid_epoch_with_packing(data_root, tmp_path):
-    from safetensors.torch import load_file
-
-    straight = _train(_train_cfg(data_root, tmp_path / "a"))
-    _train(_train_cfg(data_root, tmp_path / "b", stop_after_steps=6))  # stops inside epoch 2 (4 steps/epoch)
-    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "trainer_state.json").read_text())
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
-    resumed = _train(_train_cfg(data_root, tmp_path / "b", resume_from_checkpoint="latest"))
-    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
-    ma = json.loads((tmp_path / "a" / "outputs" / "metrics_epoch_2.json").read_text())
-    mb = json.loads((tmp_path / "b" / "outputs" / "metrics_epoch_2.json").read_text())
-    assert ma["val"] == mb["val"]
-    for key in ("loss", "giou", "ciou", "ce", "mask_bce", "mask_dice"):
-        assert ma["train"][key] == pytest.approx(mb["train"][key], rel=1e-9, abs=1e-12), key
-    assert straight["best_val_giou"] == resumed["best_val_giou"]
-
-
-# ---------------------------------------------------------------------- the bench
 def test_bench_pack_queries_true_and_false(data_root, tmp_path):
     from modlisa.cli.bench import main as main_bench
 
