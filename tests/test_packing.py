@@ -3,7 +3,8 @@
 Proof of equivalence on the tiny preset (everything trainable, fp32): per-query CE terms, [SEG] embeddings, mask
 logits, every loss term and EVERY gradient of the packed forward equal the unpacked one within fp32 round-off
 (atol 1e-5, rtol 1e-4), for 1, 2 and 3 queries per image, with padding and an explanatory answer in the mix,
-with the LM's sdpa and eager attention. Exact resume with packing on: tests/test_train.py.
+with the LM's sdpa and eager attention; also on a tiny random llava-hf checkpoint (llava preset, chat
+template, GQA). Exact resume with packing on: tests/test_train.py.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ QUERIES = ["the shape", "the large blue circle on the right", "the red square th
 
 
 def tiny_cfg(**overrides) -> TrainingConfig:
-    return TrainingConfig(model="tiny", img_size=IMG, sam_image_size=SAM, use_mixed_precision=False,
+    overrides.setdefault("model", "tiny")
+    return TrainingConfig(img_size=IMG, sam_image_size=SAM, use_mixed_precision=False,
                           freeze_image_encoder=False, freeze_sam=False, freeze_text_encoder=False,
                           train_embeddings="full", lora_dropout=0.0, **overrides)
 
@@ -151,7 +153,27 @@ def test_packed_lengths_count_the_image_span_once(tiny):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("queries,text_only", [((1, 1), ()), ((2, 1), ()), ((3, 2), ()), ((3, 3, 1), (1,))])
 def test_packed_forward_equals_unpacked(tiny, attn, queries, text_only):
-    model, tokenizer, processors = tiny
+    check_equivalence(*tiny, attn, queries, text_only)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    """The llava preset on a tiny random llava-hf checkpoint (fp32, GQA LM), prompts by its chat template."""
+    from llava_fixtures import save_tiny_llava
+
+    folder = save_tiny_llava(tmp_path_factory.mktemp("llava"), dtype=torch.float32)
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(model="llava", llava_model=folder, use_chat_template=True))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_forward_equals_unpacked_on_tiny_llava_hf(tiny_llava, attn):
+    check_equivalence(*tiny_llava, attn, (3, 2, 1), ())
+
+
+def check_equivalence(model, tokenizer, processors, attn: str, queries: tuple[int, ...],
+                      text_only: tuple[int, ...]) -> None:
+    """Losses, per-query CE, [SEG] embeddings and prompts, mask logits and every gradient: packed == unpacked."""
     for part in (unwrap_lm(model.language_model), model.vision_tower):
         part.set_attn_implementation(attn)
     model.train()
