@@ -81,12 +81,15 @@ def test_run_folder_contract(data_root, tmp_path):
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 8)
 
 
-def test_exact_resume_mid_epoch(data_root, tmp_path):
-    straight = _train(tiny_config(data_root, tmp_path / "a"))
-    _train(tiny_config(data_root, tmp_path / "b", stop_after_steps=6))  # stops inside epoch 2 (4 steps/epoch)
+@pytest.mark.parametrize("pack_queries", [False, True])  # packing (tests/test_packing.py) keeps resume exact
+def test_exact_resume_mid_epoch(data_root, tmp_path, pack_queries):
+    straight = _train(tiny_config(data_root, tmp_path / "a", pack_queries=pack_queries))
+    # stops inside epoch 2 (4 steps/epoch)
+    _train(tiny_config(data_root, tmp_path / "b", stop_after_steps=6, pack_queries=pack_queries))
     state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
-    resumed = _train(tiny_config(data_root, tmp_path / "b", resume_from_checkpoint="latest"))
+    resumed = _train(tiny_config(data_root, tmp_path / "b", resume_from_checkpoint="latest",
+                                 pack_queries=pack_queries))
     wa = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors"))
     assert wa.keys() == wb.keys()

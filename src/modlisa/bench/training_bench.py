@@ -32,6 +32,7 @@ from modlisa.engine.meters import peak_memory, reset_peak_memory, synchronize
 from modlisa.engine.task import SegmentationTask
 from modlisa.engine.train import NullTimer
 from modlisa.metrics import IoUAccumulator
+from modlisa.model.packing import lm_tokens
 from modlisa.types import Batch
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,15 @@ def _section(timer: ComponentTimer, records: list[MeasuredStep], flops_per_step:
     return section
 
 
+def lm_tokens_per_image(model: Any, records: list[MeasuredStep], pack: bool) -> float:
+    """LM tokens (padding included) per training image of the measured steps, from the batch shapes."""
+    n_img = int(model.num_image_tokens)
+    tokens = sum(lm_tokens(b.input_ids, b.attention_mask, b.offsets.tolist(), model.image_token_id, n_img, pack)
+                 for r in records for b in r.batches)
+    images = sum(b.num_images for r in records for b in r.batches)
+    return tokens / images if images else 0.0
+
+
 def _memory(device: torch.device) -> dict[str, Any]:
     value, kind = peak_memory(device)
     out: dict[str, Any] = {"peak_gb": value, "kind": kind, "rss_now_gb": current_rss_gb()}
@@ -340,7 +350,8 @@ def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None, arch: Any =
         cache = c.sam_cache.summary() if c.sam_cache is not None else None
         loaders = [_loader_run(c, cfg, w, opts.loader_batches) for w in opts.loader_workers]
     train = _section(timer, records, train_flops, peak)
-    train.update(warmup_steps=opts.warmup_steps, memory=memory, sam_cache=cache)
+    train.update(warmup_steps=opts.warmup_steps, memory=memory, sam_cache=cache, pack_queries=cfg.pack_queries,
+                 lm_tokens_per_image=lm_tokens_per_image(c.unwrapped, records, cfg.pack_queries))
     if saved is not None:
         train["saved_activations_gb_one_micro_batch"] = saved / 1024**3
     result: dict[str, Any] = {

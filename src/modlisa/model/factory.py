@@ -146,6 +146,7 @@ def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
     model.conversation = ConversationFormat.from_config(cfg)
     model.random_init_prefixes = random_init_prefixes(cfg)  # frozen random parts are saved with checkpoints
+    model.pack_queries = bool(cfg.pack_queries)  # one LM sequence per image in training (model/packing.py)
     if cfg.init_from:  # the export's projector, [SEG] head and vision wiring, before adapters freeze / wrap
         from modlisa.weights.export_layout import load_init_weights
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, SamModel
 
+from modlisa.model import packing
 from modlisa.model.backbones import Backbones
 from modlisa.model.seg import (
     decode_masks,
@@ -104,6 +105,7 @@ class ModifiedLISA(nn.Module):
         self.sam_image_size = int(sam.config.vision_config.image_size)
         self.conversation = ConversationFormat()  # how its prompts are rendered (set by build_model)
         self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
+        self.pack_queries = False  # one LM sequence per image in forward (model/packing.py; set by build_model)
         self._num_image_tokens: int | None = None
 
     @classmethod
@@ -187,9 +189,12 @@ class ModifiedLISA(nn.Module):
         image_features = image_features[image_of_row]  # (Q, N, h)
         embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
                                                        image_features)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
-                                  use_cache=False)
-        hidden = out.hidden_states[-1]  # (Q, L', h), after the final norm
+        if self.pack_queries and num_rows > batch.num_images:
+            logits, hidden = self._packed_lm(batch, embeds, mask, image_pos, image_features.shape[1])
+        else:
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
+                                      use_cache=False)
+            logits, hidden = out.logits, out.hidden_states[-1]  # (Q, L', h), after the final norm
         rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, image_features.shape[1],
                                   batch.attention_mask)
         seg_hidden = hidden[rows, pos]  # (K, h)
@@ -202,8 +207,21 @@ class ModifiedLISA(nn.Module):
                              f"got {tuple(decoder_prompts.shape)}")
         read = seg_prompts if decoder_prompts is None else decoder_prompts.to(seg_prompts.dtype)
         pred_masks = self._decode_per_image(read, seg_counts, batch, sam_embeddings)
-        return LISAOutput(logits=out.logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
+        return LISAOutput(logits=logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
                           seg_embeddings=seg_hidden, seg_prompts=seg_prompts)
+
+    def _packed_lm(self, batch: Batch, embeds: Tensor, mask: Tensor, image_pos: Tensor,
+                   n_img: int) -> tuple[Tensor, Tensor]:
+        """The LM over one packed sequence per image (``pack_queries``); logits (Q, L', vocab) and last hidden
+        states (Q, L', h) mapped back to the unpacked rows (padding positions hold a copy of another token)."""
+        offsets = batch.offsets.tolist()
+        kind = packing.mask_kind(self.language_model.config.get_text_config(), mask.shape[1])
+        packing.check_shared_prefix(batch.input_ids, image_pos, offsets)
+        plan = packing.plan_packing(mask, image_pos, offsets, n_img)
+        block = packing.block_attention_mask(plan.segment, None if kind == "bool" else embeds.dtype)
+        out = self.language_model(inputs_embeds=packing.pack(embeds, plan), attention_mask=block,
+                                  position_ids=plan.position_ids, output_hidden_states=True, use_cache=False)
+        return packing.unpack(out.logits, plan), packing.unpack(out.hidden_states[-1], plan)
 
     def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
         """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""
