@@ -13,6 +13,14 @@ from collections.abc import Sequence
 
 from modlisa.config import ConfigError
 
+CHECKPOINT_HELP = ("a run folder (its best model), best_model_epoch_N.json (or .safetensors, or a legacy .pt), "
+                   "checkpoints/last or an exported / imported folder")
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, required, as every command that loads a model names it (``weights.load_checkpoint``)."""
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:
     """Every ``--long`` option the parser knows (its own and its groups')."""

@@ -6,14 +6,13 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from modlisa.cli.common import parse_args
+from modlisa.cli.common import add_checkpoint_argument, parse_args
 from modlisa.engine.run_eval import MODES, PRECISIONS, run_eval
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `modlisa eval`."""
-    parser.add_argument("--checkpoint", required=True, help="a run folder (its best model), best_model_epoch_N.json "
-                        "(or .safetensors, or a legacy .pt), checkpoints/last or an exported folder")
+    add_checkpoint_argument(parser)
     parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
     parser.add_argument("--mode", default="teacher", choices=list(MODES),

@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from modlisa.cli.common import parse_args
+from modlisa.cli.common import add_checkpoint_argument, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa export",
                                      description="Export a checkpoint as a merged Hugging Face-style folder.")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run folder, best_model_epoch_N.json (or a legacy .pt), checkpoints/last or an "
-                             "exported folder")
+    add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, help="the folder to write (must be absent or empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     return parser

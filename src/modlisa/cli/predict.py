@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from modlisa.atomic import atomic_write_text
-from modlisa.cli.common import parse_args
+from modlisa.cli.common import add_checkpoint_argument, parse_args
 from modlisa.config import ConfigError
 from modlisa.data.reasonseg import DataError, reserved_token_reason
 from modlisa.predict import PREDICTIONS_FILE, PredictRequest, predict, read_requests, save_prediction
@@ -31,9 +31,7 @@ def parse_bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modlisa predict",
                                      description="Segment what a query asks for in an image (or a JSONL batch).")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run folder (its best model), best_model_epoch_N.json (or a legacy .pt), "
-                             "checkpoints/last or an exported folder")
+    add_checkpoint_argument(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="image file (with --query)")
     source.add_argument("--jsonl", help='batch file: one {"image", "query"[, "is_sentence"]} object per line')

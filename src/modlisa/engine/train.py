@@ -143,6 +143,9 @@ class EpochStats:
                 self.terms[k] = self.terms.get(k, 0.0) + float(v.detach())
         self.micro_batches += 1
 
+    def copy(self) -> EpochStats:
+        return EpochStats(self.loss_sum, dict(self.terms), self.micro_batches)
+
     def finite(self) -> bool:
         return math.isfinite(self.loss_sum) and all(math.isfinite(v) for v in self.terms.values())
 
@@ -409,12 +412,11 @@ class Trainer:
             self.acc.load_state_tensor(torch.tensor(partial["acc_state"], dtype=torch.float64))
 
     def _snapshot(self) -> tuple[EpochStats, torch.Tensor]:
-        return EpochStats(self.stats.loss_sum, dict(self.stats.terms), self.stats.micro_batches), \
-            self.acc.state_tensor()
+        return self.stats.copy(), self.acc.state_tensor()
 
     def _rollback(self, snapshot: tuple[EpochStats, torch.Tensor]) -> None:
         stats, acc_state = snapshot
-        self.stats = EpochStats(stats.loss_sum, dict(stats.terms), stats.micro_batches)
+        self.stats = stats.copy()
         self.acc.load_state_tensor(acc_state)
 
     def _reduced_stats(self) -> EpochStats:
