@@ -166,15 +166,18 @@ def test_tiny_forward_shapes_backward_and_post_norm_states(tiny):
     out = model(batch)
     q, length = batch.input_ids.shape
     n = model.num_image_tokens
-    assert out.logits.shape == (q, length + n - 1, len(tokenizer))
-    assert out.labels.shape == (q, length + n - 1)
+    assert out.pack_plan is not None  # pack_queries (the default): image 0's two queries share one LM row
+    assert out.logits.shape == (2, out.pack_plan.length, len(tokenizer)) and out.labels.shape == (2, out.pack_plan.length)
+    logits = out.unpacked_logits()
+    assert logits.shape == (q, length + n - 1, len(tokenizer))
+    assert out.unpacked_labels.shape == (q, length + n - 1)
     assert [tuple(m.shape) for m in out.pred_masks] == [(2, 40, 56), (1, 70, 30)]
     assert all(m.dtype == torch.float32 for m in out.pred_masks)
     assert out.seg_counts.tolist() == [1, 1, 1]
     # the gathered state is the one whose logits predict [SEG] (after the final norm)
-    rows, pos = torch.nonzero(out.labels == model.seg_token_id, as_tuple=True)
+    rows, pos = torch.nonzero(out.unpacked_labels == model.seg_token_id, as_tuple=True)
     head = unwrap_lm(model.language_model).get_output_embeddings()
-    assert torch.allclose(head(out.seg_embeddings), out.logits[rows, pos - 1], atol=1e-5)
+    assert torch.allclose(head(out.seg_embeddings), logits[rows, pos - 1], atol=1e-5)
     model.zero_grad()
     toy_loss(out, batch).backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}

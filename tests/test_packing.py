@@ -29,7 +29,14 @@ from modlisa.data.collate import collate_samples  # noqa: E402
 from modlisa.losses import IGNORE_INDEX, compute_losses  # noqa: E402
 from modlisa.model.adapters import unwrap_lm  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
-from modlisa.model.packing import block_attention_mask, mask_kind, packed_lengths, plan_packing  # noqa: E402
+from modlisa.model.packing import (  # noqa: E402
+    block_attention_mask,
+    mask_kind,
+    pack_blocker,
+    packed_labels,
+    packed_lengths,
+    plan_packing,
+)
 from modlisa.model.seg import image_token_positions  # noqa: E402
 from modlisa.types import Batch, Sample  # noqa: E402
 
@@ -123,18 +130,38 @@ def test_plan_and_block_mask_on_a_small_example():
     assert not allowed[0, 3, 4:].any() and allowed[0, 3, :4].all()  # the shared span is causal
 
 
-def test_bool_mask_for_sdpa_float_for_eager_and_refusals():
+def test_bool_mask_for_sdpa_float_for_eager_and_what_blocks_packing():
     segment = torch.tensor([[-1, -1, 0, 0, 1, -2]])
     as_bool = block_attention_mask(segment)
     as_float = block_attention_mask(segment, torch.float32)
     assert as_bool.dtype == torch.bool and torch.equal(as_bool, as_float == 0)
-    assert mask_kind(SimpleNamespace(_attn_implementation="sdpa"), 100) == "bool"
-    assert mask_kind(SimpleNamespace(_attn_implementation="eager", sliding_window=None), 100) == "float"
-    with pytest.raises(ValueError, match="sdpa or eager"):
-        mask_kind(SimpleNamespace(_attn_implementation="flash_attention_2"), 100)
-    assert mask_kind(SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096), 4096) == "bool"
-    with pytest.raises(ValueError, match="sliding window"):
-        mask_kind(SimpleNamespace(_attn_implementation="sdpa", sliding_window=64), 65)
+    assert mask_kind(SimpleNamespace(_attn_implementation="sdpa")) == "bool"
+    assert mask_kind(SimpleNamespace(_attn_implementation="eager", sliding_window=None)) == "float"
+    ids = torch.tensor([[1, 2, 9, 5, 6], [1, 2, 9, 7, 0], [1, 3, 9, 7, 0]])
+    image_pos = torch.tensor([2, 2, 2])
+
+    def blocker(impl, window=None, length=100, offsets=(0, 2, 3)):
+        config = SimpleNamespace(_attn_implementation=impl, sliding_window=window)
+        return pack_blocker(config, length, ids, image_pos, list(offsets))
+
+    assert blocker("sdpa") is None and blocker("eager") is None
+    assert blocker("sdpa", window=4096, length=4096) is None
+    assert "flash_attention_2" in blocker("flash_attention_2")
+    assert "sliding window (64)" in blocker("sdpa", window=64, length=65)
+    assert "rows 0 and 2 of image 0 differ before the image token" in blocker("sdpa", offsets=(0, 3))
+
+
+def test_packed_labels_count_the_same_predictions_or_refuse():
+    # one image, rows 0 and 1 (prefix 1 + N 2 -> shared 3), row 0 supervises its last 2 tokens, row 1 its last 1
+    mask = torch.tensor([[1] * 6, [1] * 5 + [0]])
+    labels = torch.tensor([[-100, -100, -100, -100, 11, 12], [-100, -100, -100, -100, 13, -100]])
+    plan = plan_packing(mask, torch.tensor([1, 1]), [0, 2], n_img=2)
+    packed = packed_labels(labels, plan)
+    # packed row: shared 0..2 | row 0's 3..5 | row 1's 3..4; position p predicts packed[p + 1]
+    assert plan.gather[0].tolist() == [0, 1, 2, 3, 4, 5, 9, 10]
+    assert packed[0].tolist() == [-100, -100, -100, -100, 11, 12, -100, 13]
+    labels[1, 3] = 14  # a supervised token right after the image span: one shared position cannot predict both
+    assert packed_labels(labels, plan) is None
 
 
 def test_packed_lengths_count_the_image_span_once(tiny):
@@ -198,9 +225,11 @@ def check_equivalence(model, tokenizer, processors, attn: str, queries: tuple[in
         assert seen[1] == seen[0]
     for key in base_losses:
         assert_close(packed_losses[key], base_losses[key], key)
+    if max(queries) > 1:  # the logits stay packed: (B, Lp, V), one row per image
+        assert packed.logits.shape[:2] == seen[1] and packed.labels.shape == seen[1]
     base_sum, base_count = per_query_ce(base.logits, base.labels)
-    packed_sum, packed_count = per_query_ce(packed.logits, packed.labels)
-    assert torch.equal(packed_count, base_count) and torch.equal(packed.labels, base.labels)
+    packed_sum, packed_count = per_query_ce(packed.unpacked_logits(), packed.unpacked_labels)
+    assert torch.equal(packed_count, base_count) and torch.equal(packed.unpacked_labels, base.labels)
     assert_close(packed_sum, base_sum, "per-query CE sums")
     assert torch.equal(packed.seg_counts, base.seg_counts)
     assert_close(packed.seg_embeddings, base.seg_embeddings, "[SEG] embeddings")
@@ -220,22 +249,52 @@ def test_explanatory_answer_is_in_the_mix(tiny):
     assert int(answers_tokens.max()) > 3 * int(answers_tokens.min())
 
 
-def test_rows_of_an_image_must_share_the_prefix(tiny):
+def test_rows_without_a_shared_prefix_run_unpacked_with_one_warning(tiny, caplog):
     model, tokenizer, processors = tiny
     batch = collate_samples(make_samples(processors, (2,)), tokenizer, 512)
     ids = batch.input_ids.clone()
     ids[1, 1] = (int(ids[1, 1]) + 1) % 50 + 10
-    model.pack_queries = True
-    try:
-        with pytest.raises(ValueError, match="differ before the image token"):
-            model(replace(batch, input_ids=ids))
-    finally:
-        model.pack_queries = False
+    batch = replace(batch, input_ids=ids)
+    model.eval()
+    with torch.no_grad():
+        base = model(batch)
+        model.pack_queries = True
+        try:
+            with caplog.at_level("WARNING", logger="modlisa.model.lisa"):
+                packed, again = model(batch), model(batch)
+        finally:
+            model.pack_queries = False
+    assert packed.pack_plan is None and again.pack_plan is None and packed.logits.shape == base.logits.shape
+    torch.testing.assert_close(packed.logits, base.logits, atol=0, rtol=0)
+    warnings = [r.getMessage() for r in caplog.records if "pack_queries" in r.getMessage()]
+    assert len(warnings) == 1 and "differ before the image token" in warnings[0] and "unpacked" in warnings[0]
 
 
-def test_pack_queries_is_off_by_default_and_set_on_the_model():
-    assert TrainingConfig().pack_queries is False
-    model, _, _ = build_model(tiny_cfg(pack_queries=True))
+def test_a_supervised_token_after_the_image_unpacks_the_logits_only(tiny):
+    model, tokenizer, processors = tiny
+    batch = collate_samples(make_samples(processors, (3, 1)), tokenizer, 512)
+    labels = batch.labels.clone()
+    image_pos = image_token_positions(batch.input_ids, model.image_token_id)
+    labels[1, int(image_pos[1]) + 1] = batch.input_ids[1, int(image_pos[1]) + 1]
+    batch = replace(batch, labels=labels)
+    model.eval()
+    with torch.no_grad():
+        base = model(batch)
+        model.pack_queries = True
+        try:
+            packed = model(batch)
+        finally:
+            model.pack_queries = False
+    assert packed.pack_plan is not None and packed.logits.shape == base.logits.shape
+    ce = compute_losses(packed.logits, packed.labels, packed.pred_masks, batch.masks)["ce"]
+    assert_close(ce, compute_losses(base.logits, base.labels, base.pred_masks, batch.masks)["ce"], "CE")
+
+
+def test_pack_queries_is_on_by_default_and_set_on_the_model():
+    assert TrainingConfig().pack_queries is True
+    model, _, _ = build_model(tiny_cfg(pack_queries=False))
+    assert model.pack_queries is False
+    model, _, _ = build_model(tiny_cfg())
     assert model.pack_queries is True
 
 
@@ -250,20 +309,30 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_bench_pack_queries_true_and_false(data_root, tmp_path):
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_bench_compares_both_settings_in_one_bench_json(data_root, tmp_path, flag, capsys):
     from modlisa.cli.bench import main as main_bench
 
     repo = Path(__file__).resolve().parents[1]
-    tokens = {}
-    for flag in ("false", "true"):
-        out = tmp_path / f"bench_{flag}.json"
-        args = ["--config", str(repo / "configs" / "demo.yaml"), "--data_root", str(data_root), "--output_dir",
-                str(tmp_path / "run"), "--img_size", "64", "--sam_image_size", "64", "--batch_size", "2",
-                "--queries_per_image", "3", "--warmup", "1", "--steps", "1", "--eval-steps", "0",
-                "--matmul-n", "64", "--pack_queries", flag, "--out", str(out)]
-        assert main_bench(args) == 0
-        r = json.loads(out.read_text())
-        assert r["config"]["pack_queries"] is (flag == "true") and r["train"]["pack_queries"] is (flag == "true")
-        assert r["train"]["steps"] == 1 and r["train"]["lm_tokens_per_image"] > 0
-        tokens[flag] = r["train"]["lm_tokens_per_image"]
-    assert tokens["true"] < tokens["false"]
+    out = tmp_path / "bench.json"
+    args = ["--config", str(repo / "configs" / "demo.yaml"), "--data_root", str(data_root), "--output_dir",
+            str(tmp_path / "run"), "--img_size", "64", "--sam_image_size", "64", "--batch_size", "2",
+            "--queries_per_image", "3", "--seg_prompt_teacher_fraction", "0", "--warmup", "1", "--steps", "2",
+            "--eval-steps", "0", "--matmul-n", "64", "--pack_queries", flag, "--compare_packing", "--out", str(out)]
+    assert main_bench(args) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["pack_queries"] is (flag == "true") and r["train"]["pack_queries"] is (flag == "true")
+    c = r["packing_comparison"]
+    packed, unpacked = c["packed"], c["unpacked"]
+    # the configured setting is the main section; the other one was measured in the same process
+    assert (packed if flag == "true" else unpacked)["samples_per_s"] == r["train"]["samples_per_s"]
+    assert packed["lm_tokens_per_image"] < unpacked["lm_tokens_per_image"]
+    assert packed["flops_per_step"] < unpacked["flops_per_step"]
+    ratios = c["ratio_packed_to_unpacked"]
+    assert ratios["lm_tokens_per_image"] == pytest.approx(packed["lm_tokens_per_image"] /
+                                                          unpacked["lm_tokens_per_image"])
+    assert ratios["samples_per_s"] == pytest.approx(packed["samples_per_s"] / unpacked["samples_per_s"])
+    assert len(packed["losses"]) == len(unpacked["losses"]) == 3  # warm-up + 2 measured steps
+    assert all(np.isfinite(packed["losses"])) and c["max_abs_loss_difference"] < 1e-4  # the same training
+    assert packed["losses"][0] == pytest.approx(unpacked["losses"][0], abs=1e-5)
+    assert "packed / unpacked: samples/s x" in capsys.readouterr().out

@@ -38,8 +38,9 @@ class TrainingConfig:
     # --- data ---
     data_root: str = _f("data/demo", "ReasonSeg-format folder with train/ val/ test/ (+ explanatory/train.json)")
     queries_per_image: int = _f(3, "queries sampled per training image, each its own sequence (LISA: up to 3)")
-    pack_queries: bool = _f(False, "put all queries of an image in ONE LM sequence (image tokens once, block "
-                                   "attention mask, positions restart per query): LISA's losses, fewer LM tokens")
+    pack_queries: bool = _f(True, "put all queries of an image in ONE LM sequence (image tokens once, block "
+                                  "attention mask, positions restart per query): LISA's losses, fewer LM tokens; "
+                                  "rows it cannot pack exactly (flash attention, sliding window) run unpacked")
     explanatory_prob: float = _f(0.1, "probability of answering with the explanation where explanatory/train.json "
                                       "has one (LISA: 0.1)")
     augment: bool = _f(False, "photometric jitter + query-aware horizontal flip (left/right words swapped)")

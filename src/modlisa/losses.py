@@ -147,7 +147,8 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """LISA's combined loss and its named terms.
 
-    lm_logits: (Q, L, V); labels: (Q, L) with -100 outside the answers.
+    lm_logits: (R, T, V); labels: (R, T) with -100 outside the answers: one row per query (R = Q), or per image
+                when the queries were packed (``LISAOutput``; the same loss either way).
     pred_masks: B tensors (n_b, H_b, W_b) of float logits at the original resolution.
     gt_masks:   B tensors (n_b, H_b, W_b) uint8 in {0, 1, 255}.
     Returns scalar tensors ``loss``, ``ce``, ``mask_bce``, ``mask_dice``, ``mask_focal`` (unweighted

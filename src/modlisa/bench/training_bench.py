@@ -56,6 +56,7 @@ class BenchOptions:
     saved_activations: bool = True  # measure the bytes saved for backward of one micro-batch
     loader_workers: tuple[int, ...] = ()  # DataLoader throughput with these worker counts (empty: skip)
     loader_batches: int = 20
+    compare_packing: bool = False  # also measure the other pack_queries setting in this process (packing_comparison)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class MeasuredStep:
     images: int = 0
     queries: int = 0
     sam_encoded: int = 0
+    loss: float = float("nan")  # mean training loss of the step's micro-batches
 
 
 # ---------------------------------------------------------------------- levers
@@ -118,6 +120,7 @@ def _encoded(c: Any) -> int:
 def train_step(trainer: Any, batches: Iterator[Batch], timer: ComponentTimer) -> MeasuredStep:
     """One ``Trainer.train_step``, its regions charged to ``timer`` (the step is opened and closed here)."""
     encoded = _encoded(trainer.parts)
+    loss_sum, micro = trainer.stats.loss_sum, trainer.stats.micro_batches
     trainer.timer = timer
     timer.start_step()
     try:
@@ -125,7 +128,8 @@ def train_step(trainer: Any, batches: Iterator[Batch], timer: ComponentTimer) ->
     finally:
         trainer.timer = NullTimer()
     timer.end_step()
-    return MeasuredStep(record.batches, record.images, record.queries, _encoded(trainer.parts) - encoded)
+    loss = (trainer.stats.loss_sum - loss_sum) / max(1, trainer.stats.micro_batches - micro)
+    return MeasuredStep(record.batches, record.images, record.queries, _encoded(trainer.parts) - encoded, loss)
 
 
 # ---------------------------------------------------------------------- evaluation steps
@@ -289,8 +293,7 @@ def _measure_training(trainer: Any, opts: BenchOptions) -> tuple[ComponentTimer,
     batches = train_batches(c)
     c.model.train()
     warm = ComponentTimer(device, sync=False)
-    for _ in range(opts.warmup_steps):
-        train_step(trainer, batches, warm)
+    warmup = [train_step(trainer, batches, warm) for _ in range(opts.warmup_steps)]
     synchronize(device)
     reset_peak_memory(device)
     timer = ComponentTimer(device, sync=opts.breakdown)
@@ -299,7 +302,7 @@ def _measure_training(trainer: Any, opts: BenchOptions) -> tuple[ComponentTimer,
         records = [train_step(trainer, batches, timer) for _ in range(opts.steps)]
     finally:
         detach()
-    return timer, records, _memory(device)
+    return timer, records, _memory(device) | {"warmup_losses": [r.loss for r in warmup]}
 
 
 def _measure_eval(c: Any, opts: BenchOptions) -> tuple[ComponentTimer, list[MeasuredStep]]:
@@ -350,8 +353,10 @@ def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None, arch: Any =
         cache = c.sam_cache.summary() if c.sam_cache is not None else None
         loaders = [_loader_run(c, cfg, w, opts.loader_batches) for w in opts.loader_workers]
     train = _section(timer, records, train_flops, peak)
+    warmup_losses = memory.pop("warmup_losses")
     train.update(warmup_steps=opts.warmup_steps, memory=memory, sam_cache=cache, pack_queries=cfg.pack_queries,
-                 lm_tokens_per_image=lm_tokens_per_image(c.unwrapped, records, cfg.pack_queries))
+                 lm_tokens_per_image=lm_tokens_per_image(c.unwrapped, records, cfg.pack_queries),
+                 losses=[r.loss for r in records], warmup_losses=warmup_losses)
     if saved is not None:
         train["saved_activations_gb_one_micro_batch"] = saved / 1024**3
     result: dict[str, Any] = {
@@ -375,7 +380,40 @@ def run_bench(cfg: TrainingConfig, opts: BenchOptions | None = None, arch: Any =
             "ratio_to_training": {str(r["workers"]): r["samples_per_s"] / consumed if consumed else None
                                   for r in loaders},
         }
+    if opts.compare_packing:
+        other_opts = replace(opts, compare_packing=False, eval_steps=0, loader_workers=())
+        other = run_bench(replace(cfg, pack_queries=not cfg.pack_queries), other_opts, arch)["train"]
+        result["packing_comparison"] = packing_comparison(train, other) if cfg.pack_queries else \
+            packing_comparison(other, train)
     return result
+
+
+COMPARED = ("samples_per_s", "step_time_mean_s", "lm_tokens_per_image", "flops_per_step",
+            "saved_activations_gb_one_micro_batch")
+
+
+def _compared_figures(train: dict[str, Any]) -> dict[str, Any]:
+    figures = {key: train.get(key) for key in COMPARED}
+    figures.update(step_time_median_s=train["step_time_s"]["median"], peak_memory_gb=train["memory"]["peak_gb"],
+                   peak_memory_kind=train["memory"]["kind"], losses=train["warmup_losses"] + train["losses"])
+    return figures
+
+
+def packing_comparison(packed: dict[str, Any], unpacked: dict[str, Any]) -> dict[str, Any]:
+    """bench.json's ``packing_comparison``: both ``train`` sections' figures, measured one after the other in
+    one process on the same batches from the same initial weights, and their ratios packed / unpacked.
+
+    ``max_abs_loss_difference`` compares the training losses step by step (warm-up included): packing computes
+    the same losses, so the difference is float round-off (grown by the optimizer steps in between).
+    """
+    a, b = _compared_figures(packed), _compared_figures(unpacked)
+    ratios = {}
+    for key in (*COMPARED, "step_time_median_s", "peak_memory_gb"):
+        ratios[key] = a[key] / b[key] if a.get(key) is not None and b.get(key) else None
+    diffs = [abs(x - y) for x, y in zip(a["losses"], b["losses"])]
+    return {"packed": a, "unpacked": b, "ratio_packed_to_unpacked": ratios,
+            "max_abs_loss_difference": max(diffs) if diffs else None,
+            "note": "both settings measured one after the other in this process, same batches and initial weights"}
 
 
 def _loader_run(c: Any, cfg: TrainingConfig, workers: int, batches: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """``modlisa bench``: measure training / evaluation steps of a config (bench.json), or plan its memory.
 
     modlisa bench --config configs/demo.yaml [--out bench.json] [--steps 10] [--data_loader 0,2]
+    modlisa bench --config configs/smol.yaml --pack_queries true --compare_packing   # both settings, their ratios
     modlisa bench --plan_memory --config configs/single_gpu_24gb.yaml [--gpu_gb 24]
 """
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_loader", default=None, metavar="W1,W2",
                         help="also measure the training DataLoader with these worker counts, e.g. 0,2")
     parser.add_argument("--loader_batches", type=int, default=20)
+    parser.add_argument("--compare_packing", action="store_true",
+                        help="also measure training with the other pack_queries setting, in this process; "
+                             "bench.json's packing_comparison holds both and their ratios")
     parser.add_argument("--large_image", action="store_true",
                         help="also time the stages of one 4000x3000 item (decode, masks, transforms)")
     parser.add_argument("--plan_memory", action="store_true", help="estimate peak training memory; no run")
@@ -97,7 +101,21 @@ def _print_bench(result: dict[str, Any], out: Path) -> None:
             ratio = result["data_loader"]["ratio_to_training"][str(run["workers"])]
             print(f"data loader, {run['workers']} workers: {run['samples_per_s']:.1f} samples/s "
                   f"({ratio:.1f}x what training consumes)")
+    if result.get("packing_comparison"):
+        _print_packing(result["packing_comparison"])
     print(f"wrote {out}")
+
+
+def _print_packing(comparison: dict[str, Any]) -> None:
+    print("pack_queries  samples/s  step time (median)  LM tokens/image  peak memory")
+    for name in ("packed", "unpacked"):
+        f = comparison[name]
+        print(f"  {name:<11} {f['samples_per_s']:9.3f}  {f['step_time_median_s']:9.3f} s         "
+              f"{f['lm_tokens_per_image']:9.1f}      {f['peak_memory_gb']:6.2f} GB")
+    r = comparison["ratio_packed_to_unpacked"]
+    print(f"  packed / unpacked: samples/s x{r['samples_per_s']:.2f}, LM tokens x{r['lm_tokens_per_image']:.2f}, "
+          f"peak memory x{r['peak_memory_gb']:.2f}; largest loss difference "
+          f"{comparison['max_abs_loss_difference']:.2e}")
 
 
 def run_plan(cfg: TrainingConfig, args: argparse.Namespace) -> int:
@@ -127,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = BenchOptions(warmup_steps=args.warmup, steps=args.steps, eval_steps=args.eval_steps,
                         breakdown=not args.no_breakdown, count_flops=not args.no_flops, matmul_n=args.matmul_n,
                         attn_implementation=args.attn, compile=args.compile,
-                        loader_workers=_workers(args.data_loader), loader_batches=args.loader_batches)
+                        loader_workers=_workers(args.data_loader), loader_batches=args.loader_batches,
+                        compare_packing=args.compare_packing)
     result = run_bench(cfg, opts)
     if args.large_image:
         from modlisa.bench.data_bench import large_image_stages

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -17,19 +20,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Restart the peak-memory count: CUDA's peak statistics, or on Linux the process's peak RSS (VmHWM, reset
+    by writing 5 to /proc/self/clear_refs); elsewhere the CPU peak cannot be reset."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        _PROC_CLEAR_REFS.write_text("5")
+
+
+def _vm_hwm_kib() -> int | None:
+    """The peak resident set size in KiB since the process started or the last ``reset_peak_memory`` (Linux)."""
+    try:
+        match = re.search(r"^VmHWM:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
     """Peak memory in GB and what it measures.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` since the last reset ("cuda_max_allocated").
-    On CPU: the process's peak resident set size since it started ("cpu_peak_rss"; cannot be reset).
+    On CPU: the process's peak resident set size ("cpu_peak_rss"): since the last ``reset_peak_memory`` on Linux
+    (VmHWM), since the process started elsewhere (``ru_maxrss``).
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1024**3, "cuda_max_allocated"
+    hwm = _vm_hwm_kib()
+    if hwm is not None:
+        return hwm / 1024**2, "cpu_peak_rss"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     scale = 1024**3 if sys.platform == "darwin" else 1024**2
     return rss / scale, "cpu_peak_rss"

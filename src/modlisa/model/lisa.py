@@ -9,6 +9,7 @@ S = SAM input size, (H, W) original image size.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +28,18 @@ from modlisa.model.seg import (
 )
 from modlisa.types import IMAGE_TOKEN, SEG_TOKEN, Batch, ConversationFormat
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class LISAOutput:
     """What ``ModifiedLISA.forward`` returns.
 
-    logits:         (Q, L', vocab) LM logits over the expanded sequence.
-    labels:         (Q, L') expanded labels, -100 on the image span (unshifted, like ``logits``).
+    logits:         (R, T, vocab) LM logits over the expanded sequences: (Q, L') per query, or, when the
+                    queries were packed (``pack_queries``), (B, Lp) per image; ``unpacked_logits()`` is (Q, L').
+    labels:         (R, T) labels aligned with ``logits`` (unshifted: logits[:, t] predict labels[:, t + 1]),
+                    -100 where nothing is predicted; the causal-LM loss over (logits, labels) is the same in
+                    both layouts. ``unpacked_labels`` is (Q, L').
     pred_masks:     B tensors (n_b, H_b, W_b) float32 mask logits at each image's original size, one per
                     [SEG] of that image's sequences, in row then position order.
     seg_counts:     (Q,) number of [SEG] tokens per sequence.
@@ -48,6 +54,18 @@ class LISAOutput:
     seg_counts: Tensor
     seg_embeddings: Tensor
     seg_prompts: Tensor
+    unpacked_labels: Tensor | None = None
+    pack_plan: packing.PackPlan | None = None
+
+    def __post_init__(self) -> None:
+        if self.unpacked_labels is None:
+            self.unpacked_labels = self.labels
+
+    def unpacked_logits(self) -> Tensor:
+        """(Q, L', vocab) logits per query (a copy when the queries were packed)."""
+        if self.pack_plan is None or self.logits.shape[0] == self.seg_counts.shape[0]:
+            return self.logits
+        return packing.unpack(self.logits, self.pack_plan)
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
@@ -107,6 +125,7 @@ class ModifiedLISA(nn.Module):
         self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
         self.pack_queries = False  # one LM sequence per image in forward (model/packing.py; set by build_model)
         self._num_image_tokens: int | None = None
+        self._pack_fallbacks: set[str] = set()  # reasons already logged (``_pack_plan``)
 
     @classmethod
     def from_backbones(cls, parts: Backbones, vision_image_size: int) -> ModifiedLISA:
@@ -189,15 +208,17 @@ class ModifiedLISA(nn.Module):
         image_features = image_features[image_of_row]  # (Q, N, h)
         embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
                                                        image_features)
-        if self.pack_queries and num_rows > batch.num_images:
-            logits, hidden = self._packed_lm(batch, embeds, mask, image_pos, image_features.shape[1])
-        else:
-            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
-                                      use_cache=False)
-            logits, hidden = out.logits, out.hidden_states[-1]  # (Q, L', h), after the final norm
         rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, image_features.shape[1],
                                   batch.attention_mask)
-        seg_hidden = hidden[rows, pos]  # (K, h)
+        plan = self._pack_plan(batch, mask, image_pos, image_features.shape[1]) if self.pack_queries else None
+        unpacked_labels = labels
+        if plan is None:
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
+                                      use_cache=False)
+            logits = out.logits  # (Q, L', V)
+            seg_hidden = out.hidden_states[-1][rows, pos]  # (K, h), after the final norm
+        else:
+            logits, labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
         seg_counts = torch.bincount(rows, minlength=num_rows)
         if sam_embeddings is None:
             sam_embeddings = self.encode_sam(batch.sam_images)
@@ -208,20 +229,44 @@ class ModifiedLISA(nn.Module):
         read = seg_prompts if decoder_prompts is None else decoder_prompts.to(seg_prompts.dtype)
         pred_masks = self._decode_per_image(read, seg_counts, batch, sam_embeddings)
         return LISAOutput(logits=logits, labels=labels, pred_masks=pred_masks, seg_counts=seg_counts,
-                          seg_embeddings=seg_hidden, seg_prompts=seg_prompts)
+                          seg_embeddings=seg_hidden, seg_prompts=seg_prompts, unpacked_labels=unpacked_labels,
+                          pack_plan=plan)
 
-    def _packed_lm(self, batch: Batch, embeds: Tensor, mask: Tensor, image_pos: Tensor,
-                   n_img: int) -> tuple[Tensor, Tensor]:
-        """The LM over one packed sequence per image (``pack_queries``); logits (Q, L', vocab) and last hidden
-        states (Q, L', h) mapped back to the unpacked rows (padding positions hold a copy of another token)."""
+    def _pack_plan(self, batch: Batch, mask: Tensor, image_pos: Tensor, n_img: int) -> packing.PackPlan | None:
+        """The packing of this batch's expanded rows ``mask`` (Q, L'), or None when it runs unpacked: one query
+        per image, or rows packing cannot compute exactly (``packing.pack_blocker``; said once per reason)."""
+        if batch.input_ids.shape[0] == batch.num_images:
+            return None
         offsets = batch.offsets.tolist()
-        kind = packing.mask_kind(self.language_model.config.get_text_config(), mask.shape[1])
-        packing.check_shared_prefix(batch.input_ids, image_pos, offsets)
-        plan = packing.plan_packing(mask, image_pos, offsets, n_img)
+        reason = packing.pack_blocker(self.language_model.config.get_text_config(), mask.shape[1],
+                                      batch.input_ids, image_pos, offsets)
+        if reason is not None:
+            if reason not in self._pack_fallbacks:
+                self._pack_fallbacks.add(reason)
+                logger.warning("pack_queries: %s; these queries run unpacked (the same losses, more LM tokens)",
+                               reason)
+            return None
+        return packing.plan_packing(mask, image_pos, offsets, n_img)
+
+    def _packed_lm(self, embeds: Tensor, mask: Tensor, labels: Tensor | None, plan: packing.PackPlan,
+                   rows: Tensor, pos: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The LM over one packed sequence per image (``pack_queries``).
+
+        embeds (Q, L', h), mask and labels (Q, L'), the [SEG] read positions (K,) ``rows`` / ``pos`` in the
+        unpacked layout. Returns logits (B, Lp, V) with their labels (B, Lp) (``packing.packed_labels``; when
+        those do not exist, logits unpacked to (Q, L', V) with the unpacked labels) and the (K, h) [SEG] states.
+        """
+        kind = packing.mask_kind(self.language_model.config.get_text_config())
         block = packing.block_attention_mask(plan.segment, None if kind == "bool" else embeds.dtype)
         out = self.language_model(inputs_embeds=packing.pack(embeds, plan), attention_mask=block,
                                   position_ids=plan.position_ids, output_hidden_states=True, use_cache=False)
-        return packing.unpack(out.logits, plan), packing.unpack(out.hidden_states[-1], plan)
+        hidden = out.hidden_states[-1]  # (B, Lp, h)
+        seg_hidden = hidden.reshape(-1, hidden.shape[-1])[plan.scatter[rows, pos]]
+        logits = out.logits
+        packed = packing.packed_labels(labels, plan) if labels is not None else None
+        if labels is not None and packed is None:
+            return packing.unpack(logits, plan), labels, seg_hidden
+        return logits, packed, seg_hidden
 
     def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
         """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""

@@ -67,17 +67,6 @@ def packed_lengths(attention_mask: Tensor, image_pos: Tensor, offsets: list[int]
     return out
 
 
-def check_shared_prefix(input_ids: Tensor, image_pos: Tensor, offsets: list[int]) -> None:
-    """ValueError unless every row of an image holds the same tokens up to and including its <image> token."""
-    for b in range(len(offsets) - 1):
-        first = offsets[b]
-        end = int(image_pos[first]) + 1
-        for r in range(first + 1, offsets[b + 1]):
-            if int(image_pos[r]) + 1 != end or not torch.equal(input_ids[r, :end], input_ids[first, :end]):
-                raise ValueError(f"pack_queries: rows {first} and {r} of image {b} differ before the image token; "
-                                 "packing needs one shared prompt prefix per image")
-
-
 def plan_packing(mask: Tensor, image_pos: Tensor, offsets: list[int], n_img: int) -> PackPlan:
     """The index maps that pack the expanded rows (``mask`` (Q, L'), right-padded) image by image.
 
@@ -119,23 +108,65 @@ def plan_packing(mask: Tensor, image_pos: Tensor, offsets: list[int], n_img: int
 MASK_KINDS = {"sdpa": "bool", "eager": "float"}  # the LM attention implementations that honour a custom 4D mask
 
 
-def mask_kind(text_config: Any, expanded_length: int) -> str:
+def mask_kind(text_config: Any) -> str:
     """"bool" (sdpa) or "float" (eager): the 4D mask the LM's attention reads as given.
 
     Transformers (5.x) passes a 4D ``attention_mask`` to the attention as it is: sdpa reads a bool mask whatever
-    the query dtype (autocast), eager ADDS the mask to the scores (a float mask). ValueError for another
-    implementation (flash attention ignores a 4D mask) and for a sliding window the unpacked rows would reach
-    (the custom mask has no window).
+    the query dtype (autocast), eager ADDS the mask to the scores (a float mask).
+    """
+    return MASK_KINDS[getattr(text_config, "_attn_implementation", None) or "eager"]
+
+
+def pack_blocker(text_config: Any, expanded_length: int, input_ids: Tensor, image_pos: Tensor,
+                 offsets: list[int]) -> str | None:
+    """Why these rows cannot be packed exactly (the model then runs them unpacked: same losses, more LM tokens),
+    or None when they can.
+
+    Packing needs an attention implementation that honours a custom 4D mask (sdpa or eager; flash attention
+    ignores it), no sliding window the unpacked rows would reach (the block mask has no window), and one
+    shared prompt prefix per image (rows of an image equal up to and including their <image> token).
     """
     impl = getattr(text_config, "_attn_implementation", None) or "eager"
     if impl not in MASK_KINDS:
-        raise ValueError(f"pack_queries needs the LM's attention implementation sdpa or eager (a custom 4D mask); "
-                         f"it is {impl!r}")
+        return f"the LM's attention implementation is {impl!r}, which ignores a custom 4D mask (sdpa or eager do not)"
     window = getattr(text_config, "sliding_window", None)
     if window and expanded_length > int(window):
-        raise ValueError(f"pack_queries: sequences of {expanded_length} tokens exceed the LM's sliding window "
-                         f"({window}), which a packed 4D mask does not apply; set pack_queries=false")
-    return MASK_KINDS[impl]
+        return f"sequences of {expanded_length} tokens exceed the LM's sliding window ({window})"
+    for b in range(len(offsets) - 1):
+        first = offsets[b]
+        end = int(image_pos[first]) + 1
+        for r in range(first + 1, offsets[b + 1]):
+            if int(image_pos[r]) + 1 != end or not torch.equal(input_ids[r, :end], input_ids[first, :end]):
+                return f"rows {first} and {r} of image {b} differ before the image token (no shared prefix)"
+    return None
+
+
+def packed_labels(labels: Tensor, plan: PackPlan) -> Tensor | None:
+    """(B, Lp) labels for the PACKED logits such that the causal-LM loss over (B, Lp) -- logits[:, t] predict
+    labels[:, t + 1] -- counts exactly the (position, target) pairs of the unpacked (Q, L') rows; None when no
+    such labels exist (a supervised token right after the image span, which every row would predict from the one
+    shared span): then the logits must be unpacked.
+
+    ``labels`` (Q, L') expanded, -100 where nothing is predicted.
+    """
+    ignore = -100
+    target = torch.full_like(labels, ignore)  # target[r, t] = labels[r, t + 1]: what position t predicts
+    target[:, :-1] = labels[:, 1:]
+    shared_pos = plan.segment == -1
+    first_rows = plan.gather[:, 0] // labels.shape[1]
+    # every row's targets on the shared span must be ignored (the span is computed, and would be counted, once)
+    shared_len = shared_pos.sum(dim=1)  # (B,)
+    rows_image = torch.bucketize(torch.arange(labels.shape[0], device=labels.device), first_rows, right=True) - 1
+    t = torch.arange(labels.shape[1], device=labels.device).unsqueeze(0)
+    if bool((target[t < shared_len[rows_image].unsqueeze(1)] != ignore).any()):
+        return None
+    packed_target = pack(target, plan)
+    packed_target[plan.segment == -2] = ignore
+    out = torch.full_like(packed_target, ignore)
+    out[:, 1:] = packed_target[:, :-1]
+    if bool((packed_target[:, -1] != ignore).any()):
+        return None
+    return out
 
 
 def block_attention_mask(segment: Tensor, dtype: torch.dtype | None = None) -> Tensor:
