@@ -124,12 +124,13 @@ class TrainingConfig:
     output_dir: str = _f("runs/demo", "run folder (outputs/, checkpoints/, logs/)")
     seed: int = _f(42, "random seed of data order, augmentation and initialisation")
     log_every_steps: int = _f(10, "optimizer steps between step lines in the console and train_log.jsonl")
-    eval_every_steps: int = _f(0, "validate every N optimizer steps (0 = at the end of each epoch only)")
+    eval_every_steps: int = _f(0, "also validate every N optimizer steps within an epoch (0 = at the end of each epoch only)")
     save_every_steps: int = _f(0, "save checkpoints/last every N optimizer steps (0 = at the end of each epoch only)")
     resume_from_checkpoint: str | None = _f(None, "latest (the run's checkpoints/last) or a checkpoint folder")
     overwrite_output_dir: bool = _f(False, "a fresh run may replace an earlier run in output_dir")
     allow_config_change: bool = _f(False, "resume although the config differs from the checkpoint's (recorded)")
-    report_to: str | None = _f(None, "tensorboard, or empty for none")
+    report_to: str | None = _f(None, "experiment trackers: tensorboard, mlflow or tensorboard,mlflow (per-step loss terms, "
+                                     "lr, grad-norm, throughput; val metrics and masks); empty for none")
     max_nonfinite_steps: int = _f(5, "consecutive skipped (non-finite) steps that stop the run (exit 3)")
     cpu: bool = _f(False, "force CPU even where CUDA exists")
 
@@ -217,13 +218,21 @@ def _check_choices(cfg: TrainingConfig) -> None:
         raise ConfigError(f"lr_schedule must be linear or constant, got {cfg.lr_schedule!r}")
     if cfg.quantization_bits not in (4, 8):
         raise ConfigError(f"quantization_bits must be 4 or 8, got {cfg.quantization_bits!r}")
-    if cfg.report_to not in (None, "tensorboard"):
-        raise ConfigError(f"report_to must be tensorboard or empty, got {cfg.report_to!r}")
-    if cfg.report_to == "tensorboard":
-        import importlib.util
+    _check_report_to(cfg.report_to)
 
-        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-            raise ConfigError("report_to=tensorboard needs the tensorboard package: pip install tensorboard")
+
+def _check_report_to(report_to: str | None) -> None:
+    """ConfigError for an unknown tracker or one whose package is missing (engine/tracking.py)."""
+    from modlisa.engine.tracking import missing_package, tracker_names
+
+    try:
+        names = tracker_names(report_to)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for name in names:
+        hint = missing_package(name)
+        if hint is not None:
+            raise ConfigError(f"report_to={name} needs its package: {hint}")
 
 
 def _check_quantization(cfg: TrainingConfig) -> None:

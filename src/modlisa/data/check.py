@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from modlisa.console import progress as progress_bar
 from modlisa.data.reasonseg import (
     DataError,
     Problem,
@@ -81,7 +81,7 @@ def check_split(root: str | Path, split: str, *, progress: bool = True,
     usable: list[Annotation] = []
     masks: list[np.ndarray] = []
     problems += _long_queries(annotations, max_length)
-    for ann in tqdm(annotations, desc=f"check {split}", unit="img", file=sys.stderr, disable=not progress):
+    for ann in progress_bar(annotations, enabled=progress, desc=f"check {split}", unit="img", file=sys.stderr):
         mask, problem = _decode_and_rasterise(ann)
         if problem is not None:
             problems.append(problem)

@@ -103,9 +103,7 @@ def deepspeed_plugin(cfg: TrainingConfig) -> Any:
 def make_accelerator(cfg: TrainingConfig) -> Accelerator:
     """The run's Accelerator: mixed precision, accumulation (``accumulate()``), DDP kwargs, DeepSpeed plugin."""
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # SAM's multimask heads get no gradient
-    kwargs: dict[str, Any] = {}
-    if cfg.report_to:
-        kwargs = {"log_with": cfg.report_to, "project_dir": str(Path(cfg.output_dir) / "outputs")}
+    kwargs: dict[str, Any] = {}  # trackers are the run's own (engine/tracking.py), not Accelerate's
     handlers: list[Any] = [ddp]
     plugin = deepspeed_plugin(cfg)
     if plugin is not None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from modlisa.console import progress as progress_bar
 from modlisa.engine.grounding import grounding_accuracy, is_grounded
 from modlisa.engine.task import SegmentationTask, subset_of
 from modlisa.losses import LossWeights
@@ -41,10 +41,25 @@ def autocast_context(device: torch.device, precision: str) -> Any:
 
 @dataclass
 class EvalResult:
-    """metrics: giou, ciou, loss, num_queries, subsets{short,long}; records: one dict per query."""
+    """metrics: giou, ciou, loss, num_queries, subsets{short,long}; records: one dict per query; examples: the
+    first ``keep_examples`` queries of this process with their masks (``mask_examples``)."""
 
     metrics: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mask_examples(batch: Batch, pred_masks: list[torch.Tensor], limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` queries of the batch as {file, query, pred (H, W) bool, gt (H, W) uint8} numpy pictures."""
+    out: list[dict[str, Any]] = []
+    for b in range(batch.num_images):
+        start = int(batch.offsets[b])
+        for q in range(batch.masks[b].shape[0]):
+            if len(out) >= limit:
+                return out
+            out.append({"file": batch.image_paths[b], "query": batch.queries[start + q],
+                        "pred": (pred_masks[b][q] > 0).cpu().numpy(), "gt": batch.masks[b][q].cpu().numpy()})
+    return out
 
 
 DistractorFn = Callable[[int, tuple[int, int]], "np.ndarray | None"]
@@ -108,27 +123,31 @@ def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accelerator: Any = None,
              loss_weights: LossWeights | None = None, desc: str = "eval", progress: bool = True,
              sam_cache: Any = None, distractors_of: DistractorFn | None = None,
-             autocast: Any = None) -> EvalResult:
+             autocast: Any = None, keep_examples: int = 0) -> EvalResult:
     """Run teacher-forced LISA evaluation of ``model`` (unwrapped: no collectives inside the loop).
 
     ``sam_cache`` (a ``SamEmbeddingCache``) serves frozen-SAM image embeddings instead of re-encoding.
     ``distractors_of``: see ``query_records``; adds ``grounding`` (accuracy, num_queries) to the metrics.
     ``autocast``: the precision context to run in (`modlisa eval`: ``autocast_context``); default: the
     accelerator's (the run's mixed precision, as in training).
+    ``keep_examples``: keep the masks of this process's first N queries in ``EvalResult.examples``.
     """
     was_training = model.training
     model.eval()
     acc = IoUAccumulator(subsets=("short", "long"))
     records: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
     loss_sum, loss_count = 0.0, 0
     if autocast is None:
         autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     show = progress and (accelerator is None or accelerator.is_main_process)
     task = SegmentationTask(model, model, loss_weights or LossWeights(), sam_cache=sam_cache)
     with autocast:
-        for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
+        for batch in progress_bar(loader, enabled=show, desc=desc, leave=False, dynamic_ncols=True):
             batch = batch.to(device)
             out = task.forward(batch, task.sam_embeddings(batch))
+            if len(examples) < keep_examples:
+                examples += mask_examples(batch, out.pred_masks, keep_examples - len(examples))
             if loss_weights is not None:
                 loss_sum += float(task.losses(batch, out)["loss"]) * batch.num_images
                 loss_count += batch.num_images
@@ -148,4 +167,4 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, accel
     metrics["protocol"] = PROTOCOL
     if was_training:
         model.train()
-    return EvalResult(metrics=metrics, records=records)
+    return EvalResult(metrics=metrics, records=records, examples=examples)

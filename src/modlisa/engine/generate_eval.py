@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from modlisa.console import progress as progress_bar
 from modlisa.data.reasonseg import DataError, load_image_rgb, mask_from_shapes
 from modlisa.engine.evaluate import PROTOCOL, EvalResult, metrics_from_records, subset_of
 from modlisa.metrics import intersection_union, query_iou
@@ -105,7 +105,7 @@ def evaluate_generate(model: torch.nn.Module, tokenizer: Any, processors: Any, a
     """
     predictor = Predictor(model, tokenizer, processors)
     records = []
-    for index, ann in enumerate(tqdm(annotations, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
+    for index, ann in enumerate(progress_bar(annotations, enabled=progress, desc=desc, leave=False, dynamic_ncols=True)):
         query = generate_query(predictor, ann, max_new_tokens=max_new_tokens)
         records.append(generated_record(index, ann, query))
         logger.debug("%s: %r (%d [SEG]) IoU %.4f", ann.image_path, query.text, query.seg_count, records[-1]["IoU"])

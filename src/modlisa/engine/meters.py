@@ -98,6 +98,12 @@ class ThroughputMeter:
         total = sum(self.iteration_times)
         return len(self.iteration_times) / total if total > 0 else 0.0
 
+    @property
+    def samples_per_sec(self) -> float:
+        """Images per second of the epoch's steps so far (all processes' images when ``step`` is given them)."""
+        total = sum(self.iteration_times)
+        return self.samples / total if total > 0 else 0.0
+
     def summary(self) -> dict[str, float | str]:
         """Per-epoch benchmark figures (seconds, iterations/s, samples/s, GB)."""
         times = self.iteration_times

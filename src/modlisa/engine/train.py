@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
+from modlisa import console
 from modlisa.atomic import append_line, atomic_write_text
 from modlisa.config import TrainingConfig
 from modlisa.data.dataset import check_training_data
@@ -40,6 +41,7 @@ from modlisa.engine.resume import ResumePlan, plan_resume, resume
 from modlisa.engine.run_folder import hold_run_folder
 from modlisa.engine.run_summary import write_summary
 from modlisa.engine.task import PromptTeacher, SegmentationTask, update_iou
+from modlisa.engine.tracking import Trackers
 from modlisa.metrics import IoUAccumulator
 from modlisa.types import Batch
 from modlisa.weights import save_best
@@ -188,6 +190,7 @@ class Trainer:
         self.timer: Any = NullTimer()
         self.stats = EpochStats()
         self.acc = IoUAccumulator(subsets=("short", "long"))
+        self.trackers = Trackers(None, parts.paths.outputs, {})  # opened by ``fit`` (``report_to``)
         teacher = None
         if parts.prompt_teacher is not None:
             teacher = PromptTeacher(parts.prompt_teacher, parts.tokenizer, cfg.seg_prompt_teacher_fraction,
@@ -204,9 +207,9 @@ class Trainer:
         """Train the remaining epochs; returns the run's summary (also written to ``train_summary.json``)."""
         cfg, records, stopped = self.cfg, [], False
         if cfg.report_to and self.is_main:
-            self.accelerator.init_trackers("modlisa", config={k: v for k, v in cfg.to_dict().items()
-                                                              if isinstance(v, (int, float, str, bool))})
-        with self.preemption:
+            flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            self.trackers = Trackers(cfg.report_to, self.parts.paths.outputs, flat)
+        with self.preemption, contextlib.closing(self.trackers):
             try:
                 while self.state.epoch < cfg.num_epochs:
                     train_metrics = self.train_epoch(partial)
@@ -232,8 +235,8 @@ class Trainer:
         meter = ThroughputMeter(self.accelerator.device)
         meter.start()
         parts.model.train()
-        bar = tqdm(total=parts.steps_per_epoch, initial=state.step_in_epoch, disable=not self.is_main,
-                   desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}", dynamic_ncols=True, leave=False)
+        bar = console.progress(total=parts.steps_per_epoch, initial=state.step_in_epoch, enabled=self.is_main,
+                               desc=f"epoch {state.epoch + 1}/{cfg.num_epochs}", dynamic_ncols=True, leave=False)
         try:  # the bar is cleared however the epoch ends (TrainingStopped, a data error, Ctrl-C)
             finished = self._run_steps(iter(parts.train_loader), meter, bar)
         finally:
@@ -369,38 +372,60 @@ class Trainer:
         cfg, parts, state = self.cfg, self.parts, self.state
         if self.is_main and (state.step_in_epoch % cfg.log_every_steps == 0
                              or state.step_in_epoch == parts.steps_per_epoch):
-            bar.write(self._live_line(meter))
-            self._log_step(meter, grad_norm)
-        if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and parts.val_loader is not None:
+            figures = self._step_figures(meter, grad_norm)
+            bar.write(self._step_line(figures, meter))
+            _log_jsonl(parts.paths.train_log, {"epoch": state.epoch + 1, "step": state.step_in_epoch,
+                                               "global_step": state.global_step, **figures, "time": time.time()})
+            self.trackers.log_scalars({f"train/{k}": v for k, v in figures.items() if k != "iter_time"},
+                                      state.global_step)
+        # the epoch's last step is validated by ``end_epoch``: not twice
+        if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and parts.val_loader is not None \
+                and state.step_in_epoch < parts.steps_per_epoch:
             result = self._validate(progress=False)
             if self.is_main:
                 _log_jsonl(parts.paths.train_log, {"global_step": state.global_step,
-                                                                     "val": _brief(result.metrics)})
+                                                   "val": _brief(result.metrics)})
+                self._track_validation(result)
             parts.model.train()
         if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 \
                 and state.step_in_epoch < parts.steps_per_epoch:
             self.save_last()
 
-    def _live_line(self, meter: ThroughputMeter) -> str:
+    def _step_figures(self, meter: ThroughputMeter, grad_norm: float) -> dict[str, float]:
+        """The logged step's figures: the epoch's running loss terms, gIoU and cIoU; lr, gradient norm,
+        step time, throughput and peak memory (``train_log.jsonl``, trackers, the step line)."""
         m = self.acc.compute()
-        mem, _ = peak_memory(meter.device)
-        return (f"Step {self.state.step_in_epoch}/{self.parts.steps_per_epoch} | Loss: {self.stats.means()['loss']:.4f} "
-                f"| IoU: {m['ciou']:.4f} | gIoU: {m['giou']:.4f} | Iter/s: {meter.iter_per_sec:.2f} | Mem: {mem:.2f}GB")
+        return {**self.stats.means(), "giou": m["giou"], "ciou": m["ciou"],
+                "lr": float(self.parts.optimizer.param_groups[0]["lr"]), "grad_norm": grad_norm,
+                "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
+                "samples_per_s": meter.samples_per_sec, "peak_memory_gb": peak_memory(meter.device)[0]}
 
-    def _log_step(self, meter: ThroughputMeter, grad_norm: float) -> None:
-        state, m = self.state, self.acc.compute()
-        _log_jsonl(self.parts.paths.train_log, {
-            "epoch": state.epoch + 1, "step": state.step_in_epoch, "global_step": state.global_step,
-            **self.stats.means(), "giou": m["giou"], "ciou": m["ciou"],
-            "lr": float(self.parts.optimizer.param_groups[0]["lr"]), "grad_norm": grad_norm,
-            "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
-            "peak_memory_gb": peak_memory(meter.device)[0], "time": time.time(),
-        })
+    def _step_line(self, figures: dict[str, float], meter: ThroughputMeter) -> str:
+        cfg, parts, state = self.cfg, self.parts, self.state
+        eta = console.run_eta_seconds(meter.iteration_times, parts.total_steps - state.global_step)
+        return console.step_line(epoch=state.epoch + 1, num_epochs=cfg.num_epochs, step=state.step_in_epoch,
+                                 steps_per_epoch=parts.steps_per_epoch, losses=figures, giou=figures["giou"],
+                                 ciou=figures["ciou"], lr=figures["lr"], grad_norm=figures["grad_norm"],
+                                 samples_per_s=figures["samples_per_s"], peak_memory_gb=figures["peak_memory_gb"],
+                                 eta_s=eta, terms=("ce", "mask_bce", "mask_dice")
+                                 + (("mask_focal",) if cfg.focal_loss_weight > 0 else ()))
 
     def _validate(self, progress: bool = True) -> Any:
         parts = self.parts
         return evaluate(parts.unwrapped, parts.val_loader, device=self.accelerator.device, accelerator=self.accelerator,
-                        loss_weights=parts.loss_weights, sam_cache=parts.sam_cache, desc="val", progress=progress)
+                        loss_weights=parts.loss_weights, sam_cache=parts.sam_cache, desc="val", progress=progress,
+                        keep_examples=TRACKED_MASKS if self.trackers else 0)
+
+    def _track_validation(self, result: Any) -> None:
+        """Validation figures and a few predicted masks to the trackers, at the current optimizer step."""
+        if not self.trackers:
+            return
+        m, step = result.metrics, self.state.global_step
+        values = {"val/loss": m.get("loss"), "val/giou": m.get("giou"), "val/ciou": m.get("ciou")}
+        for subset, figures in (m.get("subsets") or {}).items():
+            values.update({f"val/{subset}/giou": figures.get("giou"), f"val/{subset}/ciou": figures.get("ciou")})
+        self.trackers.log_scalars(values, step)
+        self.trackers.log_images({f"val/masks/{k}": mask_picture(ex) for k, ex in enumerate(result.examples)}, step)
 
     # ------------------------------------------------------------------ epoch figures
     def _restore_stats(self, partial: dict | None) -> None:
@@ -443,8 +468,11 @@ class Trainer:
         parts, state = self.parts, self.state
         val = None
         if parts.val_loader is not None:
-            val = _brief(self._validate().metrics)
-            val["iou"] = val["giou"]
+            result = self._validate()
+            if self.is_main:
+                self._track_validation(result)
+            val = _brief(result.metrics)
+            val["iou"] = val["giou"]  # the run-folder contract's name for gIoU (docs/ARCHITECTURE.md)
         epoch = state.epoch + 1
         record = {"epoch": epoch, "global_step": state.global_step, "train": train_metrics, "val": val,
                   "lr": parts.scheduler.get_last_lr()[0], "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
@@ -468,13 +496,12 @@ class Trainer:
 
     def _report_epoch(self, epoch: int, record: dict, train_metrics: dict, val: dict | None) -> None:
         atomic_write_text(self.parts.paths.metrics_epoch(epoch), json.dumps(record, indent=2))
-        print(f"\nEpoch {epoch}/{self.cfg.num_epochs}")
-        _print_block("Training Metrics", train_metrics)
+        print(f"\nepoch {epoch}/{self.cfg.num_epochs} done (step {self.state.global_step})")
+        print(console.metrics_block("train", train_metrics))
         if val is not None:
-            _print_block("Validation Metrics", val)
-        if self.accelerator.trackers:
-            self.accelerator.log({"train/loss": train_metrics["loss"], "train/giou": train_metrics["giou"],
-                                  **({"val/giou": val["giou"], "val/ciou": val["ciou"]} if val else {})}, step=epoch)
+            print(console.metrics_block("val", val))
+        self.trackers.log_scalars({"epoch": epoch, "train/epoch_giou": train_metrics["giou"],
+                                   "train/epoch_ciou": train_metrics["ciou"]}, self.state.global_step)
 
     def save_last(self) -> None:
         """``checkpoints/last`` mid-epoch: the epoch's running figures go into the trainer state."""
@@ -512,14 +539,26 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "protocol"}
 
 
-def _print_block(title: str, metrics: dict[str, Any]) -> None:
-    names = [("loss", "Loss"), ("iou", "IoU"), ("giou", "gIoU"), ("ciou", "cIoU"), ("iter_per_sec", "Iter/s"),
-             ("avg_iter_time", "Avg iter time (s)"), ("epoch_time", "Epoch time (s)"),
-             ("samples_per_sec", "Samples/s"), ("peak_memory_gb", "Peak memory (GB)")]
-    print(f"{title}:")
-    for key, label in names:
-        if metrics.get(key) is not None:
-            print(f"  {label}: {metrics[key]:.4f}")
+TRACKED_MASKS = 4  # predicted masks sent to the trackers per validation
+
+
+def mask_picture(example: dict[str, Any], max_side: int = 256) -> np.ndarray:
+    """(h, w, 3) uint8: the example's image (``evaluate.mask_examples``) with its predicted mask tinted and the
+    ground truth outlined (``overlay.overlay_masks``), shrunk to ``max_side``."""
+    from PIL import Image
+
+    from modlisa.overlay import overlay_masks
+
+    image = np.asarray(Image.open(example["file"]).convert("RGB"))
+    gt = example["gt"]
+    if image.shape[:2] != gt.shape:  # an image that does not match its masks is reported elsewhere; skip drawing
+        image = np.zeros((*gt.shape, 3), dtype=np.uint8)
+    picture = overlay_masks(image, [example["pred"]], gt=(gt == 1))
+    scale = max_side / max(picture.shape[:2])
+    if scale < 1:
+        size = (max(1, round(picture.shape[1] * scale)), max(1, round(picture.shape[0] * scale)))
+        picture = np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR))
+    return picture
 
 
 def _broadcast(accelerator: Any, values: list[float]) -> tuple[float, int]:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from modlisa import __version__
+from modlisa.console import progress as progress_bar
 from modlisa.synthetic.options import SceneOptions, option_arguments
 from modlisa.synthetic.phrasing import explain, phrasings
 from modlisa.synthetic.queries import QuerySpec, choose_query
@@ -255,8 +255,8 @@ def make_dataset(
         (root / split).mkdir(parents=True, exist_ok=True)
     jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
     explanatory = []
-    examples = (ex for split, index in tqdm(jobs, desc="make-data", unit="scene", disable=not progress,
-                                            file=sys.stderr)
+    examples = (ex for split, index in progress_bar(jobs, enabled=progress, desc="make-data", unit="scene",
+                                                    file=sys.stderr)
                 for ex in generate_scene_examples(seed, split, index, image_size, options))
     for example in examples:
         split = example.name.split("_", 1)[0]
