@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def import_app() -> ModuleType:
     """``modlisa.serve.app``; a one-line ConfigError with the install command when Gradio is missing."""
     try:
-        from modlisa.serve import app
+        app = importlib.import_module("modlisa.serve.app")
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] in ("gradio", "gradio_client"):
             raise ConfigError(f"modlisa serve needs Gradio, an optional extra: {INSTALL_HINT}") from err

@@ -46,7 +46,7 @@ FORM_LABELS = {
 
 def _info(result: Any) -> str:
     height, width = result.image_hw
-    question = result.question.replace("`", "'")
+    question = result.question.strip().replace("`", "'")
     if not result.has_seg:
         return f"No [SEG] in the answer: no mask. Question: `{question}`"
     area = int(result.mask_union().sum())
@@ -80,11 +80,11 @@ def make_handler(service: SegmentService, out_dir: str | Path
             overlay = overlay_masks(result.image, list(result.masks))
             return result.answer, overlay, str(mask_path), _info(result)
         except (ConfigError, DataError) as err:
-            raise gr.Error(str(err), title="Cannot answer") from err
+            raise gr.Error(str(err), title="Cannot answer", print_exception=False) from err
         except Exception as err:
             logger.exception("query %r failed", query)
             raise gr.Error(f"internal error ({type(err).__name__}: {err}); the server log has the details",
-                           title="Internal error") from err
+                           title="Internal error", print_exception=False) from err
 
     return segment
 
