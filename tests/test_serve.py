@@ -270,7 +270,11 @@ def test_browser_upload_query_and_overlay(server, centred, scene, tmp_path):
         driver.get(server)
         submit = wait.until(lambda d: d.find_element(By.ID, "submit"))
         submit.click()  # no image yet: the error is shown in the page
-        wait.until(lambda d: "no image: upload one or pick an example" in d.find_element(By.TAG_NAME, "body").text)
+        error = "no image: upload one or pick an example"
+        wait.until(lambda d: error in d.find_element(By.TAG_NAME, "body").text)
+        for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
+            close.click()
+        wait.until(lambda d: error not in d.find_element(By.TAG_NAME, "body").text)
 
         driver.find_element(By.CSS_SELECTOR, "#examples tr.tr-body").click()  # pick the example image
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#query textarea").get_attribute("value"))

@@ -116,7 +116,7 @@ def build_app(service: SegmentService, examples: Sequence[ExampleImage] = (), *,
                 answer = gr.Textbox(label="Answer", elem_id="answer", interactive=False)
                 info = gr.Markdown(elem_id="info")
                 overlay = gr.Image(type="numpy", format="png", label="Mask overlay", elem_id="overlay",
-                                   interactive=False)
+                                   interactive=False, buttons=["download", "fullscreen"])
                 mask = gr.File(label="Mask PNG", elem_id="mask-file", interactive=False)
         inputs, outputs = [image, query, form, mode], [answer, overlay, mask, info]
         button.click(segment, inputs, outputs, api_name=API_NAME, concurrency_limit=1)
