@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -77,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.to(device)
     service = SegmentService(model, tokenizer, processors, max_length=cfg.max_length, mode=args.mode,
                              max_new_tokens=args.max_new_tokens)
-    examples = (example_images(cfg.data_root, tempfile.mkdtemp(prefix="modlisa-serve-examples-"), args.examples)
-                if args.examples else [])
+    examples_dir = tempfile.mkdtemp(prefix="modlisa-serve-examples-")  # synthetic examples, when written
+    atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
+    examples = example_images(cfg.data_root, examples_dir, args.examples) if args.examples else []
     demo = app.build_app(service, examples, title="modlisa",
                          description=f"Checkpoint `{args.checkpoint}` on {device}. Upload an image or pick an "
                                      "example, type a query, press Segment.")

@@ -14,9 +14,11 @@ Gradio is an optional dependency (``pip install 'modlisa[demo]'``): only this mo
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -57,7 +59,8 @@ def _info(result: Any) -> str:
 
 def make_handler(service: SegmentService, out_dir: str | Path
                  ) -> Callable[[Any, str, str, str], tuple[str, np.ndarray | None, str | None, str]]:
-    """The app's event function: (image, query, question form, mode) -> (answer, overlay, mask PNG path, info).
+    """The event function of the app: (image, query, question form, mode) -> (answer, overlay, mask PNG path,
+    info).
 
     Mask PNGs (0/255, the image's size) are written into ``out_dir`` as ``NNNN_mask.png``. Raises ``gr.Error``
     with a readable message for every failure."""
@@ -93,7 +96,9 @@ def build_app(service: SegmentService, examples: Sequence[ExampleImage] = (), *,
               description: str = "", out_dir: str | Path | None = None) -> gr.Blocks:
     """The Gradio app of ``service``: inputs image / query / question form / mode, outputs answer / overlay /
     mask PNG / info. ``out_dir``: where mask PNGs go (default: a new temporary folder)."""
-    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="modlisa-serve-"))
+    if out_dir is None:  # Gradio serves copies from its own cache: ours go when the process ends
+        out_dir = tempfile.mkdtemp(prefix="modlisa-serve-")
+        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     segment = make_handler(service, out_dir)
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {title}\n{description}".strip())
