@@ -101,6 +101,23 @@ def test_service_encodes_each_image_once_and_answers_as_the_predictor(centred, s
         service.ask(image, "x", mode="free")
 
 
+def test_service_serialises_concurrent_callers(centred, scene):
+    """Threads asking about two images at once each get their own image's mask: set_image and predict of one
+    query are not interleaved with another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tokenizer, processors, cfg = centred
+    image = load_image_rgb(scene[0])
+    images = [image, np.ascontiguousarray(image[::-1])]
+    service = SegmentService(model, tokenizer, processors, max_length=cfg.max_length, mode="teacher")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: service.ask(images[k % 2], "the red circle"), range(8)))
+    masks = [expected(centred, im, "the red circle", None)[1] != 0 for im in images]
+    assert not np.array_equal(masks[0], masks[1])
+    for k, result in enumerate(results):
+        assert np.array_equal(result.masks[0], masks[k % 2]), k
+
+
 def test_app_handler_files_errors_and_no_seg(centred, scene, tmp_path):
     gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'modlisa[demo]')")
     from modlisa.serve.app import build_app, make_handler
