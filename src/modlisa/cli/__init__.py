@@ -1,5 +1,5 @@
-"""`modlisa` command line: make-data | check-data | train | eval | predict | export | import-lisa | bench |
-analyze.
+"""`modlisa` command line: make-data | check-data | train | eval | predict | chat | serve | export | import-lisa |
+bench | analyze.
 
 Exit codes (docs/TROUBLESHOOTING.md): 0 success; 1 `check-data` found errors in the data (or an unexpected
 internal error, with its traceback: a bug to report); 2 a user error (bad config, bad data, missing file,
@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a ModifiedLISA model"),
     "eval": ("eval", "evaluate a checkpoint with LISA's protocol"),
     "predict": ("predict", "segment what a query asks for in an image (or a JSONL batch)"),
+    "chat": ("chat", "ask queries about images in the terminal; mask and overlay PNGs per answer"),
+    "serve": ("serve", "serve a checkpoint as a local web app (Gradio; pip install 'modlisa[demo]')"),
     "export": ("export", "export a checkpoint as a merged Hugging Face-style folder"),
     "import-lisa": ("import_lisa", "convert a LISA checkpoint folder (e.g. LISA-7B-v1) into an export folder"),
     "bench": ("bench", "benchmark training/eval steps (components, FLOPs, MFU) or --plan_memory"),
