@@ -218,6 +218,11 @@ def test_a_hub_repo_id_loads_from_the_cache_offline_and_fails_clearly_when_absen
     with pytest.raises(FileNotFoundError, match=r"'someone/absent' is not a local folder.*HF_HUB_OFFLINE=1"):
         ModifiedLISA.from_pretrained("someone/absent", cache_dir=cache)
 
+    old = _cache_repo(hub_run["export"], cache, "someone/older")  # an older export (no SHA256SUMS, no config.json)
+    for name in ("SHA256SUMS", "config.json"):
+        (old / name).unlink()
+    assert ModifiedLISA.from_pretrained("someone/older", cache_dir=cache).pretrained.folder == old
+
 
 # ---------------------------------------------------------------------- config.json and the model card
 @pytest.mark.slow
