@@ -314,3 +314,11 @@ def test_card_numbers_equal_the_eval_files(tmp_path):
     assert got == expected
     assert {r.dataset_name for r in card.data.eval_results} == {"ReasonSeg"}
     assert "| val | teacher | long | 64.98 | 72.00 | 150 | bf16 |" in card.text
+
+
+def test_an_imported_lisa_card_names_its_source_not_a_training_run():
+    info = {"modlisa_version": "0", "source_preset": "lisa-import", "training": {"num_epochs": 1},
+            "imported_from": {"architectures": ["LISAForCausalLM"], "vision_tower": "openai/clip-vit-large-patch14",
+                              "sam": "vit_h"}}
+    text = card_text(info, "lisa-7b-v1")
+    assert "## Source" in text and "LISAForCausalLM" in text and "## Training configuration" not in text

@@ -205,7 +205,12 @@ def card_text(info: dict[str, Any], folder_name: str) -> str:
     else:
         parts.append("## Base models\n\nNone from the Hub (random-initialised or local backbones).\n")
     training = info.get("training")
-    if training:
+    imported = info.get("imported_from")
+    if isinstance(imported, dict):  # modlisa import-lisa: LISA's weights, not trained by modlisa
+        parts.append("## Source\n\nImported with `modlisa import-lisa` from a LISA checkpoint folder (architectures "
+                     f"`{imported.get('architectures')}`, vision tower `{imported.get('vision_tower')}`, SAM "
+                     f"`{imported.get('sam')}`), not trained by modlisa; `modlisa_export.json` records the source.\n")
+    elif training:
         parts.append("## Training configuration\n\n" + _table([(k, f"`{v}`") for k, v in training.items()],
                                                              ("setting", "value"))
                      + "\n\nThe full configuration is `modlisa_config.yaml` (as rebuilt for this export: LoRA "
