@@ -28,7 +28,7 @@ from modlisa.model.factory import apply_preset  # noqa: E402
 from modlisa.model.lisa import ModifiedLISA  # noqa: E402
 from modlisa.predictor import Predictor  # noqa: E402
 from modlisa.weights import CheckpointError, WeightsError, load_checkpoint, write_manifest  # noqa: E402
-from modlisa.weights.card import base_model_sources, card_data, card_text, read_eval_results  # noqa: E402
+from modlisa.weights.card import CARD_FACTS, base_model_sources, card_data, card_text, read_eval_results  # noqa: E402
 from modlisa.weights.files import read_manifest  # noqa: E402
 from reliability_helpers import _run_config  # noqa: E402
 
@@ -128,9 +128,13 @@ def test_save_pretrained_round_trip(hub_run, tmp_path):
     assert {"config.json", "README.md", "modlisa_export.json", "modlisa_heads.safetensors"} <= set(listed)
     _assert_identical(_predictions(Predictor.from_pretrained(again), images), reference)
     first, second = (json.loads((f / "modlisa_export.json").read_text()) for f in (hub_run["export"], again))
-    for key in ("source_preset", "base_models", "training", "dataset"):  # the card's facts survive a re-save
+    for key in set(CARD_FACTS) & set(first):  # the card's facts survive a re-save
         assert second[key] == first[key], key
+    assert {"source_preset", "base_models", "training", "dataset", "lora_merged"} <= set(first)
     assert second["eval_results"] == []  # ... not the numbers: the weights may have changed since
+    assert main(["export", "--checkpoint", str(hub_run["export"]), "--out", str(tmp_path / "re")]) == 0
+    third = json.loads((tmp_path / "re" / "modlisa_export.json").read_text())  # re-exported as is: all kept
+    assert third["eval_results"] == first["eval_results"] != [] and third["training"] == first["training"]
 
     # a model from load_checkpoint: tokenizer and config passed; the run is not touched (merge on a copy)
     run_model, tokenizer, processors, cfg = load_checkpoint(hub_run["run"])

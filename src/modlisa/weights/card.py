@@ -38,6 +38,9 @@ SMOL_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the smol preset's LM (its
 REASONSEG = {"id": "reasonseg", "name": "ReasonSeg"}
 SYNTHETIC = {"id": "modlisa-synthetic-reasonseg", "name": "Synthetic ReasonSeg (modlisa make-data)"}
 SUBSETS = ("overall", "short", "long")
+# the facts of ``modlisa_export.json`` a re-export / re-save keeps (the weights' history; eval results apart)
+CARD_FACTS = ("source_preset", "base_models", "training", "dataset", "imported_from", "lora_merged",
+              "lm_dequantized_from_bits")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 import modlisa
 from modlisa.config import TrainingConfig
+from modlisa.weights.card import CARD_FACTS
 from modlisa.weights.export import export_merged, load_exported
 from modlisa.weights.export_layout import CONFIG_FILE, HUB_CONFIG_FILE, read_export_info
 from modlisa.weights.files import MANIFEST, read_manifest
@@ -34,8 +35,6 @@ from modlisa.weights.files import MANIFEST, read_manifest
 logger = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# the card's facts a re-save keeps (the eval results are not: the weights may have changed since)
-CARRIED = ("source_preset", "base_models", "training", "dataset", "imported_from")
 
 
 @dataclasses.dataclass
@@ -145,8 +144,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike[str], *, tokeniz
 
     ``tokenizer``, ``processors`` and ``config`` (the run's ``TrainingConfig``) default to what
     ``from_pretrained`` attached (``model.pretrained``); a model from ``build_model`` / ``load_checkpoint``
-    needs them passed. The card's facts of a loaded export are kept; its eval results only when passed
-    (``eval_results``, as ``weights.card.read_eval_results`` gives them).
+    needs them passed. The card's facts of a loaded export are kept (``card.CARD_FACTS``); its eval results
+    only when passed (``eval_results``, as ``weights.card.read_eval_results`` gives them): the weights may have
+    changed since they were measured.
     """
     attached: Pretrained | None = getattr(model, "pretrained", None)
     tokenizer = tokenizer if tokenizer is not None else getattr(attached, "tokenizer", None)
@@ -158,6 +158,6 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike[str], *, tokeniz
                          "ModifiedLISA.from_pretrained carries them")
     carried = {}
     if attached is not None and cfg is attached.config:
-        carried = {k: attached.info[k] for k in CARRIED if k in attached.info}
+        carried = {k: attached.info[k] for k in CARD_FACTS if k in attached.info}
     return export_merged(model, tokenizer, cfg, folder, processors=processors, overwrite=overwrite,
                          extra_info=carried, eval_results=eval_results)

@@ -19,7 +19,7 @@ from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.engine.run_folder import RunFolder
 from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
-from modlisa.weights.card import read_eval_results
+from modlisa.weights.card import CARD_FACTS, read_eval_results
 from modlisa.weights.export import CONFIG_FILE, check_out_dir, export_merged, load_exported
 from modlisa.weights.export_layout import read_export_info
 from modlisa.weights.files import (
@@ -129,8 +129,7 @@ def _card_sources(source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     kind, resolved = resolve_checkpoint(source)
     if kind == "export":
         info = read_export_info(resolved)
-        keep = ("source_preset", "base_models", "training", "dataset", "imported_from", "eval_results")
-        return {k: info[k] for k in keep if k in info}, list(info.get("eval_results") or [])
+        return {k: info[k] for k in CARD_FACTS if k in info}, list(info.get("eval_results") or [])
     run = RunFolder(resolved.parent.parent) if resolved.parent.name == "checkpoints" else None
     if run is None or not run.outputs.is_dir():
         return {}, []
