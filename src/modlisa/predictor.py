@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,16 @@ class Predictor:
         self.processors = processors
         self.max_length = int(max_length)
         self._image: _EncodedImage | None = None
+
+    @classmethod
+    def from_pretrained(cls, folder_or_repo_id: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+        """A Predictor on an export folder or Hub repo id (``ModifiedLISA.from_pretrained``): model, tokenizer,
+        image processors and the export's ``max_length``. Keywords: ``revision``, ``cache_dir``, ``token``,
+        ``device`` (``modlisa.weights.hub.load_pretrained``)."""
+        from modlisa.weights.hub import load_pretrained
+
+        model, tokenizer, processors, cfg = load_pretrained(folder_or_repo_id, **kwargs)
+        return cls(model, tokenizer, processors, max_length=cfg.max_length)
 
     @property
     def device(self) -> torch.device:

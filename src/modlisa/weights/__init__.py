@@ -6,6 +6,10 @@
 - ``export``: the merged Hugging Face-style export folder and its offline reload (``export_layout``: its file
   names and readers, also used for ``TrainingConfig.init_from``).
 - ``load``: ``load_checkpoint(path)`` for a run folder, a best model, ``checkpoints/last`` or an export.
+- ``card``: the export's model card (``README.md``: Hugging Face front matter, model-index of the run's evals).
+- ``hub``: ``from_pretrained`` / ``save_pretrained`` on the export folder (a Hub repo id through
+  ``snapshot_download``), behind ``ModifiedLISA.from_pretrained`` / ``.save_pretrained`` and
+  ``Predictor.from_pretrained``.
 
 The resumable ``checkpoints/last`` folder (optimizer, RNG, trainer state) is written by
 ``modlisa.engine.checkpoint`` with these helpers.

@@ -9,9 +9,15 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
       modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
       modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
       modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats,
-                                 projector kind (and, for an import, its source)
-      README.md                  how to load
+                                 projector kind (and, for an import, its source); the model card's facts
+                                 (base models, training summary, dataset, eval results)
+      config.json                the Hugging Face-style entry point: model_type / architectures / library_name
+                                 modlisa, modlisa version, pointers to the parts (``export_layout.hub_config``)
+      README.md                  the model card: YAML front matter (base_model, datasets, tags, model-index of
+                                 the run's eval results) + how to load and predict (``weights.card``)
       SHA256SUMS                 the SHA-256 of every file above (``sha256sum -c SHA256SUMS``), verified on load
+
+``ModifiedLISA.from_pretrained`` / ``save_pretrained`` (``modlisa.weights.hub``) read and write this same folder.
 
 The names of the layout and its readers live in ``modlisa.weights.export_layout`` (also used by the factory for
 ``TrainingConfig.init_from``); ``modlisa.convert.lisa`` writes the same folder from a LISA checkpoint.
@@ -36,15 +42,18 @@ from torch import nn
 import modlisa
 from modlisa.atomic import WriteError, remove_quietly, write_error
 from modlisa.config import ConfigError, TrainingConfig
+from modlisa.weights.card import card_text, export_facts
 from modlisa.weights.export_layout import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
     EXPORT_PATHS,
     HEADS_FILE,
+    HUB_CONFIG_FILE,
     apply_export_info,
     check_export_folder,
     exported_config,
     heads_state_dict,
+    hub_config,
     load_heads,
     projector_kind,
     read_export_info,
@@ -135,6 +144,7 @@ def _export_info(model: nn.Module, cfg: TrainingConfig, mean: list[float], std: 
         "lora_merged": hasattr(model.language_model, "peft_config"),
         "projector": projector_kind(model.projector),
         "lm_dequantized_from_bits": _quantized_bits(model),
+        **export_facts(cfg),  # base models, training summary, dataset: for the model card
     }
 
 
@@ -145,30 +155,6 @@ def _quantized_bits(model: nn.Module) -> int | None:
     if not is_quantized(model.language_model):
         return None
     return 4 if any(type(m).__name__ == "Linear4bit" for m in model.language_model.modules()) else 8
-
-
-README_TEXT = """# ModifiedLISA export
-
-A ModifiedLISA model (modlisa {version}, source preset `{preset}`) with LoRA merged into the language model{dequantized}.
-
-| path | content |
-|---|---|
-| `language_model/` | causal LM + tokenizer (`[SEG]`, `<image>` included): `AutoModelForCausalLM.from_pretrained` |
-| `vision_tower/` | vision tower + `preprocessor_config.json` (mean/std used in training) |
-| `sam/` | `SamModel` with the trained mask decoder |
-| `modlisa_heads.safetensors` | projector and `text_hidden_fcs` (the [SEG] projection) |
-| `modlisa_config.yaml` | the run's `TrainingConfig`, `model: composite`, paths relative to this folder |
-| `modlisa_export.json` | vision feature layer, CLS handling, token ids, image statistics |
-
-Load (offline):
-
-```python
-from modlisa.weights import load_exported
-model, tokenizer, processors, cfg = load_exported("{folder}")
-```
-
-Evaluate: `modlisa eval --checkpoint {folder} --data_root <ReasonSeg folder> --split val`.
-"""
 
 
 def check_out_dir(source: Path, target: Path, *, overwrite: bool, flag: str = "--out",
@@ -206,10 +192,8 @@ def _write_folder(tmp: Path, out_dir: Path, model: nn.Module, tokenizer: Any, cf
     write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exported_cfg.to_dict(), sort_keys=False), encoding="utf-8")
     (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    bits = info.get("lm_dequantized_from_bits")
-    dequantized = f" (trained {bits}-bit: here de-quantised to float32, LoRA merged exactly)" if bits else ""
-    (tmp / "README.md").write_text(README_TEXT.format(version=modlisa.__version__, preset=info["source_preset"],
-                                                      folder=out_dir.name, dequantized=dequantized), encoding="utf-8")
+    (tmp / HUB_CONFIG_FILE).write_text(json.dumps(hub_config(info, exported_cfg), indent=2), encoding="utf-8")
+    (tmp / "README.md").write_text(card_text(info, out_dir.name), encoding="utf-8")
     write_manifest(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -226,18 +210,21 @@ def export_merged(
     in_place: bool = False,
     overwrite: bool = False,
     extra_info: dict[str, Any] | None = None,
+    eval_results: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a Hugging Face-style folder of ``model`` (see the module docstring); returns ``out_dir``.
 
     ``processors`` (``ImageProcessors``) supplies the vision mean/std; without it they are derived from
     ``cfg`` as the factory does. ``in_place`` merges LoRA into ``model`` itself instead of a copy.
     The folder is written next to ``out_dir`` and renamed into place when complete. ``extra_info`` is merged
-    into ``modlisa_export.json`` (an importer records its source there).
+    into ``modlisa_export.json`` (an importer records its source there; ``save_pretrained`` of a loaded export
+    carries the card's facts). ``eval_results`` (``card.read_eval_results``) go into the model card's
+    model-index and ``modlisa_export.json``.
     """
     out_dir = Path(out_dir)
     tmp = _prepare_out_dir(out_dir, overwrite)
     mean, std = _vision_stats(model, cfg, processors)
-    info = {**_export_info(model, cfg, mean, std), **(extra_info or {})}
+    info = {**_export_info(model, cfg, mean, std), **(extra_info or {}), "eval_results": list(eval_results or [])}
     exported_cfg = export_config(cfg, model)
     language_model = merged_language_model(model, in_place=in_place)
     try:

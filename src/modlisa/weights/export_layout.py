@@ -3,6 +3,8 @@ use these, the factory for ``TrainingConfig.init_from``).
 
 Layout: see ``modlisa.weights.export``. ``modlisa_export.json`` holds what the config cannot: the vision feature
 layer, CLS handling, the token ids the heads were trained with, the image statistics, the projector kind.
+``config.json`` (exports since format 1) is the Hugging Face-style entry point: ``model_type`` / ``architectures``
+/ ``library_name: modlisa``, the modlisa version and the pointers to the parts; older exports lack it and load.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ HEADS_FILE = "modlisa_heads.safetensors"
 CONFIG_FILE = "modlisa_config.yaml"
 EXPORT_INFO_FILE = "modlisa_export.json"
 EXPORT_PATHS = {"language_model": "language_model", "vision_model": "vision_tower", "sam_model": "sam"}
+HUB_CONFIG_FILE = "config.json"  # the one-call entry point (``ModifiedLISA.from_pretrained``)
+HUB_MODEL_TYPE = "modlisa"
+HUB_UNREAD = (".gitattributes",)  # a Hub repo's own file: in its snapshot, never read, not in SHA256SUMS
+HUB_FORMAT_VERSION = 1  # of config.json; a newer one is refused with a message
+# config.json's pointers: part -> the name this modlisa reads it under (fixed names: the layout is one format)
+HUB_POINTERS = {"language_model": "language_model", "vision_tower": "vision_tower", "sam": "sam",
+                "heads": HEADS_FILE, "training_config": CONFIG_FILE, "export_info": EXPORT_INFO_FILE}
 # the model settings an export fixes for ``init_from`` (the rest of a run's config stays the run's)
 INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "llava_model", "img_size", "sam_image_size",
                "use_mm_start_end", "use_chat_template", "projector")
@@ -42,15 +51,70 @@ def projector_kind(projector: nn.Module) -> str:
 
 
 def check_export_folder(folder: Path) -> None:
-    """Every part present; with SHA256SUMS (exports of this version) every file verified, none unlisted."""
+    """Every part present; with SHA256SUMS (exports of this version) every file verified, none unlisted;
+    ``config.json``, when present (exports since format 1), read and checked (``read_hub_config``)."""
     required = [CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE, *EXPORT_PATHS.values()]
     absent = [name for name in required if not (folder / name).exists()]
     if absent:
         raise FileNotFoundError(f"{folder} is not a complete modlisa export: missing {', '.join(absent)}")
     if not has_manifest(folder):
         logger.warning("%s has no %s (an export of an older modlisa): its files are not verified", folder, MANIFEST)
-        return
-    verify_manifest(folder, required=[CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE], strict=True)
+    else:
+        verify_manifest(folder, required=[CONFIG_FILE, HEADS_FILE, EXPORT_INFO_FILE], strict=True,
+                        unread=HUB_UNREAD)
+    read_hub_config(folder)
+
+
+def hub_config(info: dict[str, Any], exported_cfg: TrainingConfig) -> dict[str, Any]:
+    """The export's ``config.json``: what Hugging Face tooling and a reader look for first (``model_type``,
+    ``architectures``, ``library_name``), the modlisa version, the pointers to the parts, a summary of the
+    model. It duplicates nothing the loader reads elsewhere except the pointers, which are checked."""
+    return {
+        "model_type": HUB_MODEL_TYPE,
+        "architectures": ["ModifiedLISA"],
+        "library_name": "modlisa",
+        "modlisa_version": info["modlisa_version"],
+        "format_version": HUB_FORMAT_VERSION,
+        "source_preset": info.get("source_preset"),
+        "base_models": info.get("base_models") or {},
+        "parts": dict(HUB_POINTERS),
+        "lora_merged": bool(info.get("lora_merged")),
+        "projector": info.get("projector"),
+        "img_size": int(exported_cfg.img_size),
+        "sam_image_size": int(exported_cfg.sam_image_size),
+        "seg_token_id": int(info["seg_token_id"]),
+        "image_token_id": int(info["image_token_id"]),
+    }
+
+
+def read_hub_config(folder: Path) -> dict[str, Any] | None:
+    """``folder/config.json`` checked (a modlisa export's, a format this modlisa reads, the parts where this
+    modlisa reads them); None when absent (an export of an older modlisa). WeightsError naming the file."""
+    path = folder / HUB_CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise WeightsError(f"{path}: unreadable export config ({' '.join(str(err).split())[:160]}); rewrite the "
+                           "export (`modlisa export` or save_pretrained) or delete the file to load it as an older "
+                           "export") from None
+    if not isinstance(config, dict) or config.get("model_type") != HUB_MODEL_TYPE:
+        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise WeightsError(f"{path}: not a modlisa export config (model_type {found!r}, expected "
+                           f"{HUB_MODEL_TYPE!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > HUB_FORMAT_VERSION:
+        raise WeightsError(f"{path}: format_version {version!r} is not one this modlisa reads (<= "
+                           f"{HUB_FORMAT_VERSION}); written by modlisa {config.get('modlisa_version')}: upgrade modlisa")
+    parts = config.get("parts")
+    if not isinstance(parts, dict):
+        raise WeightsError(f"{path}: 'parts' must map each part to its file or folder")
+    for part, name in HUB_POINTERS.items():
+        if parts.get(part) != name:
+            raise WeightsError(f"{path}: parts.{part} is {parts.get(part)!r}; this modlisa reads the export's "
+                               f"{part} from {name!r}")
+    return config
 
 
 def read_export_info(folder: Path) -> dict[str, Any]:

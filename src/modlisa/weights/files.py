@@ -92,16 +92,19 @@ def read_manifest(folder: Path) -> dict[str, str]:
     return entries
 
 
-def verify_manifest(folder: Path, required: Iterable[str] = (), strict: bool = True) -> dict[str, str]:
+def verify_manifest(folder: Path, required: Iterable[str] = (), strict: bool = True,
+                    unread: Iterable[str] = ()) -> dict[str, str]:
     """Check every file listed in ``folder/SHA256SUMS``; ``required`` files must be listed; with ``strict``,
-    a file under ``folder`` that the manifest does not list (a planted file) is an error too. Returns it."""
+    a file under ``folder`` that the manifest does not list (a planted file) is an error too, except the
+    ``unread`` ones (files nothing reads, e.g. a Hub repo's ``.gitattributes``). Returns it."""
     entries = read_manifest(folder)
     absent = [name for name in required if name not in entries]
     if absent:
         raise CheckpointError(f"{folder / MANIFEST}: does not list {', '.join(absent)} (the manifest is corrupt)")
     if strict:
+        skip = {*entries, *unread}
         extra = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()
-                 and p.name != MANIFEST and p.relative_to(folder).as_posix() not in entries]
+                 and p.name != MANIFEST and p.relative_to(folder).as_posix() not in skip]
         if extra:
             raise CheckpointError(f"{folder / extra[0]}: not listed in {folder / MANIFEST} ({len(extra)} unlisted "
                                   "file(s)): files were added after the checkpoint was written; remove them or "

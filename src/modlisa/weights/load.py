@@ -19,7 +19,9 @@ from modlisa.config import ConfigError, TrainingConfig, config_from_dict
 from modlisa.engine.run_folder import RunFolder
 from modlisa.model.random_init import FROZEN_RANDOM_KEY, load_frozen_random, load_frozen_random_file
 from modlisa.weights.best import find_best, read_best
+from modlisa.weights.card import CARD_FACTS, read_eval_results
 from modlisa.weights.export import CONFIG_FILE, check_out_dir, export_merged, load_exported
+from modlisa.weights.export_layout import read_export_info
 from modlisa.weights.files import (
     MODEL_FILE,
     TRAINER_STATE,
@@ -113,9 +115,44 @@ def load_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None
     return model, tokenizer, processors, cfg
 
 
+def _checkpoint_key(path: str | Path) -> Path:
+    """What ``path`` resolves to, comparable across its names (a run folder, its best model's .json or
+    .safetensors)."""
+    kind, resolved = resolve_checkpoint(path)
+    resolved = resolved.resolve()
+    return resolved.with_suffix("") if kind == "best" else resolved
+
+
+def _card_sources(source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(facts to carry, eval results) for the model card of ``source``'s export: an export's own card facts and
+    results (re-exporting it changes no weight), or the eval files of the run the checkpoint belongs to."""
+    kind, resolved = resolve_checkpoint(source)
+    if kind == "export":
+        info = read_export_info(resolved)
+        return {k: info[k] for k in CARD_FACTS if k in info}, list(info.get("eval_results") or [])
+    run = RunFolder(resolved.parent.parent) if resolved.parent.name == "checkpoints" else None
+    if run is None or not run.outputs.is_dir():
+        return {}, []
+    exported = _checkpoint_key(source)
+
+    def same_checkpoint(recorded: str) -> bool:
+        try:
+            return not Path(recorded).exists() or _checkpoint_key(recorded) == exported
+        except (OSError, ValueError):
+            return True  # cannot tell: an eval file in the run's own outputs/ is the run's
+
+    return {}, read_eval_results(run.outputs, same_checkpoint)
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Load ``checkpoint`` and write its merged export to ``out``; returns ``out``."""
+    """Load ``checkpoint`` and write its merged export to ``out``; returns ``out``.
+
+    The model card gets the ``modlisa eval`` results found in the run's ``outputs/`` (``eval_*.json`` of this
+    checkpoint); re-exporting an export keeps its card's facts and results.
+    """
     source, target = Path(checkpoint), Path(out)
     check_out_dir(source, target, overwrite=overwrite)
+    carried, eval_results = _card_sources(source)
     model, tokenizer, processors, cfg = load_checkpoint(source)
-    return export_merged(model, tokenizer, cfg, target, processors=processors, in_place=True, overwrite=overwrite)
+    return export_merged(model, tokenizer, cfg, target, processors=processors, in_place=True, overwrite=overwrite,
+                         extra_info=carried, eval_results=eval_results)
