@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The seed's analysis entry point, kept as a thin wrapper: same options as `modlisa analyze`.
+"""The original analysis entry point, kept as a thin wrapper: same options as `modlisa analyze`.
 
     python scripts/analyze_metrics.py RUN_DIR [RUN_DIR ...] [--out DIR]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The seed's training entry point, kept as a thin wrapper: same options as `modlisa train`.
+"""The original training entry point, kept as a thin wrapper: same options as `modlisa train`.
 
     python scripts/train_new.py --config configs/demo.yaml
     accelerate launch scripts/train_new.py --config configs/demo.yaml

@@ -1,4 +1,4 @@
-"""Write small, real ReasonSeg-format folders for tests: JPEG images + annotation JSON (SPEC-LISA.md §1).
+"""Write small, real ReasonSeg-format folders for tests: JPEG images + annotation JSON (docs/LISA.md §1).
 
 ``make_reasonseg`` builds train/val/test (+ explanatory) with good files; ``write_bad_files`` adds one
 file of every problem kind to a split folder and returns {kind: file stem}.

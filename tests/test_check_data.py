@@ -63,11 +63,24 @@ def test_bad_files_fail_with_every_problem_named(tmp_path, capsys):
     assert f"{cases['out_of_bounds']}.json: out_of_bounds: shapes[0]" in out
 
 
-def test_full_decode_shows_a_progress_bar_on_stderr(tmp_path, capsys):
+def test_full_decode_shows_a_progress_bar_on_stderr_of_a_terminal_only(tmp_path, capsys, monkeypatch):
     make_reasonseg(tmp_path, splits=("val",), explanatory=None)
     assert main_check_data([str(tmp_path), "--splits", "val"]) == 0
     out, err = capsys.readouterr()
+    assert "check val" not in err and "check val" not in out  # piped: no bar frames
+    monkeypatch.setattr("modlisa.console.bars_enabled", lambda stream=None: True)  # as on a terminal
+    assert main_check_data([str(tmp_path), "--splits", "val"]) == 0
+    out, err = capsys.readouterr()
     assert "check val" in err and "check val" not in out
+
+
+def test_summary_counts_every_error(tmp_path, capsys):
+    code, out, _ = run(capsys, str(tmp_path / "absent"))
+    assert code == 1 and out.rstrip().endswith("FAILED: 1 error(s), 0 warning(s)")
+    report = check_dataset(tmp_path / "absent", progress=False)
+    assert report["errors"] == 1 and report["ok"] is False
+    code, out, _ = run(capsys, str(tmp_path), "--splits", "val")
+    assert code == 1 and out.rstrip().endswith("FAILED: 1 error(s), 0 warning(s)")  # no_split
 
 
 def test_missing_splits_are_reported_not_fatal(tmp_path, capsys):

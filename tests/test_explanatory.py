@@ -1,4 +1,4 @@
-"""LISA's explanatory sampling (SPEC-LISA.md §3): one choice per explained image, for all its queries.
+"""LISA's explanatory sampling (docs/LISA.md §3): one choice per explained image, for all its queries.
 
 LISA's ``reason_seg_dataset.py`` run on ReasonSeg yields, on images with an explanation, about 46 % "[SEG] +
 explanation", 44 % "[SEG]" only and 10 % text-only sequences (no [SEG], no mask). modlisa used to give

@@ -1,4 +1,4 @@
-"""LISA losses against naive per-pixel formulas (SPEC-LISA.md §4)."""
+"""LISA losses against naive per-pixel formulas (docs/LISA.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gIoU / cIoU against a naive per-pixel reference of LISA's formula (SPEC-LISA.md §5)."""
+"""gIoU / cIoU against a naive per-pixel reference of LISA's formula (docs/LISA.md §5)."""
 
 from __future__ import annotations
 

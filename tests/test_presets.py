@@ -1,4 +1,4 @@
-"""Presets carry their recipe: ``--model lisa-7b`` alone gives LISA's optimisation settings (SPEC-LISA.md §6)
+"""Presets carry their recipe: ``--model lisa-7b`` alone gives LISA's optimisation settings (docs/LISA.md §6)
 unless the YAML or the command line says otherwise, and the run folder records where each value came from.
 configs/lisa7b.yaml itself trains a tiny fp16 llava-hf stand-in for 30 finite steps on CPU."""
 

@@ -1,4 +1,4 @@
-"""SAM / vision transforms and the augmenter (SPEC-LISA.md §2)."""
+"""SAM / vision transforms and the augmenter (docs/LISA.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TrainingConfig: the one configuration of a run (seed field names), YAML + CLI loading, validation."""
+"""TrainingConfig: the one configuration of a run (the original script's field names), YAML + CLI loading, validation."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _f(default: Any, help_text: str) -> Any:
 
 @dataclass
 class TrainingConfig:
-    """Every setting of a ModifiedLISA run. Field names of the seed's ``scripts/train_new.py`` are kept; each
+    """Every setting of a ModifiedLISA run. Field names of the original ``scripts/train_new.py`` are kept; each
     field's help text is what ``modlisa train --help`` shows."""
 
     # --- data ---
@@ -439,7 +439,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- presets' recipes and provenance
-# The optimisation recipe a preset brings (LISA-7B: SPEC-LISA.md §6, per GPU). It replaces the defaults; a value
+# The optimisation recipe a preset brings (LISA-7B: docs/LISA.md §6, per GPU). It replaces the defaults; a value
 # set in the YAML or on the command line wins over it. (The preset's MODEL settings, model/factory.py, are fixed.)
 PRESET_RECIPES: dict[str, dict[str, Any]] = {
     "lisa-7b": {

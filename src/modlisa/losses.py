@@ -1,4 +1,4 @@
-"""LISA's training losses (SPEC-LISA.md §4): text cross-entropy plus mask BCE and Dice.
+"""LISA's training losses (docs/LISA.md §4): text cross-entropy plus mask BCE and Dice.
 
 Total = ce·CE(text) + bce·BCE(mask) + dice·Dice(mask) [+ focal·Focal(mask)], with LISA's weights
 1.0 / 2.0 / 0.5 by default. Mask terms are per mask (mean over its pixels), then averaged over all

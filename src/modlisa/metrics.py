@@ -1,4 +1,4 @@
-"""LISA-exact segmentation metrics: per-query IoU, gIoU and cIoU (SPEC-LISA.md §5).
+"""LISA-exact segmentation metrics: per-query IoU, gIoU and cIoU (docs/LISA.md §5).
 
 Per query q, after removing the pixels where the ground truth is 255 (ignore) from both the
 prediction and the ground truth:

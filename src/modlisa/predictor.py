@@ -10,7 +10,7 @@ Modes:
 
 - ``generate`` (LISA's chat behaviour): the model answers freely (greedy); one mask per generated ``[SEG]``;
   no ``[SEG]`` means no mask.
-- ``teacher`` (LISA's evaluation protocol, SPEC-LISA.md §5): the answer "[SEG]." is given in the input, so there
+- ``teacher`` (LISA's evaluation protocol, docs/LISA.md §5): the answer "[SEG]." is given in the input, so there
   is always exactly one mask; the same numbers as ``modlisa eval`` for the same image and query.
 
 The question is the fixed evaluation prompt of the query's kind when ``is_sentence`` is given, else the query text

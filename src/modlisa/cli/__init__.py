@@ -40,8 +40,23 @@ def command_main(name: str) -> Callable[[list[str]], int]:
     return importlib.import_module(f"modlisa.cli.{COMMANDS[name][0]}").main
 
 
+def _version() -> str:
+    """``modlisa X.Y.Z`` with the versions of what it runs on (torch, transformers, peft, accelerate)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import modlisa
+
+    found = []
+    for name in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} missing")
+    return f"modlisa {modlisa.__version__} ({', '.join(found)}; Python {sys.version.split()[0]})"
+
+
 def _usage() -> str:
-    lines = ["usage: modlisa [--debug] COMMAND [options]", "", "commands:"]
+    lines = ["usage: modlisa [--debug] [--version] COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`modlisa COMMAND --help` shows the options of a command."]
     return "\n".join(lines)
@@ -110,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(_version())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

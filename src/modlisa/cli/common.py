@@ -1,6 +1,6 @@
 """What every command's parser shares: one flag style, unknown options as a ConfigError with "did you mean".
 
-Flags are spelled with underscores (the seed's field names: ``--num_epochs``, ``--num_train``); the dashed
+Flags are spelled with underscores (the original script's field names: ``--num_epochs``, ``--num_train``); the dashed
 spelling (``--num-epochs``) is accepted as an alias for every option of every command.
 """
 

@@ -133,8 +133,8 @@ def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, prog
     report: dict[str, Any] = {"root": str(root), "splits": {}, "missing_splits": [], "problems": []}
     if not root.is_dir():
         report["problems"].append(asdict(Problem(str(root), "missing_root", "data root does not exist")))
-        report["ok"] = False
-        return report
+        report["explanatory"] = {"file": None, "entries": 0, "problems": []}
+        return _count(report)
     for split in splits or DEFAULT_SPLITS:
         try:
             report["splits"][split] = check_split(root, split, progress=progress, max_length=max_length)
@@ -145,6 +145,12 @@ def check_dataset(root: str | Path, splits: Sequence[str] | None = None, *, prog
         report["problems"].append(asdict(Problem(str(root), "no_split", "none of the requested splits exists "
                                                  "(expected ROOT/ReasonSeg/<split> or ROOT/<split>)")))
     report["explanatory"] = check_explanatory(root)
+    return _count(report)
+
+
+def _count(report: dict[str, Any]) -> dict[str, Any]:
+    """Set the report's ``errors`` / ``warnings`` totals (every problem of the root, the splits and the
+    explanatory file) and ``ok`` (no error)."""
     all_problems = [*report["problems"], *report["explanatory"]["problems"]]
     all_problems += [p for s in report["splits"].values() for p in s.get("problems", [])]
     report["errors"] = sum(p["severity"] == "error" for p in all_problems)

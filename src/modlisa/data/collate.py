@@ -1,7 +1,7 @@
 """Batching: tokenise each query's conversation, mask the labels, pad, stack the images.
 
 Each query of each Sample becomes one token row ``prompt + answer + end-of-turn`` (prompts.format_conversation);
-labels are -100 on the prompt and on padding, so only the assistant answer is learned (SPEC-LISA.md §3).
+labels are -100 on the prompt and on padding, so only the assistant answer is learned (docs/LISA.md §3).
 """
 
 from __future__ import annotations

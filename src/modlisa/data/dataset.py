@@ -89,8 +89,8 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         self,
         root: str | Path,
         split: str,
-        sam_transform: SamTransformFn,
-        vision_transform: VisionTransformFn,
+        sam_transform: SamTransformFn | None,
+        vision_transform: VisionTransformFn | None,
         *,
         train: bool,
         seed: int = 0,
@@ -121,6 +121,14 @@ class ReasonSegDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def set_transforms(self, sam_transform: SamTransformFn, vision_transform: VisionTransformFn,
+                       augmenter: AugmenterFn | None = None) -> None:
+        """The model's image transforms, for a split scanned before the model was built (``build_run`` checks
+        the data first); ``augmenter`` only for a training split."""
+        self.sam_transform, self.vision_transform = sam_transform, vision_transform
+        if self.train:
+            self.augmenter = augmenter
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws (queries, templates, augmentation) items use."""
@@ -168,6 +176,8 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         """One image with its n_q queries; masks (n_q, H, W) uint8 at the original resolution."""
         if not 0 <= index < len(self.annotations):
             raise IndexError(f"index {index} out of range for {len(self.annotations)} items")
+        if self.sam_transform is None or self.vision_transform is None:
+            raise RuntimeError("ReasonSegDataset has no image transforms yet: call set_transforms first")
         ann, image, mask = self._load_item(index)
         if self.train:
             dialogue = self._train_dialogue(ann, random.Random(item_seed(self.seed, self.epoch, index)))
@@ -238,7 +248,7 @@ def explanation_choice(ann: Annotation, rng: random.Random, explanatory_prob: fl
 
 
 def train_dialogue(ann: Annotation, rng: random.Random, queries_per_image: int, explanatory_prob: float) -> Dialogue:
-    """A training item's sequences as LISA's ReasonSeg dataset builds them (SPEC-LISA.md §3).
+    """A training item's sequences as LISA's ReasonSeg dataset builds them (docs/LISA.md §3).
 
     Up to ``queries_per_image`` distinct texts; one ``explanation_choice`` for the image, applied to ALL of them:
     ``seg``: a random question template (short phrases lower-cased, as LISA does) and a random answer;

@@ -1,6 +1,6 @@
 """LISA's question and answer templates and the conversation text of one query.
 
-The first template of each list is the fixed evaluation prompt (SPEC-LISA.md §3, §5). Conversations are
+The first template of each list is the fixed evaluation prompt (docs/LISA.md §3, §5). Conversations are
 rendered in LLaVA v1 (LISA's format) unless ``types.ConversationFormat.use_chat_template`` asks for the
 tokenizer's own chat template.
 """

@@ -1,6 +1,6 @@
 """Read a ReasonSeg folder: annotation JSON, images, LISA-exact masks, explanations, split scans.
 
-Everything here follows SPEC-LISA.md §1. Masks are rasterised exactly as LISA's
+Everything here follows docs/LISA.md §1. Masks are rasterised exactly as LISA's
 ``utils/data_processing.py::get_mask_from_json`` does (OpenCV polylines + fillPoly on int32-truncated
 points, painted in descending area order). Problems in the data are collected as ``Problem`` records by
 ``scan_split`` (never raised one by one); loading a single broken file raises ``DataError``.

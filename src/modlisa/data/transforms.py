@@ -1,4 +1,4 @@
-"""Image transforms of the two branches (SPEC-LISA.md §2) and training augmentation.
+"""Image transforms of the two branches (docs/LISA.md §2) and training augmentation.
 
 - SAM branch (``SamTransform``): resize the longest side to S with PIL bilinear (what SAM's
   ``ResizeLongestSide.apply_image`` does through torchvision on a PIL image), normalise with SAM's

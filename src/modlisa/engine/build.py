@@ -60,12 +60,13 @@ def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed:
     )
 
 
-def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
-    common = {"sam_transform": processors.sam, "vision_transform": processors.vision, "strict": cfg.data_strict,
-              "verify_images": True}
+def build_datasets(cfg: TrainingConfig) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
+    """The train and val splits, scanned (annotations read, images verified) but without image transforms yet:
+    ``build_run`` does this BEFORE building the model, so a data problem stops a run in seconds, not after a
+    7B model has loaded. ``attach_transforms`` completes them."""
+    common = {"sam_transform": None, "vision_transform": None, "strict": cfg.data_strict, "verify_images": True}
     train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
                                  queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
-                                 augmenter=processors.augmenter if cfg.augment else None,
                                  max_samples=cfg.max_train_samples, **common)
     try:
         val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
@@ -75,6 +76,14 @@ def build_datasets(cfg: TrainingConfig, processors: Any) -> tuple[ReasonSegDatas
     return train_set, val_set
 
 
+def attach_transforms(cfg: TrainingConfig, processors: Any, *datasets: ReasonSegDataset | None) -> None:
+    """Give scanned splits the model's image transforms (and the training augmenter when ``augment``)."""
+    for dataset in datasets:
+        if dataset is not None:
+            dataset.set_transforms(processors.sam, processors.vision,
+                                   processors.augmenter if cfg.augment else None)
+
+
 def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
               sources: dict[str, str] | None = None) -> RunParts:
     """Prepare the run folder, write the resolved config, build model, data, optimizer and scheduler."""
@@ -82,6 +91,8 @@ def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
 
     accelerator = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
+    # the data first: its errors come before the run folder is prepared or any model is built
+    train_set, val_set = build_datasets(cfg)
     paths = RunFolder(Path(cfg.output_dir))
     prepare_run_folder(paths.root, resuming=bool(cfg.resume_from_checkpoint), overwrite=cfg.overwrite_output_dir,
                        main_process=accelerator.is_main_process)
@@ -93,8 +104,8 @@ def build_run(cfg: TrainingConfig, accelerator: Accelerator | None = None,
     check_max_length(tokenizer, cfg.max_length)
     if launched_backend() == "fsdp":  # FSDP flattens each unit into ONE dtype: all fp32, sharded (untested on CPU)
         model.float()
+    attach_transforms(cfg, processors, train_set, val_set)
     sam_cache = build_sam_cache(cfg, model, processors)
-    train_set, val_set = build_datasets(cfg, processors)
     rank, world = accelerator.process_index, accelerator.num_processes
     accum = cfg.gradient_accumulation_steps
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_set) // (cfg.batch_size * accum * world))

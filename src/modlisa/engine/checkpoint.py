@@ -376,7 +376,14 @@ RESUME_SAFE_FIELDS = frozenset({
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{field: (checkpoint value, new value)}`` of the changes that break an exact resume."""
     return {name: (saved.get(name), value) for name, value in current.items()
-            if name not in RESUME_SAFE_FIELDS and name in saved and saved[name] != value}
+            if name not in RESUME_SAFE_FIELDS and name in saved and not _same_value(name, saved[name], value)}
+
+
+def _same_value(name: str, saved: Any, current: Any) -> bool:
+    """Equal values; ``data_root`` compared as resolved paths (runs record it absolute, older runs relative)."""
+    if name == "data_root" and isinstance(saved, str) and isinstance(current, str):
+        return Path(saved).resolve() == Path(current).resolve()
+    return saved == current
 
 
 def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], allow: bool, source: Path

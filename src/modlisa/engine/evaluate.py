@@ -1,6 +1,6 @@
 """One evaluation loop (LISA protocol, teacher-forced) for validation during training and `modlisa eval`.
 
-Protocol (SPEC-LISA.md §5): one query per image (its first text), fixed prompt, the answer "[SEG]."
+Protocol (docs/LISA.md §5): one query per image (its first text), fixed prompt, the answer "[SEG]."
 given in the input; prediction = mask logits > 0 at the original resolution; ignore pixels (255)
 removed from prediction and ground truth; gIoU = mean per-query IoU, cIoU = ΣI / ΣU.
 With several processes each rank evaluates a disjoint shard (EvalShardSampler) and the per-query

@@ -1,6 +1,6 @@
 """Generate-mode evaluation: the model answers freely, and only an emitted [SEG] yields a mask.
 
-This is the second, separately named mode of SPEC-LISA.md §5 (LISA's own numbers use teacher mode,
+This is the second, separately named mode of docs/LISA.md §5 (LISA's own numbers use teacher mode,
 ``engine.evaluate``). Per annotation: the first text, the fixed question of its kind
 (``prompts.eval_question``), greedy generation (``Predictor.predict``, generate mode). The mask of the FIRST
 generated [SEG] is thresholded at 0 and scored with the same IoU rules; an answer without [SEG] scores

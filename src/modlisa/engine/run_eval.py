@@ -1,6 +1,6 @@
 """`modlisa eval`: load a checkpoint, evaluate a split, write eval_{split}[_generate].json + predictions.
 
-Modes: ``teacher`` (LISA's protocol, SPEC-LISA.md §5: the answer "[SEG]." is given; ``engine.evaluate``)
+Modes: ``teacher`` (LISA's protocol, docs/LISA.md §5: the answer "[SEG]." is given; ``engine.evaluate``)
 and ``generate`` (the model answers freely; ``engine.generate_eval``). Beside the metrics, every run
 records the empty-mask baseline of the split (the scores of predicting nothing for every query) and
 warns, in the log and in the JSON ``warnings`` list, when gIoU is below it or when a generating model
@@ -242,6 +242,16 @@ def _make_accelerator(cfg: TrainingConfig) -> Any:
     return Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
 
 
+def recorded_data_root(root: str, checkpoint: str | Path) -> str:
+    """A run's recorded ``data_root``; ConfigError when it is a relative path not found from here (runs since
+    modlisa 0.1 record absolute paths; older ones were relative to the folder training ran in)."""
+    if Path(root).is_absolute() or Path(root).is_dir():
+        return root
+    raise ConfigError(f"{checkpoint}: its data_root {root!r} is relative and there is no such folder under the "
+                      f"current folder ({Path.cwd()}); run from the folder the run was trained in, or pass "
+                      "--data_root")
+
+
 def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
              batch_size: int = 1, max_samples: int | None = None, *, mode: str = "teacher",
              save_masks: int = 0, max_new_tokens: int = 32, precision: str = "run") -> dict[str, Any]:
@@ -262,7 +272,7 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
     amp, amp_source = eval_precision(precision, cfg)
     apply_dtype_policy(model, amp)  # frozen 16-bit weights in the autocast's 16-bit format
-    root = data_root or cfg.data_root
+    root = data_root or recorded_data_root(cfg.data_root, checkpoint)
     dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
                                max_samples=max_samples, verify_images=True)
     accelerator = _make_accelerator(cfg)

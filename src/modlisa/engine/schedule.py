@@ -1,4 +1,4 @@
-"""Learning-rate schedule of SPEC-LISA.md §6: linear warm-up, then linear decay to 0 (or constant)."""
+"""Learning-rate schedule of docs/LISA.md §6: linear warm-up, then linear decay to 0 (or constant)."""
 
 from __future__ import annotations
 

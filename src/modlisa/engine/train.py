@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -582,6 +582,7 @@ def train(cfg: TrainingConfig, sources: dict[str, str] | None = None) -> dict[st
     before anything is built. TrainingStopped (non-finite steps) is raised after the summary, with
     ``stop_reason``, is written.
     """
+    cfg = replace(cfg, data_root=str(Path(cfg.data_root).resolve()))  # recorded absolute: eval from anywhere
     if cfg.data_strict:
         check_training_data(cfg.data_root)
     accelerator = make_accelerator(cfg)

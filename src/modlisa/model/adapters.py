@@ -1,6 +1,6 @@
 """What trains: freezing, LoRA on the LM, and the [SEG]-row-only embedding option.
 
-``apply_adapters`` freezes everything, then enables (SPEC-LISA.md §2 for the LISA set):
+``apply_adapters`` freezes everything, then enables (docs/LISA.md §2 for the LISA set):
 
 - vision tower + projector        iff not ``freeze_image_encoder``
 - SAM image + prompt encoder      iff not ``freeze_sam`` (with SAM's positional matrix)

@@ -33,7 +33,7 @@ LISA_7B_SAM = "facebook/sam-vit-huge"
 LISA_7B_LLAVA_IMAGE_SIZE = 336  # CLIP ViT-L/14-336 of LLaVA-1.5
 LISA_7B_SAM_IMAGE_SIZE = 1024  # SAM ViT-H's input size
 
-# LISA's model settings (SPEC-LISA.md §2): LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj; full
+# LISA's model settings (docs/LISA.md §2): LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj; full
 # embeddings + LM head; frozen vision tower, projector, SAM encoders.
 LISA_7B_OVERRIDES: dict[str, Any] = {
     "use_lora": True,

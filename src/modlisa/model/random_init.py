@@ -47,7 +47,7 @@ def frozen_random_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from modlisa.model.quantization import quantized_module_prefixes
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    quantised = quantized_module_prefixes(model)  # packed weights: rebuilt from the seed, not saved
+    quantised = quantized_module_prefixes(model)  # packed weights: rebuilt from the random seed, not saved
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()
             if name.startswith(prefixes) and name not in trainable and t.is_floating_point()
             and not name.startswith(quantised)}

@@ -78,7 +78,7 @@ def seg_positions(
     n_img: int,
     attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Where the [SEG] embeddings are read in the EXPANDED sequence (SPEC-LISA.md §2).
+    """Where the [SEG] embeddings are read in the EXPANDED sequence (docs/LISA.md §2).
 
     For a [SEG] at index j of ``input_ids`` (Q, L), its expanded index is j + N - 1 when it follows the
     image token (j otherwise); the embedding is the hidden state one position before, i.e. the state

@@ -1,6 +1,6 @@
 """Examples and files: one scene's examples (``generate_scene_examples``), a dataset (``make_dataset``).
 
-Files follow SPEC-LISA.md §1: ``{train,val,test}/<name>.jpg`` + ``<name>.json`` and
+Files follow docs/LISA.md §1: ``{train,val,test}/<name>.jpg`` + ``<name>.json`` and
 ``explanatory/train.json``. Output depends only on (seed, split, index, image_size, options): every scene has
 its own generator seeded from these, JSON is written with a fixed key order, JPEGs carry no metadata.
 """
