@@ -435,7 +435,10 @@ def test_real_tiny_run_matches_reader(tmp_path):
         assert all(isinstance(r[key], float) and math.isfinite(r[key]) for r in s["epochs"]), key
     assert s["benchmark"]["peak_memory_kind"] == "cpu_peak_rss"
     assert [p["global_step"] for p in s["steps"]] == [1, 2]
-    assert len(files.plots) == 5
-    assert files.html.read_text().count("data:image/png;base64,") == 5
+    assert {p.name for p in files.plots} == {"loss_per_epoch.png", "loss_per_step.png", "iou_per_epoch.png",
+                                             "loss_terms_per_step.png", "lr_grad_norm_per_step.png",
+                                             "query_dependence.png", "throughput_per_epoch.png", "memory_per_epoch.png"}
+    assert files.html.read_text().count("data:image/png;base64,") == 8
+    assert files.pictures == [] and "--split test --save_masks 4`" in files.markdown.read_text()  # run_eval: none
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # analyze reads outputs/ only
     assert build_report([tmp_path / "run"], tmp_path / "again").json.is_file()

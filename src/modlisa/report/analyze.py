@@ -69,9 +69,9 @@ def _eval_section(summaries: list[Summary], plots: list[Plot]) -> Section:
 
 def _gallery_section(galleries: list[Gallery], notes: list[str]) -> Section:
     paragraphs = [("text", "The best and worst queries of each evaluated split by IoU, as `modlisa eval` picked "
-                   "and drew them (eval_<split>_masks/index.json): the prediction tinted magenta and outlined, the "
-                   "ground truth outlined in green; pictures downscaled to at most "
-                   f"{THUMB_SIZE} px (full size: the links in report.md).")] if galleries else []
+                   "and drew them (index.json of eval_SPLIT_masks/ in the run's outputs): the prediction tinted "
+                   "magenta and outlined, the ground truth outlined in green. Pictures downscaled to at most "
+                   f"{THUMB_SIZE} px; report.md links the full-size ones.")] if galleries else []
     paragraphs += [("warning" if "no best / worst pictures" not in n else "text", n) for n in notes]
     return Section("gallery", "Gallery: best and worst predictions", paragraphs, galleries=galleries)
 

@@ -141,9 +141,9 @@ def memory_per_epoch(summaries: list[Summary]) -> Figure | None:
     return _epoch_plot(summaries, [("Peak memory per epoch", [("peak_memory_gb", "")])], [label])
 
 
-def _grid(panels: int, columns: int = 3, height: float = 2.9) -> tuple[Figure, list[Any]]:
-    """A figure of ``panels`` axes in rows of ``columns``; unused cells are hidden."""
-    ncols = min(columns, panels)
+def _grid(panels: int, height: float = 2.9) -> tuple[Figure, list[Any]]:
+    """A figure of ``panels`` axes in rows of 2 (2 or 4 panels) or 3; unused cells are hidden."""
+    ncols = min(2 if panels in (2, 4) else 3, panels)
     nrows = math.ceil(panels / ncols)
     fig = Figure(figsize=(min(4.2 * ncols, 12.5), height * nrows + 0.7), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

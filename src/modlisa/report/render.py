@@ -63,9 +63,14 @@ def render_markdown(title: str, meta: list[str], sections: list[Section]) -> str
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _md_text(text: str) -> str:
+    """Plain text inside a table cell or an image's alt text: pipes and brackets escaped."""
+    return _md_cell(text).replace("[", "\\[").replace("]", "\\]")
+
+
 def _md_caption(p: Picture) -> str:
-    return _md_cell(f"IoU {100 * p.iou:.1f} %, {p.kind}: \"{p.query}\" ({PurePath(p.file).name}, "
-                    f"[full size]({p.original_link}))")
+    return (_md_text(f"IoU {100 * p.iou:.1f} %, {p.kind}: \"{p.query}\" ({PurePath(p.file).name}, ")
+            + f"[full size](<{p.original_link}>))")
 
 
 def markdown_gallery(gallery: Gallery) -> str:
@@ -76,7 +81,7 @@ def markdown_gallery(gallery: Gallery) -> str:
         if not pictures:
             continue
         lines += ["| " + " | ".join(p.label for p in pictures) + " |", "|" + "|".join("---" for _ in pictures) + "|",
-                  "| " + " | ".join(f"![{_md_cell(p.caption())}]({p.link})" for p in pictures) + " |",
+                  "| " + " | ".join(f"![{_md_text(p.caption())}]({p.link})" for p in pictures) + " |",
                   "| " + " | ".join(_md_caption(p) for p in pictures) + " |", ""]
     return "\n".join(lines).rstrip() + "\n"
 
