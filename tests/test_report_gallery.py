@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import math
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -100,6 +101,7 @@ def test_report_shows_exactly_the_saved_pictures(evaluated_run, tmp_path):
     parser.feed(page)
     assert len(parser.pictures) == len(expected) == len(files.pictures) == 10
     assert parser.images == len(files.plots) + len(files.pictures)  # nothing else is embedded
+    assert not re.search(r"https?://|src=\"(?!data:)|href=\"(?!#)|<link|@import|url\(", page)  # self-contained
     md = files.markdown.read_text()
     for p, thumb in zip(parser.pictures, files.pictures):
         split = thumb.parent.name

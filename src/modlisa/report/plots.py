@@ -161,6 +161,18 @@ def _gaps(values: list[float | None]) -> list[float]:
     return [v if v is not None and math.isfinite(v) else math.nan for v in values]
 
 
+def _plot_with_gaps(ax: Any, xs: list[Any], values: list[float | None], **style: Any) -> None:
+    """A line with gaps at missing / non-finite values; a point between two gaps gets a dot (a line alone
+    would not show it)."""
+    ys = _gaps(values)
+    ax.plot(xs, ys, **style)
+    lone = [i for i, y in enumerate(ys) if not math.isnan(y) and (i == 0 or math.isnan(ys[i - 1]))
+            and (i == len(ys) - 1 or math.isnan(ys[i + 1]))]
+    if lone and style.get("marker") is None and len(ys) > 1:
+        ax.plot([xs[i] for i in lone], [ys[i] for i in lone], ls="none", marker=".", color=style.get("color"),
+                alpha=style.get("alpha", 1.0))
+
+
 TERM_TITLES = {"loss": "total loss", "ce": "ce (text)", "mask_bce": "mask BCE", "mask_dice": "mask Dice",
                "mask_focal": "mask focal", "lr": "learning rate", "grad_norm": "gradient norm"}
 
@@ -189,13 +201,13 @@ def _step_panels(summaries: list[Summary], keys: list[str], interval: bool) -> F
             xs = series["global_step"]
             few = len(xs) < 60
             if interval:
-                ax.plot(xs, _gaps(series["interval"][key]), color=_colour(i), lw=1.2, marker="." if few else None,
-                        label=f"{s['name']} per interval")
-                ax.plot(xs, _gaps(series["logged"][key]), color=_colour(i), lw=1.0, ls=":", alpha=0.8,
-                        label=f"{s['name']} epoch mean")
+                _plot_with_gaps(ax, xs, series["interval"][key], color=_colour(i), lw=1.2,
+                                marker="." if few else None, label=f"{s['name']} per interval")
+                _plot_with_gaps(ax, xs, series["logged"][key], color=_colour(i), lw=1.0, ls=":", alpha=0.8,
+                                label=f"{s['name']} epoch mean")
             else:
-                ax.plot(xs, _gaps(series["logged"][key]), color=_colour(i), lw=1.2, marker="." if few else None,
-                        label=s["name"])
+                _plot_with_gaps(ax, xs, series["logged"][key], color=_colour(i), lw=1.2,
+                                marker="." if few else None, label=s["name"])
         ax.set_title(TERM_TITLES.get(key, key), fontsize="medium")
         ax.set_xlabel("optimizer step")
         ax.xaxis.get_major_locator().set_params(integer=True)
