@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The seed's analysis entry point, kept as a thin wrapper: same options as `modlisa analyze`.
+"""The analysis entry point under the original training script's name, kept as a thin wrapper: same
+options as `modlisa analyze`.
 
     python scripts/analyze_metrics.py RUN_DIR [RUN_DIR ...] [--out DIR]
 """
