@@ -187,7 +187,7 @@ def test_main_eval_entry_point(run_dir, data_root, tmp_path, capsys):
     import argparse
 
     defaults = add_eval_arguments(argparse.ArgumentParser()).parse_args(["--checkpoint", "x"])
-    assert (defaults.mode, defaults.save_masks, defaults.split, defaults.batch_size) == ("teacher", 0, "val", 1)
+    assert (defaults.mode, defaults.save_masks, defaults.split, defaults.batch_size) == ("teacher", 4, "val", 1)
     assert main_eval(["--checkpoint", str(run_dir), "--data_root", str(data_root), "--mode", "generate",
                       "--max_samples", "2", "--max_new_tokens", "4", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -83,7 +83,8 @@ def write_run(root: Path, *, data_root: Path, epochs: int = 3, planned: int | No
         (out / f"metrics_epoch_{e}.json").write_text(json.dumps(record))
         for step in (1, 2):
             log.append({"epoch": e, "step": step, "global_step": 2 * (e - 1) + step, "loss": 3.0 / e + step,
-                        "iter_time": 0.5, "giou": 0.1, "ciou": 0.1})
+                        "ce": 1.0 / e + step, "mask_bce": 0.5 / e, "mask_dice": 0.4 / e, "mask_focal": 0.0,
+                        "lr": 1e-3 / e, "grad_norm": 2.0 / step, "iter_time": 0.5, "giou": 0.1, "ciou": 0.1})
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     if summary:
         best = max(range(epochs), key=lambda i: (val_giou[i], -i)) + 1
@@ -247,6 +248,7 @@ def test_report_files_single_run(tmp_path, synthetic_root):
     files = build_report([run])
     assert files.out_dir == run / "outputs" / "report"
     assert {p.name for p in files.plots} == {"loss_per_epoch.png", "loss_per_step.png", "iou_per_epoch.png",
+                                             "loss_terms_per_step.png", "lr_grad_norm_per_step.png",
                                              "throughput_per_epoch.png", "memory_per_epoch.png"}
     for path in files.plots:
         _check_png(path)
@@ -433,7 +435,10 @@ def test_real_tiny_run_matches_reader(tmp_path):
         assert all(isinstance(r[key], float) and math.isfinite(r[key]) for r in s["epochs"]), key
     assert s["benchmark"]["peak_memory_kind"] == "cpu_peak_rss"
     assert [p["global_step"] for p in s["steps"]] == [1, 2]
-    assert len(files.plots) == 5
-    assert files.html.read_text().count("data:image/png;base64,") == 5
+    assert {p.name for p in files.plots} == {"loss_per_epoch.png", "loss_per_step.png", "iou_per_epoch.png",
+                                             "loss_terms_per_step.png", "lr_grad_norm_per_step.png",
+                                             "query_dependence.png", "throughput_per_epoch.png", "memory_per_epoch.png"}
+    assert files.html.read_text().count("data:image/png;base64,") == 8
+    assert files.pictures == [] and "--split test --save_masks 4`" in files.markdown.read_text()  # run_eval: none
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # analyze reads outputs/ only
     assert build_report([tmp_path / "run"], tmp_path / "again").json.is_file()

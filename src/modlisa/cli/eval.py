@@ -22,9 +22,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--out", default=None, help="output folder (default: the run's outputs/)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass (teacher mode)")
     parser.add_argument("--max_samples", type=int, default=None)
-    parser.add_argument("--save_masks", type=int, default=0, metavar="K",
-                        help="write masks + overlays of the K best and K worst queries by IoU to "
-                             "<out>/eval_{split}[_generate]_masks/")
+    parser.add_argument("--save_masks", type=int, default=4, metavar="K",
+                        help="write masks + overlays of the K best and K worst queries by IoU, and their "
+                             "index.json, to <out>/eval_{split}[_generate]_masks/ (default 4; `modlisa analyze` "
+                             "shows them; 0: none)")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="answer length limit (generate mode)")
     parser.add_argument("--precision", default="run", choices=list(PRECISIONS),
                         help="run (default): the run's mixed precision, as its in-training validation; "

@@ -1,4 +1,4 @@
-"""LISA's published ReasonSeg results (SPEC-LISA.md §7) as data: the one place these numbers live.
+"""LISA's published ReasonSeg results as data: the one place these numbers live.
 
 Values are percentages as printed in the paper (Lai et al., "LISA: Reasoning Segmentation via Large
 Language Model", CVPR 2024, ReasonSeg table) and, for the later peers, in their own papers.

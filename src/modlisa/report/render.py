@@ -1,7 +1,7 @@
 """Render the report's sections as Markdown (images linked) and as one self-contained HTML page.
 
-The HTML page embeds every plot as a base64 PNG data URI and carries its CSS inline: it needs no
-other file and loads nothing from the network.
+The HTML page embeds every plot as a base64 PNG data URI and every gallery picture as a base64 JPEG data
+URI, and carries its CSS inline: it needs no other file and loads nothing from the network.
 """
 
 from __future__ import annotations
@@ -10,20 +10,23 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 
+from modlisa.report.gallery import Gallery, Picture
 from modlisa.report.plots import Plot
 from modlisa.report.tables import Table
 
 
 @dataclass
 class Section:
-    """A report section: paragraphs (kind "text" or "warning", plain text), then tables, then plots."""
+    """A report section: paragraphs (kind "text" or "warning", plain text), then tables, plots, galleries."""
 
     key: str
     title: str
     paragraphs: list[tuple[str, str]] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
+    galleries: list[Gallery] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- Markdown
@@ -55,7 +58,32 @@ def render_markdown(title: str, meta: list[str], sections: list[Section]) -> str
             parts += [markdown_table(table), ""]
         for plot in s.plots:
             parts += [f"![{plot.title}]({plot.path.name})", "", f"*{plot.caption}*", ""]
+        for gallery in s.galleries:
+            parts += [markdown_gallery(gallery), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _md_text(text: str) -> str:
+    """Plain text inside a table cell or an image's alt text: pipes and brackets escaped."""
+    return _md_cell(text).replace("[", "\\[").replace("]", "\\]")
+
+
+def _md_caption(p: Picture) -> str:
+    return (_md_text(f"IoU {100 * p.iou:.1f} %, {p.kind}: \"{p.query}\" ({PurePath(p.file).name}, ")
+            + f"[full size](<{p.original_link}>))")
+
+
+def markdown_gallery(gallery: Gallery) -> str:
+    """A heading, then per tag (best, worst) a table: a row of linked thumbnails, a row of captions."""
+    lines = [f"### Gallery: {gallery.title}", ""]
+    for tag in ("best", "worst"):
+        pictures = gallery.of(tag)
+        if not pictures:
+            continue
+        lines += ["| " + " | ".join(p.label for p in pictures) + " |", "|" + "|".join("---" for _ in pictures) + "|",
+                  "| " + " | ".join(f"![{_md_text(p.caption())}]({p.link})" for p in pictures) + " |",
+                  "| " + " | ".join(_md_caption(p) for p in pictures) + " |", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------- HTML
@@ -80,6 +108,14 @@ tr.bold td { font-weight: 700; background: #eaf3ff !important; }
 p.note { color: #5b6874; font-size: 0.84em; margin: 0.25em 0; max-width: 1050px; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e3e8ee; }
 figcaption { color: #5b6874; font-size: 0.85em; margin-top: 0.3em; }
+h4 { font-size: 0.95em; margin: 0.9em 0 0.3em; color: #2f3b47; }
+.pics { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+figure.pic { margin: 0; width: 260px; }
+figure.pic img { width: 100%; height: auto; }
+figure.pic figcaption { color: #1d2329; overflow-wrap: anywhere; }
+figure.pic .iou { font-variant-numeric: tabular-nums; font-weight: 600; }
+figure.pic .file { color: #5b6874; }
+p.legend { color: #5b6874; font-size: 0.85em; }
 """
 _NUMERIC = re.compile(r"^[-+]?(\d+(\.\d+)?|nan|inf)( / [-+]?\d+(\.\d+)?)?$|^—$")
 
@@ -110,6 +146,32 @@ def html_figure(plot: Plot) -> str:
             "</figure>")
 
 
+def jpeg_data_uri(path: PurePath) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def html_picture(p: Picture) -> str:
+    """One gallery picture: the embedded thumbnail and its caption (rank, IoU, short/long, query, file)."""
+    data = (f'data-tag="{p.tag}" data-rank="{p.rank}" data-iou="{p.iou!r}" data-file="{html.escape(p.file)}" '
+            f'data-short-long="{"long" if p.is_sentence else "short"}"')
+    return (f'<figure class="pic" {data}><img src="{jpeg_data_uri(p.thumb)}" alt="{html.escape(p.caption())}">'
+            f'<figcaption><strong>{html.escape(p.label)}</strong> · <span class="iou">IoU {100 * p.iou:.1f} %</span>'
+            f' · {html.escape(p.kind)}<br><q>{html.escape(p.query)}</q><br>'
+            f'<span class="file">{html.escape(PurePath(p.file).name)}</span></figcaption></figure>')
+
+
+def html_gallery(gallery: Gallery) -> str:
+    parts = [f'<div class="gallery" data-run="{html.escape(gallery.run)}" data-name="{html.escape(gallery.name)}">'
+             f"<h3>Gallery: {html.escape(gallery.title)}</h3>"]
+    for tag in ("best", "worst"):
+        pictures = gallery.of(tag)
+        if pictures:
+            parts.append(f"<h4>{tag.capitalize()} {len(pictures)} by IoU</h4>"
+                         f'<div class="pics">{"".join(html_picture(p) for p in pictures)}</div>')
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
 def render_html(title: str, meta: list[str], sections: list[Section]) -> str:
     """report.html: one self-contained page (inline CSS, plots as data URIs, no external resources)."""
     nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
@@ -122,6 +184,7 @@ def render_html(title: str, meta: list[str], sections: list[Section]) -> str:
                          else f"<p>{html.escape(text)}</p>")
         parts += [html_table(t) for t in s.tables]
         parts += [html_figure(p) for p in s.plots]
+        parts += [html_gallery(g) for g in s.galleries]
         parts.append("</section>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

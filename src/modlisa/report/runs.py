@@ -2,7 +2,8 @@
 
 A run folder holds ``outputs/`` with any of: ``config.yaml``, ``metrics_epoch_N.json``,
 ``train_log.jsonl``, ``train_summary.json``, ``eval_{split}[_generate].json``,
-``predictions_{split}[_generate].jsonl``, ``bench.json``. Missing or partial files never stop the reader: each problem becomes a note in
+``predictions_{split}[_generate].jsonl``, ``eval_{split}[_generate]_masks/index.json`` (the best / worst pictures of
+`modlisa eval`), ``bench.json``. Missing or partial files never stop the reader: each problem becomes a note in
 ``RunData.notes`` (a run still training, no eval yet, a half-written last log line...). A path that is
 not a run folder at all raises ``NotARunError`` naming it.
 """
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SYNTHETIC_README_START = "Synthetic ReasonSeg-format dataset"
-OFFICIAL_REASONSEG_FILES = {"val": 200, "test": 779}  # annotation files per split (SPEC-LISA.md §1)
+OFFICIAL_REASONSEG_FILES = {"val": 200, "test": 779}  # annotation files per split (docs/EVALUATION.md)
 
 
 class NotARunError(FileNotFoundError):
@@ -47,7 +48,9 @@ class RunData:
 
     epochs: the ``metrics_epoch_N.json`` records sorted by epoch; log: train_log step records
     (with "global_step" and "loss"); log_val: train_log validation records ({"global_step", "val"});
-    evals / predictions: per split; notes: problems met while reading, in plain words.
+    evals / predictions: per split; pictures: per split, the entries of ``eval_<split>_masks/index.json`` whose
+    overlay picture exists (each with ``overlay_path``, an absolute path); notes: problems met while reading,
+    in plain words.
     """
 
     name: str
@@ -59,6 +62,7 @@ class RunData:
     summary: dict[str, Any] | None = None
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    pictures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     bench: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -200,6 +204,40 @@ def _read_split_files(folder: RunFolder, run: RunData) -> None:
                     run.notes.append(f"{eval_path.name}: no giou/ciou inside, ignored")
             if pred_path.is_file():
                 run.predictions[name] = _read_jsonl(pred_path, run.notes)
+            index = folder.eval_masks(name) / "index.json"
+            if index.is_file():
+                run.pictures[name] = _read_pictures(index, run.notes)
+
+
+PICTURE_TAGS = ("best", "worst")
+
+
+def _read_pictures(index: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The usable entries of an ``eval_<name>_masks/index.json`` (written by ``run_eval.save_mask_pictures``).
+
+    An entry needs tag best/worst, an integer rank, a numeric IoU and an ``overlay`` that names a file of the
+    same folder (a bare file name: nothing outside the folder is ever read); others are skipped with a note.
+    """
+    where = f"{index.parent.name}/{index.name}"
+    entries = _read_json(index, notes)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        notes.append(f"{where}: not a list of pictures, ignored")
+        return []
+    good, bad = [], 0
+    for entry in entries:
+        overlay = entry.get("overlay") if isinstance(entry, dict) else None
+        ok = (isinstance(overlay, str) and overlay == Path(overlay).name and overlay not in ("", ".", "..")
+              and entry.get("tag") in PICTURE_TAGS and isinstance(entry.get("rank"), int)
+              and finite(entry.get("IoU")) is not None and (index.parent / overlay).is_file())
+        if not ok:
+            bad += 1
+            continue
+        good.append({**entry, "overlay_path": str((index.parent / overlay).resolve())})
+    if bad:
+        notes.append(f"{where}: {bad} entr{'y' if bad == 1 else 'ies'} without a readable picture skipped")
+    return good
 
 
 # ---------------------------------------------------------------------- status and provenance

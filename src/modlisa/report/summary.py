@@ -5,10 +5,11 @@ Every function tolerates missing pieces and returns ``None`` (or empty lists) fo
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
-from modlisa.report.runs import RunData, data_provenance, finite, run_status
+from modlisa.report.runs import SPLITS, RunData, data_provenance, finite, run_status
 
 TRAIN_BENCH_KEYS = ("iter_per_sec", "avg_iter_time", "median_iter_time", "epoch_time", "samples_per_sec",
                     "peak_memory_gb")
@@ -23,7 +24,7 @@ def _section(record: dict[str, Any], name: str) -> dict[str, Any]:
 def epoch_rows(run: RunData) -> list[dict[str, Any]]:
     """One flat row per epoch: epoch, global_step, lr, train_* and val_* figures (None when absent).
 
-    IoU values are fractions; ``train_iou``/``val_iou`` are the seed's "iou" (equal to gIoU here).
+    IoU values are fractions; ``train_iou``/``val_iou`` are the "iou" of LISA's script (equal to gIoU here).
     """
     rows = []
     for record in run.epochs:
@@ -64,6 +65,34 @@ def best_epoch(run: RunData) -> dict[str, Any] | None:
     return best
 
 
+def _interval_means(records: list[dict[str, Any]], key: str) -> list[float | None]:
+    """Mean of ``key`` over each logging interval, from the running epoch means of train_log.jsonl.
+
+    ``records``: one per logged step, sorted by global_step. The logged value is the mean over the epoch so
+    far; the interval mean is recovered exactly as (m_k * s_k - m_j * s_j) / (s_k - s_j) with s = step in
+    epoch. A missing or non-finite mean gives None there, and the next interval starts from the last finite one.
+    """
+    out: list[float | None] = []
+    prev_epoch, prev_sum, prev_step = None, 0.0, 0
+    for record in records:
+        mean, epoch, in_epoch = finite(record.get(key)), record.get("epoch"), record.get("step")
+        if epoch != prev_epoch:
+            prev_sum, prev_step = 0.0, 0
+        interval = None
+        if mean is not None and isinstance(in_epoch, int) and in_epoch > prev_step:
+            interval = (mean * in_epoch - prev_sum) / (in_epoch - prev_step)
+            prev_sum, prev_step = mean * in_epoch, in_epoch
+        out.append(interval)
+        prev_epoch = epoch
+    return out
+
+
+def _last_per_step(run: RunData) -> list[dict[str, Any]]:
+    """The step records sorted by global_step; a step logged twice (a resumed run) keeps its last record."""
+    by_step = {r["global_step"]: r for r in run.log}
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def step_losses(run: RunData) -> list[dict[str, Any]]:
     """Per logged step: global_step, epoch, the running epoch mean as logged, and the interval loss.
 
@@ -71,21 +100,36 @@ def step_losses(run: RunData) -> list[dict[str, Any]]:
     recovered exactly as (m_k * s_k - m_j * s_j) / (s_k - s_j) with s = step in epoch. Duplicated global
     steps (a resumed run re-logging a step) keep the last record.
     """
-    by_step = {r["global_step"]: r for r in run.log}
-    out: list[dict[str, Any]] = []
-    prev_epoch, prev_sum, prev_step = None, 0.0, 0
-    for step in sorted(by_step):
-        record = by_step[step]
-        mean, epoch, in_epoch = _number(record.get("loss")), record.get("epoch"), record.get("step")
-        if epoch != prev_epoch:
-            prev_sum, prev_step = 0.0, 0
-        interval = None
-        if mean is not None and isinstance(in_epoch, int) and in_epoch > prev_step:
-            interval = (mean * in_epoch - prev_sum) / (in_epoch - prev_step)
-            prev_sum, prev_step = mean * in_epoch, in_epoch
-        out.append({"global_step": step, "epoch": epoch, "running_mean": mean, "interval_loss": interval})
-        prev_epoch = epoch
-    return out
+    records = _last_per_step(run)
+    return [{"global_step": r["global_step"], "epoch": r.get("epoch"), "running_mean": _number(r.get("loss")),
+             "interval_loss": interval} for r, interval in zip(records, _interval_means(records, "loss"))]
+
+
+#: The loss terms of train_log.jsonl (running epoch means), then the per-step figures.
+STEP_TERMS = ("loss", "ce", "mask_bce", "mask_dice", "mask_focal")
+STEP_KEYS = (*STEP_TERMS, "lr", "grad_norm")
+
+
+def step_series(run: RunData) -> dict[str, Any]:
+    """The per-step curves of train_log.jsonl, column-wise, x = global_step (sorted; a step logged twice,
+    as a resumed run does, keeps its last record).
+
+    Returns {"global_step": [...], "epoch": [...], "logged": {key: [value or None]}, "interval": {term:
+    [value or None]}, "missing": [keys no record has], "nonfinite": {key: [global steps]}}. ``logged`` holds
+    the values as written (NaN / inf kept; None where a record lacks the key) for the keys of ``STEP_KEYS``
+    that some record has; the loss terms are running means over the epoch, ``interval`` their mean over each
+    logging interval (``_interval_means``); lr and grad_norm are the step's own.
+    """
+    records = _last_per_step(run)
+    logged = {key: [_number(r.get(key)) for r in records] for key in STEP_KEYS}
+    present = {key: values for key, values in logged.items() if any(v is not None for v in values)}
+    nonfinite = {key: [r["global_step"] for r, v in zip(records, values) if v is not None and not math.isfinite(v)]
+                 for key, values in present.items()}
+    return {"global_step": [r["global_step"] for r in records], "epoch": [r.get("epoch") for r in records],
+            "logged": present,
+            "interval": {key: _interval_means(records, key) for key in STEP_TERMS if key in present},
+            "missing": [key for key in STEP_KEYS if key not in present] if records else [],
+            "nonfinite": {key: steps for key, steps in nonfinite.items() if steps}}
 
 
 def step_validations(run: RunData) -> list[dict[str, Any]]:
@@ -229,6 +273,43 @@ def prediction_stats(run: RunData) -> dict[str, dict[str, Any]]:
     return out
 
 
+def query_dependence(run: RunData) -> list[dict[str, Any]]:
+    """Per split evaluated in teacher mode (eval_<split>.json) with a wrong-query baseline or a grounding
+    accuracy: {"split", "giou", "wrong_giou", "grounding"} (fractions, None where absent)."""
+    out = []
+    for split in SPLITS:
+        cell = _split_cells(run.evals[split])["overall"] if split in run.evals else None
+        if cell is not None and (cell["wrong_giou"] is not None or cell["grounding"] is not None):
+            out.append({"split": split, "giou": cell["giou"], "wrong_giou": cell["wrong_giou"],
+                        "grounding": cell["grounding"]})
+    return out
+
+
+def pictures(run: RunData) -> dict[str, Any]:
+    """The best / worst pictures of `modlisa eval` per evaluated name (split or split_generate).
+
+    Returns {"by_split": {name: [{"tag", "rank", "file", "query", "is_sentence", "iou", "overlay_path"}]},
+    "without": [evaluated names with no pictures ("test" when nothing was evaluated)], "stale": [names whose
+    pictures disagree with predictions_<name>.jsonl (an earlier evaluation's pictures)]}. Entries are in the
+    order best 1..k, then worst 1..k.
+    """
+    by_split, stale = {}, []
+    for name, entries in run.pictures.items():
+        if not entries:
+            continue
+        order = sorted(entries, key=lambda e: (e["tag"] != "best", e["rank"]))
+        by_split[name] = [{"tag": e["tag"], "rank": e["rank"], "file": str(e.get("file", "")),
+                           "query": str(e.get("query", "")), "is_sentence": bool(e.get("is_sentence")),
+                           "iou": float(e["IoU"]), "overlay_path": e["overlay_path"]} for e in order]
+        records = {(str(r.get("file")), str(r.get("query"))): finite(r.get("IoU")) for r in run.predictions.get(name, [])}
+        ious = [records.get((e["file"], e["query"])) for e in by_split[name]]
+        if records and not all(iou is not None and abs(iou - e["iou"]) <= 1e-9
+                               for iou, e in zip(ious, by_split[name])):
+            stale.append(name)
+    evaluated = list(run.evals) or ["test"]
+    return {"by_split": by_split, "without": [n for n in evaluated if n not in by_split], "stale": stale}
+
+
 # ---------------------------------------------------------------------- one run
 CONFIG_KEYS = ("model", "img_size", "sam_image_size", "num_epochs", "batch_size", "gradient_accumulation_steps",
                "learning_rate", "use_lora", "lora_r", "lora_alpha", "train_embeddings", "precision", "seed")
@@ -262,6 +343,9 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "eval": eval_results(run),
         "predictions": prediction_stats(run),
         "steps": step_losses(run),
+        "step_series": step_series(run),
+        "query_dependence": query_dependence(run),
+        "pictures": pictures(run),
         "step_val": step_validations(run),
         "bench_json": dict(bench_numbers(run.bench)),
         "notes": list(run.notes),

@@ -77,7 +77,7 @@ def progression_table(s: dict[str, Any]) -> Table:
                      pct(r["val_ciou"])])
         if r["epoch"] == best:
             bold.add(i)
-    notes = ["gIoU / cIoU in %; the seed's \"IoU\" equals gIoU. Best epoch = highest val gIoU (kept by training)."]
+    notes = ["gIoU / cIoU in %; the \"IoU\" of LISA's script equals gIoU. Best epoch = highest val gIoU (kept by training)."]
     summary_epoch = (s["best_epoch"] or {}).get("summary_epoch")
     if best is not None and summary_epoch not in (None, best):
         notes.append(f"train_summary.json names epoch {summary_epoch} as best (a resumed or restarted run?).")
@@ -206,7 +206,7 @@ def runs_table(summaries: list[dict[str, Any]]) -> Table:
 
 
 def lisa_table(summaries: list[dict[str, Any]]) -> Table:
-    """LISA's published ReasonSeg table (SPEC-LISA.md §7) with this report's runs appended, gIoU / cIoU in %."""
+    """LISA's published ReasonSeg table (``lisa_reference``) with this report's runs appended, gIoU / cIoU in %."""
     columns = ["Method", "Data"]
     for _, title in COLUMNS:
         columns += [f"{title} gIoU", f"{title} cIoU"]
