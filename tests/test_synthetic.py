@@ -272,12 +272,13 @@ def test_ignore_and_flag_shapes(examples: list[syn.Example]) -> None:
             assert region.any() and not (region & target).any()
 
 
-def test_main_make_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_make_data(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "data"
     args = [str(out), "--num-train", "2", "--num-val", "1", "--num-test", "1", "--image-size", "64"]
+    monkeypatch.setattr("modlisa.console.bars_enabled", lambda stream=None: True)  # as on a terminal
     assert main_make_data(args) == 0
     captured = capsys.readouterr()
-    assert "make-data" in captured.err and "train: 2 images" in captured.out
+    assert "make-data" in captured.err and "train: 2 images" in captured.out  # the bar on stderr only
     stale = out / "train" / "train_0099.json"
     stale.write_text("{}", encoding="utf-8")
     assert main_make_data(args) == 2
