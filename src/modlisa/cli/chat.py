@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from modlisa.cli.common import add_checkpoint_argument, parse_args
-from modlisa.cli.predict import parse_bool, pick_device
+from modlisa.cli.predict import check_output_options, parse_bool, pick_device
 from modlisa.config import ConfigError
 from modlisa.data.reasonseg import DataError, load_image_rgb
 from modlisa.predictor import MODES
@@ -75,12 +75,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     parser = build_parser()
     args = parse_args(parser, argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max_new_tokens must be >= 1")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} exists and is not a folder")
-    device = None if args.device == "auto" else pick_device(args.device, cfg_cpu=False)
+    out_dir, device = check_output_options(parser, args)
     model, tokenizer, processors, cfg = load_checkpoint(args.checkpoint)
     model.to(device or pick_device("auto", cfg.cpu))
     service = SegmentService(model, tokenizer, processors, max_length=cfg.max_length, mode=args.mode,

@@ -79,6 +79,17 @@ def pick_device(requested: str, cfg_cpu: bool) -> torch.device:
     return torch.device(requested)
 
 
+def check_output_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, torch.device | None]:
+    """The checks `predict` and `chat` make before loading a model: ``--max_new_tokens`` >= 1, ``--out`` a folder
+    (or absent), ``--device`` available. Returns (out folder, device or None for auto)."""
+    if args.max_new_tokens < 1:
+        parser.error("--max_new_tokens must be >= 1")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder")
+    return out_dir, None if args.device == "auto" else pick_device(args.device, cfg_cpu=False)
+
+
 def _summary_line(record: dict[str, Any], out_dir: Path) -> str:
     if not record["has_seg"]:
         return f"{record['image']}: answer {record['answer']!r} | no [SEG]: no mask -> {out_dir / record['json']}"
@@ -94,12 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parse_args(parser, argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max_new_tokens must be >= 1")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} exists and is not a folder")
-    device = None if args.device == "auto" else pick_device(args.device, cfg_cpu=False)  # fails early
+    out_dir, device = check_output_options(parser, args)  # fails early
     requests = _requests_from_args(args, parser)  # every input checked before the model loads
     model, tokenizer, processors, cfg = load_checkpoint(args.checkpoint)
     model.to(device or pick_device("auto", cfg.cpu))
