@@ -226,6 +226,7 @@ def make_coco(root: Path) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 def test_coco_items_match_pycocotools_masks_and_pass_check_data(tmp_path, capsys):
     path = make_coco(tmp_path)
     from pycocotools.coco import COCO

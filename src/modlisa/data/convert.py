@@ -430,12 +430,15 @@ def convert_coco(annotations_path: str | Path, images_dir: str | Path, out: str 
                                                                                      "categories")):
         raise DataError(annotations_path, "not a COCO instances file: needs the lists images, annotations, "
                                           "categories")
-    categories = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"] if isinstance(c, dict)}
+    categories = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"]
+                  if isinstance(c, dict) and "id" in c}
     by_image: dict[Any, list[dict]] = {}
     for ann in data["annotations"]:
         if isinstance(ann, dict):
             by_image.setdefault(ann.get("image_id"), []).append(ann)
     for info in data["images"]:
+        if not isinstance(info, dict):
+            continue
         anns = by_image.get(info.get("id"), [])
         if not anns:
             continue
@@ -443,7 +446,11 @@ def convert_coco(annotations_path: str | Path, images_dir: str | Path, out: str 
         if not image.is_file():
             bad(image, f"image {info.get('id')} of {annotations_path.name} not found")
             continue
-        hw = (int(info.get("height", 0)), int(info.get("width", 0)))
+        try:
+            hw = (int(info["height"]), int(info["width"]))
+        except (KeyError, TypeError, ValueError):
+            bad(annotations_path, f"image {info.get('id')}: no integer height and width")
+            continue
         if _check_image(image, hw, f"{annotations_path.name} image {info.get('id')}", bad) is None:
             continue
         _coco_items(report, bad, mask_utils, annotations_path, image, hw, anns, categories, min_iou)
