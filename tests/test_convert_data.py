@@ -184,6 +184,8 @@ def test_orphans_and_a_non_empty_output_are_refused(tmp_path, capsys):
     assert run(capsys, *args, "--force")[0] == 0
     code, _, err = run(capsys, "convert", "shapefile")
     assert code == 2 and "unknown source" in err
+    code, _, err = run(capsys, *args, "--split", "../elsewhere")
+    assert code == 2 and "--split must be a folder name" in err
 
 
 # --------------------------------------------------------------------------- COCO
@@ -268,6 +270,14 @@ def test_coco_bad_inputs(tmp_path, capsys):
     code, stdout, _ = run(capsys, "convert", "coco", str(path), str(tmp_path / "images"), str(tmp_path / "o"),
                           "--skip_bad")
     assert code == 0 and "skipped 1 bad items" in stdout and "absent.jpg" in stdout
+    # two image files of one stem in different folders would give items of one name: refused, naming the file
+    data["images"][0]["file_name"] = "street.jpg"
+    write_image(tmp_path / "images" / "sub" / "street.jpg", HW, seed=8)
+    data["images"].append({"id": 3, "file_name": "sub/street.jpg", "height": HW[0], "width": HW[1]})
+    data["annotations"].append({**data["annotations"][0], "id": 20, "image_id": 3})
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, "convert", "coco", str(path), str(tmp_path / "images"), str(tmp_path / "o2"))
+    assert code == 2 and "sub/street.jpg" in err and "street_c1" in err
 
 
 # pixel-sized holes side by side: a keyhole cut paints one of them (the one non-exact case found in 3000 random

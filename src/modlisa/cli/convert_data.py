@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     args = parse_args(build_parser(source), rest)
+    if not args.split or args.split in (".", "..") or "/" in args.split or "\\" in args.split:
+        raise ConfigError(f"--split must be a folder name such as train or val, got {args.split!r}")
     options = dict(min_iou=args.min_iou, link=args.link, skip_bad=args.skip_bad, force=args.force)
     report: ConvertReport
     if source == "masks":

@@ -521,9 +521,12 @@ def _place_image(source: Path, target: Path, link: bool) -> bool:
 
 
 def _write(report: ConvertReport, link: bool) -> None:
-    names = [item.name for item in report.items]
-    if len(set(names)) != len(names):
-        raise DataError(report.split_dir, "two items would have the same name")
+    seen: dict[str, Path] = {}
+    for item in report.items:
+        if item.name in seen and seen[item.name] != item.image:
+            raise DataError(item.image, f"its item would be named {item.name!r} like the item of {seen[item.name]}; "
+                                        "rename one of the images")
+        seen[item.name] = item.image
     report.split_dir.mkdir(parents=True, exist_ok=True)
     for item in report.items:
         linked = _place_image(item.image, report.split_dir / f"{item.name}{item.image.suffix.lower()}", link)
