@@ -308,3 +308,18 @@ def test_coco_without_pycocotools_says_what_to_install(tmp_path, capsys, monkeyp
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     code, _, err = run(capsys, "convert", "coco", str(path), str(tmp_path / "images"), str(tmp_path / "o"))
     assert code == 2 and "pip install 'modlisa[coco]'" in err
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("q.jsonl", '{"image": "ring", "text": "a"}\n{not json\n', "line 2: malformed JSON"),
+    ("q.jsonl", '{"image": "ring", "text": "a"}\n{"image": "ring.jpg", "text": "b", "is_sentence": true}\n',
+     "line 2: is_sentence of 'ring.jpg' differs"),
+    ("q.csv", "name,query\nring,a\n", "needs a header with the columns image,text"),
+    ("q.txt", "ring a\n", "must be .jsonl or .csv"),
+])
+def test_malformed_queries_files_are_one_line_errors(tmp_path, capsys, name, content, message):
+    images, masks, _ = make_masks_input(tmp_path)
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    code, _, err = run(capsys, "convert", "masks", str(images), str(masks), str(tmp_path / "out"),
+                       "--queries", str(tmp_path / name))
+    assert code == 2 and name in err and message in err, err
