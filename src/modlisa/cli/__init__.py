@@ -1,4 +1,4 @@
-"""`modlisa` command line: make-data | check-data | train | eval | predict | chat | serve | export | import-lisa |
+"""`modlisa` command line: make-data | check-data | convert | train | eval | predict | chat | serve | export | import-lisa |
 bench | analyze.
 
 Exit codes (docs/TROUBLESHOOTING.md): 0 success; 1 `check-data` found errors in the data (or an unexpected
@@ -23,6 +23,7 @@ from modlisa.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-data": ("make_data", "generate the synthetic ReasonSeg-format dataset"),
     "check-data": ("check_data", "validate a ReasonSeg-format folder"),
+    "convert": ("convert_data", "turn your images + masks (or a COCO JSON) into a ReasonSeg-format folder"),
     "train": ("train", "train a ModifiedLISA model"),
     "eval": ("eval", "evaluate a checkpoint with LISA's protocol"),
     "predict": ("predict", "segment what a query asks for in an image (or a JSONL batch)"),
