@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from modlisa.synthetic.dataset import _image_dims, _validate
+from modlisa.synthetic.dataset import MAX_SCENE_ATTEMPTS, _image_dims, _validate
 from modlisa.synthetic.options import SceneOptions
 from modlisa.synthetic.phrasing import phrasings
-from modlisa.synthetic.queries import choose_query
+from modlisa.synthetic.queries import QuerySpec, choose_query
 from modlisa.synthetic.render import rasterise, render
 from modlisa.synthetic.scene import KINDS, Scene, make_scene
 
@@ -89,6 +89,17 @@ def _sentences(texts: list[str], first_id: int) -> list[dict[str, Any]]:
             for k, text in enumerate(texts)]
 
 
+def _scene_with_refs(rng: np.random.Generator, width: int, height: int, options: SceneOptions
+                     ) -> tuple[Scene, list[tuple[QuerySpec, int] | None]]:
+    """A scene with at least one shape that a short phrase designates uniquely, and each shape's phrase."""
+    for _ in range(MAX_SCENE_ATTEMPTS):
+        scene = make_scene(rng, width, height, options)
+        chosen = [choose_query(rng, scene, False, targets=[j]) for j in range(len(scene.objects))]
+        if any(c is not None for c in chosen):
+            return scene, chosen
+    raise RuntimeError(f"no scene with a uniquely described shape after {MAX_SCENE_ATTEMPTS} attempts")
+
+
 def make_refer_dataset(
     out_dir: str | Path,
     *,
@@ -119,7 +130,7 @@ def make_refer_dataset(
             rng = np.random.default_rng([seed, 10 + split_index, index])  # 10+: apart from ReasonSeg's
             image_id = 1000 * (split_index + 1) + index
             width, height = _image_dims(rng, image_size)
-            scene = make_scene(rng, width, height, options)
+            scene, chosen_per_object = _scene_with_refs(rng, width, height, options)
             file_name = _image_file_name(dataset, image_id)
             path = images_root / file_name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +146,7 @@ def make_refer_dataset(
                 annotations.append({"id": ann_id, "image_id": image_id, "category_id": category_id,
                                     "segmentation": segmentation, "area": round(obj.area, 2), "iscrowd": iscrowd,
                                     "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]})
-                chosen = choose_query(rng, scene, False, targets=[j])
+                chosen = chosen_per_object[j]
                 if chosen is None:
                     continue
                 texts = phrasings(chosen[0])[:SENTENCES_PER_REF]
