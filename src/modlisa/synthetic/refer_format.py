@@ -113,7 +113,7 @@ def make_refer_dataset(
 ) -> dict[str, Any]:
     """Write ``dataset`` in the refer layout under ``out_dir``; ``num_test`` images go to EACH test split
     (refcoco: testA and testB). Returns {dataset, refs, instances, image_dir, splits: {split: refs},
-    images, annotations}."""
+    images, annotations (counts), polygons: {ann_id: the shape's [[x, y], ...]} (the known truth)}."""
     if dataset not in REFER_SPLITS:
         raise ValueError(f"unknown refer dataset {dataset!r}; choose from {', '.join(REFER_SPLITS)}")
     _validate(seed, {"train": num_train, "val": num_val, "test": num_test}, image_size)
@@ -124,6 +124,7 @@ def make_refer_dataset(
     images_root = root / ("images/saiapr_tc-12" if dataset == "refclef" else "images/mscoco/images/train2014")
     counts = {s: num_train if s == "train" else num_val if s == "val" else num_test for s in splits}
     images, annotations, refs = [], [], []
+    polygons: dict[int, list[list[float]]] = {}
     split_refs = dict.fromkeys(splits, 0)
     for split_index, split in enumerate(splits):
         for index in range(counts[split]):
@@ -140,6 +141,7 @@ def make_refer_dataset(
                 ann_id = image_id * 100 + j
                 category_id = KINDS.index(obj.kind) + 1
                 segmentation, iscrowd = _segmentation(ann_id, obj.points, scene)
+                polygons[ann_id] = [[float(x), float(y)] for x, y in obj.points]
                 pts = np.asarray(obj.points)
                 x0, y0 = pts.min(axis=0)
                 x1, y1 = pts.max(axis=0)
@@ -167,4 +169,4 @@ def make_refer_dataset(
                               + "\n", encoding="utf-8")
     return {"dataset": dataset, "refs": str(refs_path), "instances": str(instances_path),
             "image_dir": str(images_root), "splits": split_refs, "images": len(images),
-            "annotations": len(annotations)}
+            "annotations": len(annotations), "polygons": polygons}
