@@ -245,10 +245,12 @@ def test_missing_instances(refer_root, tmp_path):
 def test_unknown_split_lists_valid_ones(refer_root):
     root, _ = refer_root
     with pytest.raises(DataError) as err:
-        load_refer(root, "refcoco", "testC")
-    assert "valid splits: train, val, test, testA, testB" in str(err.value)
+        load_refer(root, "refcoco", "dev")
+    assert "unknown split 'dev' (refcoco); valid splits: train, val, test, testA, testB" in str(err.value)
     assert err.value.path.endswith("refs(unc).p")
-    with pytest.raises(DataError, match="valid splits: train, val, test$"):
+    with pytest.raises(DataError, match="no ref of split 'testC' in this file"):
+        load_refer(root, "refcoco", "testC")
+    with pytest.raises(DataError, match="no ref of split 'testA' .*valid splits: train, val, test$"):
         load_refer(root, "refcocog", "testA")
 
 
@@ -295,6 +297,11 @@ def test_pickle_naming_a_class_is_refused(refer_root, tmp_path):
     with pytest.raises(DataError, match="malformed refs pickle.*refused") as err:
         load_refer(root, "refcoco", "val")
     assert err.value.path == str(path)
+    refs = read_refs_pickle(refer_root[0] / "refcoco" / "refs(unc).p")
+    refs[0]["sent_ids"] = tuple(refs[0]["sent_ids"])  # builtin containers are plain data
+    refs[0]["extra"] = {1, 2}
+    path.write_bytes(pickle.dumps(refs, protocol=0))
+    assert read_refs_pickle(path)[0]["extra"] == {1, 2}
     path.write_bytes(pickle.dumps([{"ref_id": 1}], protocol=0))
     with pytest.raises(DataError, match="ref #0 has no ann_id, image_id, split, sentences"):
         load_refer(root, "refcoco", "val")
@@ -315,3 +322,19 @@ def test_make_data_cli_refcocog(tmp_path, capsys):
     assert make_data.main([*argv, "--force"]) == 0
     assert ((out / "refcocog" / "refs(umd).p").read_bytes(), (out / "refcocog" / "instances.json").read_bytes()) == first
     assert refer_queries(out, "refcocog", "test")
+
+
+def _py2_str(text: bytes) -> bytes:
+    return b"U" + bytes([len(text)]) + text  # SHORT_BINSTRING: a Python 2 str
+
+
+def test_python2_pickle_with_non_ascii_bytes(tmp_path):
+    """The published refs files were pickled by Python 2: its byte strings are read as latin1 when not ASCII."""
+    sentence = b"}(" + _py2_str(b"sent") + _py2_str(b"caf\xe9 sign") + b"u"
+    ref = (b"}(" + _py2_str(b"ref_id") + b"K\x01" + _py2_str(b"ann_id") + b"K\x02" + _py2_str(b"image_id")
+           + b"K\x03" + _py2_str(b"split") + _py2_str(b"val") + _py2_str(b"sentences") + b"]" + sentence + b"a"
+           + b"u")
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(b"\x80\x02]" + ref + b"a.")
+    refs = read_refs_pickle(path)
+    assert refs == [{"ref_id": 1, "ann_id": 2, "image_id": 3, "split": "val", "sentences": [{"sent": "café sign"}]}]

@@ -76,10 +76,19 @@ def resolve_refer_root(root: str | Path, dataset: str) -> Path:
 # --------------------------------------------------------------------------- files
 
 
+# the split names refer's getRefIds knows
+REFER_SPLIT_NAMES = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
+_PLAIN_BUILTINS = frozenset({"set", "frozenset", "list", "dict", "tuple", "str", "bytes", "bytearray", "int",
+                             "float", "complex", "bool"})
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles only plain data (lists, dicts, strings, numbers): a refs file never names a class."""
+    """Unpickles only plain data (lists, dicts, strings, numbers, and builtin sets / tuples): a refs file
+    never needs a class, so one naming any other global is refused instead of run."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in _PLAIN_BUILTINS:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refers to {module}.{name}; a refs file holds only lists, dicts, "
                                      "strings and numbers, so it is refused")
 
@@ -281,7 +290,8 @@ def load_refer(
     instances = read_instances(instances_path)
     valid = selectable_splits([str(ref["split"]) for ref in refs])
     if split not in valid:
-        raise DataError(refs_path, f"unknown split {split!r} for {dataset}; valid splits: {', '.join(valid)}")
+        what = f"no ref of split {split!r} in this file" if split in REFER_SPLIT_NAMES else f"unknown split {split!r}"
+        raise DataError(refs_path, f"{what} ({dataset}); valid splits: {', '.join(valid)}")
     anns = {ann.get("id"): ann for ann in instances["annotations"] if isinstance(ann, dict)}
     imgs = {img.get("id"): img for img in instances["images"] if isinstance(img, dict)}
     cats = {cat.get("id"): cat.get("name") for cat in instances["categories"] if isinstance(cat, dict)}
