@@ -322,6 +322,8 @@ def test_make_data_cli_refcocog(tmp_path, capsys):
     assert make_data.main([*argv, "--force"]) == 0
     assert ((out / "refcocog" / "refs(umd).p").read_bytes(), (out / "refcocog" / "instances.json").read_bytes()) == first
     assert refer_queries(out, "refcocog", "test")
+    assert make_data.main([str(tmp_path / "other"), "--format", "refcoco", "--select_by", "colour"]) == 2
+    assert "--select_by apply to --format reasonseg only" in capsys.readouterr().err
 
 
 def _py2_str(text: bytes) -> bytes:

@@ -136,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main_refer(args: argparse.Namespace, root: Path) -> int:
     """``--format refcoco|refcoco+|refcocog|refclef``: refuses an existing OUT/<dataset> unless --force
     (which replaces that folder only; images of the same seed are rewritten byte for byte)."""
+    ignored = [flag for flag, used in (("--query_types", bool(args.query_types)),
+                                       ("--targets_per_scene", args.targets_per_scene != 1),
+                                       ("--select_by", args.select_by is not None)) if used]
+    if ignored:
+        print(f"modlisa make-data: {', '.join(ignored)} apply to --format reasonseg only (refer sentences are short "
+              "phrases, one ref per uniquely described shape)", file=sys.stderr)
+        return 2
     folder = root / args.format
     if folder.exists():
         if not args.force:
