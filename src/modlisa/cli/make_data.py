@@ -12,8 +12,10 @@ from modlisa.cli.common import parse_args
 from modlisa.synthetic.dataset import MIN_IMAGE_SIZE, SPLITS, make_dataset
 from modlisa.synthetic.options import SceneOptions
 from modlisa.synthetic.queries import KEYS, QUERY_TYPES
+from modlisa.synthetic.refer_format import REFER_SPLITS, make_refer_dataset
 
 GENERATED_ENTRIES = (*SPLITS, "explanatory", "README.txt")
+FORMATS = ("reasonseg", *REFER_SPLITS)
 
 
 def _non_negative(text: str) -> int:
@@ -46,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modlisa make-data",
         description="Write a deterministic synthetic dataset in the ReasonSeg format (images + JSON + "
-        "explanatory/train.json).",
+        "explanatory/train.json), or with --format refcoco / refcoco+ / refcocog / refclef in the refer layout "
+        "(OUT/<dataset>/refs(<split_by>).p + instances.json, OUT/images/...).",
     )
     parser.add_argument("out_dir", help="output folder (must be empty or absent unless --force)")
+    parser.add_argument("--format", choices=FORMATS, default="reasonseg",
+                        help="reasonseg (default), or a refer dataset: refcoco, refcoco+ (splits train, val, testA, "
+                             "testB; --num_test images in each test split), refcocog (umd: train, val, test), "
+                             "refclef; OUT may already hold other refer datasets")
     parser.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
     parser.add_argument("--num_train", type=_non_negative, default=64, help="train images (default 64)")
     parser.add_argument("--num_val", type=_non_negative, default=32, help="val images (default 32)")
@@ -90,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if root.exists() and not root.is_dir():
         print(f"modlisa make-data: {root} exists and is not a folder", file=sys.stderr)
         return 2
+    if args.format != "reasonseg":
+        return _main_refer(args, root)
     if root.is_dir() and any(root.iterdir()):
         if not args.force:
             print(
@@ -122,3 +131,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"explanatory: {summary['explanatory']['entries']} entries in {summary['explanatory']['path']}")
     return 0
 
+
+
+def _main_refer(args: argparse.Namespace, root: Path) -> int:
+    """``--format refcoco|refcoco+|refcocog|refclef``: refuses an existing OUT/<dataset> unless --force
+    (which replaces that folder only; images of the same seed are rewritten byte for byte)."""
+    ignored = [flag for flag, used in (("--query_types", bool(args.query_types)),
+                                       ("--targets_per_scene", args.targets_per_scene != 1),
+                                       ("--select_by", args.select_by is not None)) if used]
+    if ignored:
+        print(f"modlisa make-data: {', '.join(ignored)} apply to --format reasonseg only (refer sentences are short "
+              "phrases, one ref per uniquely described shape)", file=sys.stderr)
+        return 2
+    folder = root / args.format
+    if folder.exists():
+        if not args.force:
+            print(f"modlisa make-data: {folder} exists; pass --force to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    try:
+        options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
+                               lookalike_prob=args.lookalike_prob)
+        summary = make_refer_dataset(root, dataset=args.format, seed=args.seed, num_train=args.num_train,
+                                     num_val=args.num_val, num_test=args.num_test, image_size=args.image_size,
+                                     options=options)
+    except ValueError as err:
+        print(f"modlisa make-data: {err}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{split} {n}" for split, n in summary["splits"].items())
+    print(f"{args.format}: {summary['images']} images, {summary['annotations']} annotations; refs per split: {splits}")
+    print(f"refs: {summary['refs']}\ninstances: {summary['instances']}\nimages: {summary['image_dir']}")
+    return 0

@@ -11,7 +11,8 @@ returns exactly the target, with safety margins so that no object is a borderlin
 Modules, one job each: ``scene`` (shapes and their layout), ``options`` (``SceneOptions``),
 ``properties`` (the properties sentences ask about), ``queries`` (query meaning and choice), ``phrasing``
 (query wordings and explanations, as template tables), ``render`` (pixels and masks), ``dataset``
-(examples and files) and ``command`` (the ``modlisa make-data`` command line, not imported here).
+(examples and files), ``refer_format`` (the same scenes in the refer layout of refCOCO & co.,
+``make-data --format refcoco``) and ``command`` (the ``modlisa make-data`` command line, not imported here).
 """
 
 from modlisa.synthetic.dataset import (
@@ -42,6 +43,7 @@ from modlisa.synthetic.queries import (
     selects_by,
     unique_description,
 )
+from modlisa.synthetic.refer_format import REFER_SPLITS, make_refer_dataset
 from modlisa.synthetic.render import rasterise, render
 from modlisa.synthetic.scene import COLOURS, KINDS, SIZES, Scene, SceneObject, make_scene, unit_polygon
 
@@ -53,6 +55,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "PROPERTIES",
     "QUERY_TYPES",
+    "REFER_SPLITS",
     "SHORT_PROPOSERS",
     "SIZES",
     "SPLITS",
@@ -70,6 +73,7 @@ __all__ = [
     "generate_example",
     "generate_scene_examples",
     "make_dataset",
+    "make_refer_dataset",
     "make_scene",
     "matching",
     "noun_phrases",
