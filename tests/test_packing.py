@@ -249,21 +249,27 @@ def test_explanatory_answer_is_in_the_mix(tiny):
     assert int(answers_tokens.max()) > 3 * int(answers_tokens.min())
 
 
+def eval_unpacked_then_packed(model, batch: Batch, times: int = 1) -> list:
+    """Eval-mode outputs of ``batch``: once with packing off, then ``times`` with it on (left off after)."""
+    model.eval()
+    with torch.no_grad():
+        outputs = [model(batch)]
+        model.pack_queries = True
+        try:
+            outputs += [model(batch) for _ in range(times)]
+        finally:
+            model.pack_queries = False
+    return outputs
+
+
 def test_rows_without_a_shared_prefix_run_unpacked_with_one_warning(tiny, caplog):
     model, tokenizer, processors = tiny
     batch = collate_samples(make_samples(processors, (2,)), tokenizer, 512)
     ids = batch.input_ids.clone()
     ids[1, 1] = (int(ids[1, 1]) + 1) % 50 + 10
     batch = replace(batch, input_ids=ids)
-    model.eval()
-    with torch.no_grad():
-        base = model(batch)
-        model.pack_queries = True
-        try:
-            with caplog.at_level("WARNING", logger="modlisa.model.lisa"):
-                packed, again = model(batch), model(batch)
-        finally:
-            model.pack_queries = False
+    with caplog.at_level("WARNING", logger="modlisa.model.lisa"):
+        base, packed, again = eval_unpacked_then_packed(model, batch, times=2)
     assert packed.pack_plan is None and again.pack_plan is None and packed.logits.shape == base.logits.shape
     torch.testing.assert_close(packed.logits, base.logits, atol=0, rtol=0)
     warnings = [r.getMessage() for r in caplog.records if "pack_queries" in r.getMessage()]
@@ -277,14 +283,7 @@ def test_a_supervised_token_after_the_image_unpacks_the_logits_only(tiny):
     image_pos = image_token_positions(batch.input_ids, model.image_token_id)
     labels[1, int(image_pos[1]) + 1] = batch.input_ids[1, int(image_pos[1]) + 1]
     batch = replace(batch, labels=labels)
-    model.eval()
-    with torch.no_grad():
-        base = model(batch)
-        model.pack_queries = True
-        try:
-            packed = model(batch)
-        finally:
-            model.pack_queries = False
+    base, packed = eval_unpacked_then_packed(model, batch)
     assert packed.pack_plan is not None and packed.logits.shape == base.logits.shape
     ce = compute_losses(packed.logits, packed.labels, packed.pred_masks, batch.masks)["ce"]
     assert_close(ce, compute_losses(base.logits, base.labels, base.pred_masks, batch.masks)["ce"], "CE")

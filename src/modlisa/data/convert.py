@@ -38,10 +38,10 @@ from modlisa.atomic import atomic_write_text
 from modlisa.data.reasonseg import (
     _PIL_ERRORS,
     DataError,
-    _decode_text,
     mask_from_shapes,
     read_image_size,
     read_json,
+    read_text,
     reserved_token_reason,
     verify_image,
 )
@@ -219,11 +219,7 @@ def read_queries(path: str | Path) -> dict[str, tuple[list[str], bool]]:
     is_sentence must agree); is_sentence defaults to false. DataError naming the file and line when malformed.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(path, f"cannot read queries file ({err.strerror or err})") from err
-    text = _decode_text(raw, path)
+    text = read_text(path, "queries file")
     rows: list[tuple[str, dict]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))

@@ -110,6 +110,16 @@ def _decode_text(raw: bytes, path: Path) -> str:
                                   f"offset {err.start}); re-save it as UTF-8") from err
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The text of ``path``: UTF-8, else cp1252 (``_decode_text``); DataError naming the file when unreadable."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot read {what} ({err.strerror or err})") from err
+    return _decode_text(raw, path)
+
+
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file as UTF-8, falling back to cp1252 when UTF-8 decoding fails (as LISA does).
 
@@ -117,11 +127,7 @@ def read_json(path: str | Path) -> Any:
     Raises DataError naming the file when it is missing, undecodable or not valid JSON.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(path, f"cannot read file ({err.strerror or err})") from err
-    text = _decode_text(raw, path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -25,10 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from modlisa.data.reasonseg import load_image_rgb
+from modlisa.overlay import overlay_masks
 
 logger = logging.getLogger(__name__)
 
 TRACKERS = ("tensorboard", "mlflow")
+TRACKED_MASKS = 4  # predicted masks sent to the trackers per validation
 PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
             "mlflow": ("mlflow", "pip install mlflow-skinny (or mlflow, for its web UI)")}
 EXPERIMENT = "modlisa"
@@ -111,6 +116,21 @@ class _MLflow:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def mask_picture(example: dict[str, Any], max_side: int = 256) -> np.ndarray:
+    """(h, w, 3) uint8: the example's image (``evaluate.mask_examples``) with its predicted mask tinted and the
+    ground truth outlined (``overlay.overlay_masks``), shrunk to ``max_side``."""
+    gt = example["gt"]
+    image = load_image_rgb(example["file"])
+    if image.shape[:2] != gt.shape:  # an image that does not match its masks is reported elsewhere; skip drawing
+        image = np.zeros((*gt.shape, 3), dtype=np.uint8)
+    picture = overlay_masks(image, [example["pred"]], gt=(gt == 1))
+    scale = max_side / max(picture.shape[:2])
+    if scale < 1:
+        size = (max(1, round(picture.shape[1] * scale)), max(1, round(picture.shape[0] * scale)))
+        picture = np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR))
+    return picture
 
 
 class Trackers:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -41,7 +40,7 @@ from modlisa.engine.resume import ResumePlan, plan_resume, resume
 from modlisa.engine.run_folder import hold_run_folder
 from modlisa.engine.run_summary import write_summary
 from modlisa.engine.task import PromptTeacher, SegmentationTask, update_iou
-from modlisa.engine.tracking import Trackers
+from modlisa.engine.tracking import TRACKED_MASKS, Trackers, mask_picture
 from modlisa.metrics import IoUAccumulator
 from modlisa.types import Batch
 from modlisa.weights import save_best
@@ -537,28 +536,6 @@ def _log_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "protocol"}
-
-
-TRACKED_MASKS = 4  # predicted masks sent to the trackers per validation
-
-
-def mask_picture(example: dict[str, Any], max_side: int = 256) -> np.ndarray:
-    """(h, w, 3) uint8: the example's image (``evaluate.mask_examples``) with its predicted mask tinted and the
-    ground truth outlined (``overlay.overlay_masks``), shrunk to ``max_side``."""
-    from PIL import Image
-
-    from modlisa.overlay import overlay_masks
-
-    image = np.asarray(Image.open(example["file"]).convert("RGB"))
-    gt = example["gt"]
-    if image.shape[:2] != gt.shape:  # an image that does not match its masks is reported elsewhere; skip drawing
-        image = np.zeros((*gt.shape, 3), dtype=np.uint8)
-    picture = overlay_masks(image, [example["pred"]], gt=(gt == 1))
-    scale = max_side / max(picture.shape[:2])
-    if scale < 1:
-        size = (max(1, round(picture.shape[1] * scale)), max(1, round(picture.shape[0] * scale)))
-        picture = np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR))
-    return picture
 
 
 def _broadcast(accelerator: Any, values: list[float]) -> tuple[float, int]:

@@ -152,13 +152,10 @@ def packed_labels(labels: Tensor, plan: PackPlan) -> Tensor | None:
     ignore = -100
     target = torch.full_like(labels, ignore)  # target[r, t] = labels[r, t + 1]: what position t predicts
     target[:, :-1] = labels[:, 1:]
-    shared_pos = plan.segment == -1
-    first_rows = plan.gather[:, 0] // labels.shape[1]
-    # every row's targets on the shared span must be ignored (the span is computed, and would be counted, once)
-    shared_len = shared_pos.sum(dim=1)  # (B,)
-    rows_image = torch.bucketize(torch.arange(labels.shape[0], device=labels.device), first_rows, right=True) - 1
-    t = torch.arange(labels.shape[1], device=labels.device).unsqueeze(0)
-    if bool((target[t < shared_len[rows_image].unsqueeze(1)] != ignore).any()):
+    # every row's targets on the shared span must be ignored (the span is computed, and would be counted, once);
+    # an unpacked position is on it when it maps to a shared packed token (padding maps there too: ignored targets)
+    on_shared = plan.segment.reshape(-1)[plan.scatter] == -1  # (Q, L')
+    if bool((target[on_shared] != ignore).any()):
         return None
     packed_target = pack(target, plan)
     packed_target[plan.segment == -2] = ignore
