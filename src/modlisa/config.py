@@ -37,6 +37,15 @@ class TrainingConfig:
 
     # --- data ---
     data_root: str = _f("data/demo", "ReasonSeg-format folder with train/ val/ test/ (+ explanatory/train.json)")
+    dataset: str = _f("reason_seg", "LISA's --dataset: the kinds of the training mixture, '||'-separated, from "
+                                    "sem_seg, refer_seg, vqa, reason_seg (docs/DATA.md, 'The training mixture')")
+    sample_rates: str = _f("", "LISA's --sample_rates: one sampling weight per kind of `dataset`, comma-separated "
+                               "(LISA: 9,3,3,1); empty: equal weights")
+    dataset_dir: str | None = _f(None, "LISA's dataset folder (ade20k/, cocostuff/, vlpart/, coco/, refer_seg/, "
+                                       "llava_dataset/): needed when `dataset` names more than reason_seg")
+    sem_seg_data: str = _f("ade20k||cocostuff||pascal_part||paco_lvis", "LISA's --sem_seg_data: the sem_seg datasets")
+    refer_seg_data: str = _f("refclef||refcoco||refcoco+||refcocog", "LISA's --refer_seg_data: the refer_seg datasets")
+    vqa_data: str = _f("llava_instruct", "LISA's --vqa_data: the vqa datasets")
     queries_per_image: int = _f(3, "queries sampled per training image, each its own sequence (LISA: up to 3)")
     pack_queries: bool = _f(True, "put all queries of an image in ONE LM sequence (image tokens once, block "
                                   "attention mask, positions restart per query): LISA's losses, fewer LM tokens; "
@@ -285,7 +294,39 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or Path(value).drive != ""
 
 
+def _check_mixture(cfg: TrainingConfig) -> None:
+    """``dataset`` names known kinds (each once), ``sample_rates`` one positive weight per kind, every kind's
+    datasets are known names."""
+    from modlisa.data.sources import DATASET_NAMES, KINDS, REASON_SEG, mixture_kinds
+
+    kinds = mixture_kinds(cfg.dataset)
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"dataset {cfg.dataset!r}: give each of {', '.join(KINDS)} at most once, '||'-separated "
+                          "(LISA: sem_seg||refer_seg||vqa||reason_seg)")
+    if cfg.sample_rates.strip():
+        from modlisa.data.mixture import parse_rates
+
+        try:
+            parse_rates(cfg.sample_rates, len(kinds))
+        except ValueError as err:
+            raise ConfigError(f"{err} (dataset {cfg.dataset!r})") from None
+    for kind in kinds:
+        if kind == REASON_SEG:
+            continue
+        names = mixture_kinds(getattr(cfg, f"{kind}_data"))
+        bad = [n for n in names if n not in DATASET_NAMES[kind]]
+        if not names or bad:
+            raise ConfigError(f"{kind}_data {getattr(cfg, f'{kind}_data')!r}: choose '||'-separated names from "
+                              f"{', '.join(DATASET_NAMES[kind])}")
+
+
 def _check_paths(cfg: TrainingConfig) -> None:
+    from modlisa.data.sources import REASON_SEG, mixture_kinds
+
+    if set(mixture_kinds(cfg.dataset)) - {REASON_SEG} and not (cfg.dataset_dir and Path(cfg.dataset_dir).is_dir()):
+        raise ConfigError(f"dataset {cfg.dataset!r} needs dataset_dir, LISA's dataset folder (ade20k/, refer_seg/, "
+                          f"llava_dataset/, ...; docs/DATA.md); got {cfg.dataset_dir!r}, which is not a folder")
     if not Path(cfg.data_root).is_dir():
         raise ConfigError(
             f"data_root {cfg.data_root!r} is not a folder; generate demo data with "
@@ -334,6 +375,7 @@ def validate_config(cfg: TrainingConfig, *, check_paths: bool = True, cuda_avail
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
     _check_choices(cfg)
+    _check_mixture(cfg)
     _check_quantization(cfg)
     _check_models(cfg)
     if cuda_available is None:

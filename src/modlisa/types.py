@@ -77,6 +77,9 @@ class Annotation:
     # modlisa extension (synthetic data): the image's non-target shapes, for grounding accuracy. LISA's
     # reader ignores the JSON key "distractors"; here label = "size colour kind" of the shape.
     distractors: list[Shape] = field(default_factory=list)
+    # Targets not stored as polygons (refCOCO's COCO RLE / polygons decoded by pycocotools): a callable giving
+    # the (H, W) uint8 mask in {0, 1, 255}; ``shapes`` is then empty (``reasonseg.annotation_mask`` reads either).
+    target_mask: Any = None
 
 
 @dataclass
@@ -101,6 +104,9 @@ class Sample:
     masks: torch.Tensor
     is_sentence: bool
     index: int = -1  # dataset index of this item (Batch.sample_ids, exact-once evaluation); -1 = unknown
+    source: str = "reason_seg"  # the dataset the item came from (a mixture's per-dataset counts and losses)
+    # a multi-turn conversation (vqa): the turns AFTER (questions[0], answers[0]), learned like the first answer
+    extra_turns: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +135,7 @@ class Batch:
     queries: list[str]  # Q raw query texts
     is_sentence: list[bool]  # Q flags
     sample_ids: list[int] = field(default_factory=list)  # B dataset indices (for exact-once evaluation)
+    sources: list[str] = field(default_factory=list)  # B dataset names (``Sample.source``)
 
     @property
     def num_images(self) -> int:

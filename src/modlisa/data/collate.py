@@ -33,7 +33,7 @@ def encode_ids(text: str, tokenizer: Any) -> list[int]:
 
 def encode_query(
     question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
-    conversation: ConversationFormat | None = None,
+    conversation: ConversationFormat | None = None, extra_turns: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation that fits ``max_length`` tokens.
 
@@ -44,7 +44,7 @@ def encode_query(
     when even an empty query does not fit (``max_length`` too small for the templates).
     """
     try:
-        return _encode(question, answer, tokenizer, max_length, query, conversation)
+        return _encode(question, answer, tokenizer, max_length, query, conversation, extra_turns)
     except TooLongError:
         if not query.strip() or query.strip() not in question:
             raise
@@ -106,15 +106,14 @@ def shorten_query(query: str, tokenizer: Any, max_tokens: int) -> str:
 
 def _encode(
     question: str, answer: str, tokenizer: Any, max_length: int, query: str = "",
-    conversation: ConversationFormat | None = None,
+    conversation: ConversationFormat | None = None, extra_turns: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) truncated from the right; TooLongError when the cut would hit the prompt or [SEG]."""
-    prompt, full = prompts.format_conversation(question, answer, tokenizer, conversation)
+    turns = prompts.format_turns([(question, answer), *extra_turns], tokenizer, conversation)
+    prompt, full = turns[0][0], turns[-1][1]
     ids, prompt_ids = encode_ids(full, tokenizer), encode_ids(prompt, tokenizer)
     name = f"query {query or question!r}"
-    if ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(f"{name}: the tokenised prompt is not a prefix of the tokenised conversation; "
-                         "this tokenizer merges tokens across the prompt/answer boundary")
+    learned = _learned_spans(turns, ids, tokenizer, name)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     seg_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
     if ids.count(image_id) != 1:
@@ -127,8 +126,31 @@ def _encode(
                              f"{max_length} without cutting the answer or its {SEG_TOKEN}; "
                              "raise max_length or shorten the query")
         ids = ids[:max_length]
-    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in learned:
+        labels[start:end] = ids[start:end]
     return ids, labels
+
+
+def _learned_spans(turns: Sequence[tuple[str, str]], ids: list[int], tokenizer: Any, name: str
+                   ) -> list[tuple[int, int]]:
+    """The token spans [start, end) of ``ids`` holding the answers of ``turns`` ((prompt_i, full_i) text
+    prefixes, ``prompts.format_turns``); the last one runs to the end. ValueError when a prefix's tokens are not
+    a prefix of ``ids`` (a tokenizer merging tokens across a turn boundary)."""
+    spans = []
+    for i, (prompt, full) in enumerate(turns):
+        start = len(_prefix_ids(prompt, ids, tokenizer, name))
+        end = len(ids) if i == len(turns) - 1 else len(_prefix_ids(full, ids, tokenizer, name))
+        spans.append((start, end))
+    return spans
+
+
+def _prefix_ids(text: str, ids: list[int], tokenizer: Any, name: str) -> list[int]:
+    prefix = encode_ids(text, tokenizer)
+    if ids[: len(prefix)] != prefix:
+        raise ValueError(f"{name}: the tokenised prompt is not a prefix of the tokenised conversation; "
+                         "this tokenizer merges tokens across the prompt/answer boundary")
+    return prefix
 
 
 def _encode_for(sample: Sample, question: str, answer: str, tokenizer: Any, max_length: int,
@@ -137,7 +159,7 @@ def _encode_for(sample: Sample, question: str, answer: str, tokenizer: Any, max_
     from modlisa.data.reasonseg import DataError
 
     try:
-        return encode_query(question, answer, tokenizer, max_length, query, conversation)
+        return encode_query(question, answer, tokenizer, max_length, query, conversation, sample.extra_turns)
     except ValueError as err:
         raise DataError(sample.json_path or sample.image_path or "query", str(err)) from err
 
@@ -204,6 +226,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
         queries=queries,
         is_sentence=is_sentence,
         sample_ids=indices if all(i >= 0 for i in indices) else [],
+        sources=[s.source for s in samples],
     )
 
 

@@ -21,9 +21,9 @@ from modlisa.data.reasonseg import (
     DataError,
     Problem,
     SplitNotFoundError,
+    annotation_mask,
     count_annotation_files,
     load_image_rgb,
-    mask_from_shapes,
     resolve_split_dir,
     scan_split,
 )
@@ -146,11 +146,7 @@ class ReasonSegDataset(torch.utils.data.Dataset):
     def _load(self, ann: Annotation) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W, 3) uint8 RGB, mask (H, W) uint8 in {0, 1, 255}); DataError naming the file."""
         image = load_image_rgb(ann.image_path)
-        try:
-            mask = mask_from_shapes(ann.shapes, image.shape[:2])
-        except ValueError as err:
-            raise DataError(ann.json_path, str(err)) from err
-        return image, mask
+        return image, annotation_mask(ann, image.shape[:2])
 
     def _load_item(self, index: int) -> tuple[Annotation, np.ndarray, np.ndarray]:
         """(annotation, image, mask) of ``index``; a lenient training set replaces an item that fails to
@@ -172,39 +168,66 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         raise DataError(resolve_split_dir(self.root, self.split), "no item of this split can be loaded: "
                         f"{len(self.load_failures)} file(s) failed to decode")
 
+    @classmethod
+    def from_annotations(cls, annotations: list[Annotation], root: str | Path, split: str,
+                         sam_transform: SamTransformFn | None, vision_transform: VisionTransformFn | None
+                         ) -> ReasonSegDataset:
+        """An EVALUATION set of annotations read elsewhere (e.g. one per refCOCO sentence, ``data/refer.py``),
+        evaluated with LISA's protocol like a ReasonSeg split; ``root`` / ``split`` name it in messages."""
+        if not annotations:
+            raise DataError(root, f"no annotation in split {split!r}")
+        dataset = cls.__new__(cls)
+        dataset.root, dataset.split, dataset.train = Path(root), split, False
+        dataset.sam_transform, dataset.vision_transform, dataset.augmenter = sam_transform, vision_transform, None
+        dataset.seed, dataset.queries_per_image, dataset.explanatory_prob = 0, 1, 0.0
+        dataset.epoch, dataset.strict = 0, True
+        dataset.load_failures, dataset._failed = {}, set()
+        dataset.problems, dataset.num_skipped, dataset.annotations = [], 0, list(annotations)
+        return dataset
+
     def __getitem__(self, index: int) -> Sample:
         """One image with its n_q queries; masks (n_q, H, W) uint8 at the original resolution."""
+        return self.make_sample(index, index)
+
+    def make_sample(self, index: int, draw_index: int) -> Sample:
+        """Item ``index`` whose random draws (queries, templates, augmentation) come from (seed, epoch,
+        ``draw_index``): ``__getitem__`` uses ``draw_index = index``; a mixture passes its own item index."""
         if not 0 <= index < len(self.annotations):
             raise IndexError(f"index {index} out of range for {len(self.annotations)} items")
         if self.sam_transform is None or self.vision_transform is None:
             raise RuntimeError("ReasonSegDataset has no image transforms yet: call set_transforms first")
         ann, image, mask = self._load_item(index)
         if self.train:
-            dialogue = self._train_dialogue(ann, random.Random(item_seed(self.seed, self.epoch, index)))
+            dialogue = self._train_dialogue(ann, random.Random(item_seed(self.seed, self.epoch, draw_index)))
         else:
             dialogue = Dialogue(*self._eval_dialogue(ann), kind=SEG_ONLY)
-        questions, answers, queries = dialogue.questions, dialogue.answers, dialogue.queries
         # one mask per [SEG]; a text-only image carries no mask at all (LISA: masks of shape (0, H, W))
         masks = np.repeat(mask[None], dialogue.num_masks, axis=0)
         if self.train and self.augmenter is not None:
-            aug_rng = np.random.default_rng(item_seed(self.seed, self.epoch, index, stream=1))
+            aug_rng = np.random.default_rng(item_seed(self.seed, self.epoch, draw_index, stream=1))
             # The flip rule reads every text the model sees: queries AND answers (explanations name sides).
-            image, masks = self.augmenter(image, masks, [*queries, *answers], aug_rng)
-        sam_image, resize_hw = self.sam_transform(image)
-        return Sample(
-            image_path=ann.image_path,
-            json_path=ann.json_path,
-            sam_image=sam_image,
-            vision_image=self.vision_transform(image),
-            resize_hw=(int(resize_hw[0]), int(resize_hw[1])),
-            original_hw=(int(image.shape[0]), int(image.shape[1])),
-            questions=questions,
-            answers=answers,
-            queries=queries,
-            masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
-            is_sentence=ann.is_sentence,
-            index=index,
-        )
+            image, masks = self.augmenter(image, masks, [*dialogue.queries, *dialogue.answers], aug_rng)
+        return make_sample(image, masks, dialogue, self.sam_transform, self.vision_transform,
+                           image_path=ann.image_path, json_path=ann.json_path, is_sentence=ann.is_sentence,
+                           index=index)
+
+
+def make_sample(image: np.ndarray, masks: np.ndarray, dialogue: Dialogue, sam_transform: SamTransformFn,
+                vision_transform: VisionTransformFn, **fields: object) -> Sample:
+    """A ``Sample`` of ``image`` (H, W, 3) uint8 RGB and ``masks`` (n_m, H, W) uint8 through the model's
+    transforms; ``fields``: the remaining ``Sample`` fields (image_path, json_path, is_sentence, index, ...)."""
+    sam_image, resize_hw = sam_transform(image)
+    return Sample(
+        sam_image=sam_image,
+        vision_image=vision_transform(image),
+        resize_hw=(int(resize_hw[0]), int(resize_hw[1])),
+        original_hw=(int(image.shape[0]), int(image.shape[1])),
+        questions=dialogue.questions,
+        answers=dialogue.answers,
+        queries=dialogue.queries,
+        masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 def _log_skipped(root: str | Path, split: str, num_skipped: int, errors: list[Problem]) -> None:

@@ -8,6 +8,7 @@ tokenizer's own chat template.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from modlisa.config import ConfigError
@@ -126,3 +127,53 @@ def format_conversation(question: str, answer: str | None, tokenizer: Any = None
         return prompt, prompt
     eos = getattr(tokenizer, "eos_token", None) or "</s>"
     return prompt, f"{prompt} {answer}{eos}"
+
+
+def _chat_template_turns(turns: Sequence[tuple[str, str]], tokenizer: Any, fmt: ConversationFormat
+                         ) -> list[tuple[str, str]]:
+    """``format_turns`` through the chat template: the first user turn as ``format_conversation`` renders it,
+    the later ones in the same content style (text, or llava-hf style items)."""
+    first_prompt, _ = _chat_template_conversation(turns[0][0], turns[0][1], tokenizer, fmt)
+    items = f"{fmt.image_placeholder}\n{turns[0][0]}" not in first_prompt
+
+    def content(text: str, first: bool = False) -> Any:
+        if not items:
+            return f"{fmt.image_placeholder}\n{text}" if first else text
+        return ([{"type": "image"}] if first else []) + [{"type": "text", "text": text}]
+
+    messages: list[dict[str, Any]] = []
+    out = []
+    for i, (question, answer) in enumerate(turns):
+        messages.append({"role": "user", "content": content(question, first=i == 0)})
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages.append({"role": "assistant", "content": answer if not items else [{"type": "text", "text": answer}]})
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if items and fmt.image_start_end:
+            prompt = prompt.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
+            full = full.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
+        out.append((prompt, full))
+    return out
+
+
+def format_turns(turns: Sequence[tuple[str, str]], tokenizer: Any = None,
+                 fmt: ConversationFormat | None = None) -> list[tuple[str, str]]:
+    """A multi-turn conversation (LLaVA-Instruct, LISA's ``vqa``), the image before the first question.
+
+    Returns one ``(prompt_i, full_i)`` per turn, each a prefix of the next: ``prompt_i`` ends where answer i
+    starts, ``full_i`` after its end-of-turn. LLaVA v1 (LISA's ``conv_llava_v1``: separators " " and "</s>"):
+    ``SYSTEM USER: <image>\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>``; a chat template renders the
+    message list. Every answer is learned; the user turns are not (LISA's VQA labels)."""
+    fmt = fmt or ConversationFormat()
+    if not turns:
+        raise ValueError("format_turns: no turn")
+    if fmt.use_chat_template and len(turns) > 1:
+        return _chat_template_turns(turns, tokenizer, fmt)
+    prompt, full = format_conversation(turns[0][0], turns[0][1], tokenizer, fmt)
+    out = [(prompt, full)]
+    if len(turns) > 1:
+        eos = getattr(tokenizer, "eos_token", None) or "</s>"
+        for question, answer in turns[1:]:
+            prompt = f"{full}USER: {question} ASSISTANT:"
+            full = f"{prompt} {answer}{eos}"
+            out.append((prompt, full))
+    return out

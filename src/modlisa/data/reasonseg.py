@@ -290,6 +290,21 @@ def mask_from_shapes(shapes: Sequence[Shape], hw: tuple[int, int]) -> np.ndarray
     return mask
 
 
+def annotation_mask(ann: Annotation, hw: tuple[int, int]) -> np.ndarray:
+    """The ground truth (H, W) uint8 in {0, 1, 255} of ``ann`` for an image of size ``hw``: its ``target_mask``
+    when it has one (refer datasets), else its polygons rasterised as LISA does. DataError naming the annotation
+    file when the polygons are malformed or the decoded target does not have the image's size."""
+    if ann.target_mask is None:
+        try:
+            return mask_from_shapes(ann.shapes, hw)
+        except ValueError as err:
+            raise DataError(ann.json_path, str(err)) from err
+    mask = np.asarray(ann.target_mask())
+    if mask.shape != tuple(hw):
+        raise DataError(ann.json_path, f"target mask of size {mask.shape} for an image of size {tuple(hw)}")
+    return mask.astype(np.uint8, copy=False)
+
+
 def load_shapes(json_path: str | Path) -> list[Shape]:
     """The shapes of an annotation file (texts are not required). DataError when malformed."""
     path = Path(json_path)

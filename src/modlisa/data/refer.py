@@ -15,9 +15,10 @@ height, width), ``annotations`` (id, image_id, category_id, segmentation, ...) a
 selected as refer's ``getRefIds(split=...)`` does (``testA`` also takes refs of split ``testAB``; ``test``
 takes every split containing "test").
 
-What this module returns (the integration point; training and ``modlisa eval`` do not use it yet, issue 14
-items 2-3): ``load_refer`` gives one ``ReferRef`` per ref of a split (image path, size, sentences, the COCO
-segmentation), ``refer_queries`` one ``ReferQuery`` per SENTENCE (LISA's evaluation protocol: every sentence
+What this module returns: ``load_refer`` gives one ``ReferRef`` per ref of a split (image path, size, sentences, the COCO
+segmentation); ``ReferSegSource`` is the training mixture's ``refer_seg`` source (LISA's
+``ReferSegDataset``); ``refer_annotations`` the evaluation items of ``modlisa eval --dataset refcoco``;
+``refer_queries`` one ``ReferQuery`` per SENTENCE (LISA's evaluation protocol: every sentence
 is one query on its image, asked as a short phrase, text ``sent.strip().lower()``). ``.mask()`` decodes the
 target lazily: (H, W) uint8 in {0, 1}, exactly pycocotools' ``COCO.annToMask`` (polygons through
 ``frPyObjects`` + ``merge`` + ``decode``; RLE dicts, compressed or not). pycocotools is an optional extra
@@ -33,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from modlisa.data.reasonseg import DataError
+from modlisa.data.sources import REFER_SEG, Draw
+from modlisa.types import Annotation
 
 # dataset -> LISA's split_by (``refer_seg_dataset.py``: "umd" for refcocog, "unc" for the others)
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "refclef": "unc"}
@@ -332,3 +336,66 @@ def refer_queries(
     """Every sentence of every ref of the split as one ``ReferQuery`` (LISA's evaluation protocol)."""
     return [q for ref in load_refer(root, dataset, split, split_by=split_by, check_images=check_images)
             for q in ref.queries()]
+
+
+def _target_of(query: ReferQuery, where: str) -> Any:
+    """A ``target_mask`` callable of ``query`` whose decoding errors are DataErrors naming ``where``."""
+    def target() -> np.ndarray:
+        try:
+            return query.mask()
+        except ValueError as err:
+            raise DataError(where, f"ann_id {query.ann_id} (ref {query.ref_id}): {err}") from err
+    return target
+
+
+def refer_annotations(root: str | Path, dataset: str, split: str, *, split_by: str | None = None
+                      ) -> list[Annotation]:
+    """LISA's refer evaluation items (``ValDataset``): every sentence of every ref of ``split`` is one short-phrase
+    query on its image, text ``sent.strip().lower()``, target the ref's annotation decoded by pycocotools.
+    ``json_path`` names the refs file and the sentence (``refs(unc).p#ref=R,sent=S``) for messages and the
+    predictions file."""
+    refs_path, _, _ = dataset_files(root, dataset, split_by)
+    out = []
+    for query in refer_queries(root, dataset, split, split_by=split_by):
+        where = f"{refs_path}#ref={query.ref_id},sent={query.sent_id}"
+        out.append(Annotation(json_path=where, image_path=query.image_path, texts=[query.query], is_sentence=False,
+                              target_mask=_target_of(query, where)))
+    return out
+
+
+class ReferSegSource:
+    """The ``refer_seg`` source of the training mixture: LISA's ``ReferSegDataset`` on one refer dataset.
+
+    Items are the images of the ``train`` refs; ``draw`` collects every sentence of the image's train refs and
+    samples up to ``max_targets`` of them without replacement (LISA's ``np.random.choice(..., replace=False)``),
+    the texts ``sent["sent"]`` (the question lower-cases them), each target its ref's annotation
+    (``COCO.annToMask``; an empty segmentation is an empty mask, as LISA)."""
+
+    kind = REFER_SEG
+
+    def __init__(self, root: str | Path, dataset: str, *, split: str = "train", split_by: str | None = None) -> None:
+        self.name = dataset
+        self.refs_path = dataset_files(root, dataset, split_by)[0]
+        by_image: dict[int, list[ReferRef]] = {}
+        for ref in load_refer(root, dataset, split, split_by=split_by, check_images=False):
+            by_image.setdefault(ref.image_id, []).append(ref)
+        self.images = list(by_image.values())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw(self, index: int, rng: random.Random, max_targets: int) -> Draw | None:
+        refs = self.images[index]
+        pairs = [(str(sent.get("sent", "")), ref) for ref in refs for sent in ref.sentences]
+        pairs = [(text, ref) for text, ref in pairs if text.strip()]
+        if not pairs:
+            return None
+        chosen = [pairs[j] for j in rng.sample(range(len(pairs)), min(max_targets, len(pairs)))]
+        masks = []
+        for _, ref in chosen:
+            try:
+                masks.append(ref.mask())
+            except ValueError as err:
+                raise DataError(self.refs_path, f"ref {ref.ref_id} (ann_id {ref.ann_id}): {err}") from err
+        return Draw(image_path=refs[0].image_path, texts=[text.strip() for text, _ in chosen],
+                    masks=np.stack(masks), file=str(self.refs_path))

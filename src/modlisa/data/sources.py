@@ -25,6 +25,18 @@ import numpy as np
 
 SEM_SEG, REFER_SEG, VQA, REASON_SEG = "sem_seg", "refer_seg", "vqa", "reason_seg"
 KINDS = (SEM_SEG, REFER_SEG, VQA, REASON_SEG)
+# the datasets of each kind that modlisa reads (LISA's names; LISA's mapillary is not supported)
+DATASET_NAMES = {
+    SEM_SEG: ("ade20k", "cocostuff", "pascal_part", "paco_lvis"),
+    REFER_SEG: ("refclef", "refcoco", "refcoco+", "refcocog"),
+    VQA: ("llava_instruct",),
+    REASON_SEG: ("reason_seg",),
+}
+
+
+def mixture_kinds(value: str) -> list[str]:
+    """LISA's "a||b||c" option values as a list (blanks dropped)."""
+    return [name.strip() for name in str(value).split("||") if name.strip()]
 
 
 @dataclass

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from modlisa.config import ConfigError, TrainingConfig, infer_sources, save_config
 from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset
+from modlisa.data.mixture import MixtureDataset, MixturePart, build_source, parse_rates
+from modlisa.data.sources import REASON_SEG, mixture_kinds
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import check_accumulation, launched_backend, make_accelerator
 from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
@@ -38,7 +40,7 @@ class RunParts:
     tokenizer: Any
     optimizer: Any
     scheduler: Any
-    train_set: ReasonSegDataset
+    train_set: ReasonSegDataset | MixtureDataset
     train_sampler: TrainSampler
     train_loader: DataLoader
     val_loader: DataLoader | None
@@ -60,20 +62,43 @@ def _loader(dataset: Any, sampler: Any, cfg: TrainingConfig, collate: Any, seed:
     )
 
 
-def build_datasets(cfg: TrainingConfig) -> tuple[ReasonSegDataset, ReasonSegDataset | None]:
+def build_datasets(cfg: TrainingConfig) -> tuple[ReasonSegDataset | MixtureDataset, ReasonSegDataset | None]:
     """The train and val splits, scanned (annotations read, images verified) but without image transforms yet:
     ``build_run`` does this BEFORE building the model, so a data problem stops a run in seconds, not after a
     7B model has loaded. ``attach_transforms`` completes them."""
     common = {"sam_transform": None, "vision_transform": None, "strict": cfg.data_strict, "verify_images": True}
-    train_set = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
-                                 queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
-                                 max_samples=cfg.max_train_samples, **common)
+    kinds = mixture_kinds(cfg.dataset)
+    reason = None
+    if REASON_SEG in kinds:
+        reason = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
+                                  queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
+                                  max_samples=cfg.max_train_samples, **common)
+    train_set = reason if kinds == [REASON_SEG] else build_mixture(cfg, reason)
     try:
         val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
     except FileNotFoundError:
         logger.warning("no val split under %s: training without validation", cfg.data_root)
         val_set = None
     return train_set, val_set
+
+
+def build_mixture(cfg: TrainingConfig, reason: ReasonSegDataset | None) -> MixtureDataset:
+    """The training mixture of ``cfg.dataset`` with its ``sample_rates`` (data/mixture.py); its sources read their
+    indexes now (a missing file stops the run here, naming it)."""
+    kinds = mixture_kinds(cfg.dataset)
+    rates = parse_rates(cfg.sample_rates, len(kinds)) if cfg.sample_rates.strip() else [1.0] * len(kinds)
+    parts = []
+    for kind, rate in zip(kinds, rates):
+        if kind == REASON_SEG:
+            datasets: tuple[Any, ...] = (reason,)
+        else:
+            datasets = tuple(build_source(kind, name, cfg.dataset_dir or ".")
+                             for name in mixture_kinds(getattr(cfg, f"{kind}_data")))
+        parts.append(MixturePart(kind, rate, datasets))
+    mixture = MixtureDataset(parts, seed=cfg.seed, queries_per_image=cfg.queries_per_image)
+    logger.info("training mixture: %s", ", ".join(f"{name} {100 * share:.1f} %" for name, share in
+                                                  mixture.shares().items()))
+    return mixture
 
 
 def attach_transforms(cfg: TrainingConfig, processors: Any, *datasets: ReasonSegDataset | None) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from modlisa.console import progress as progress_bar
-from modlisa.data.reasonseg import DataError, load_image_rgb, mask_from_shapes
+from modlisa.data.reasonseg import annotation_mask, load_image_rgb
 from modlisa.engine.evaluate import PROTOCOL, EvalResult, metrics_from_records, subset_of
 from modlisa.metrics import intersection_union, query_iou
 from modlisa.predictor import Predictor
@@ -56,11 +56,7 @@ def image_and_gt(ann: Annotation) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8 RGB, ground truth (H, W) uint8 in {0, 1, 255}) of ``ann``; DataError naming
     its file when the polygons do not fit the image."""
     image = load_image_rgb(ann.image_path)
-    try:
-        gt = mask_from_shapes(ann.shapes, image.shape[:2])
-    except ValueError as err:
-        raise DataError(ann.json_path, str(err)) from err
-    return image, gt
+    return image, annotation_mask(ann, image.shape[:2])
 
 
 def generate_query(predictor: Predictor, ann: Annotation, *, max_new_tokens: int = 32) -> GeneratedQuery:

@@ -52,14 +52,11 @@ def write_eval_outputs(out_dir: Path, split: str, metrics: dict[str, Any], recor
 # ---------------------------------------------------------------------- sanity checks
 def gt_areas(annotations: Sequence[Any]) -> list[tuple[int, bool]]:
     """(target pixel count, is_sentence) of each annotation's ground truth, ignore pixels excluded."""
-    from modlisa.data.reasonseg import DataError, mask_from_shapes, read_image_size
+    from modlisa.data.reasonseg import annotation_mask, read_image_size
 
     areas = []
     for ann in annotations:
-        try:
-            mask = mask_from_shapes(ann.shapes, read_image_size(ann.image_path))
-        except ValueError as err:
-            raise DataError(ann.json_path, str(err)) from err
+        mask = annotation_mask(ann, read_image_size(ann.image_path))
         areas.append((int((mask == 1).sum()), ann.is_sentence))
     return areas
 
