@@ -24,13 +24,13 @@ def _check_mask_pair(logits: torch.Tensor, targets: torch.Tensor, name: str) -> 
         )
 
 
-def _per_mask_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def per_mask_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N, H, W) logits and {0,1} targets -> (N,) mean BCE over each mask's pixels (fp32)."""
     loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
     return loss.flatten(1).mean(1)
 
 
-def _per_mask_dice(
+def per_mask_dice(
     logits: torch.Tensor, targets: torch.Tensor, scale: float = 1000.0, eps: float = 1e-6
 ) -> torch.Tensor:
     """(N, H, W) -> (N,) LISA Dice: 1 - (2·Σs·y/scale + eps) / (Σs/scale + Σy/scale + eps), fp32."""
@@ -62,7 +62,7 @@ def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     logits: (N, H, W) float; targets: (N, H, W) in {0, 1}. Returns a scalar fp32 tensor.
     """
     _check_mask_pair(logits, targets, "sigmoid_bce_loss")
-    return _per_mask_bce(logits, targets).mean()
+    return per_mask_bce(logits, targets).mean()
 
 
 def dice_loss(
@@ -70,7 +70,7 @@ def dice_loss(
 ) -> torch.Tensor:
     """LISA's Dice loss per mask, mean over masks. logits/targets (N, H, W); returns a scalar fp32."""
     _check_mask_pair(logits, targets, "dice_loss")
-    return _per_mask_dice(logits, targets, scale, eps).mean()
+    return per_mask_dice(logits, targets, scale, eps).mean()
 
 
 def sigmoid_focal_loss(
@@ -130,8 +130,8 @@ def _mask_terms(
         if pred.shape[0] == 0:
             continue
         y = (gt == 1).to(pred.device)  # ignore (255) counts as background in training
-        bce.append(_per_mask_bce(pred, y))
-        dice.append(_per_mask_dice(pred, y))
+        bce.append(per_mask_bce(pred, y))
+        dice.append(per_mask_dice(pred, y))
         focal.append(_per_mask_focal(pred, y, weights.focal_alpha, weights.focal_gamma))
     if not bce:
         return None

@@ -13,8 +13,15 @@ from modlisa.engine.run_eval import MODES, PRECISIONS, run_eval
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `modlisa eval`."""
     add_checkpoint_argument(parser)
-    parser.add_argument("--data_root", default=None, help="default: the data_root of the checkpoint's config")
-    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+    parser.add_argument("--data_root", default=None,
+                        help="default: the data_root of the checkpoint's config (refer datasets: its dataset_dir)")
+    parser.add_argument("--dataset", default="reason_seg",
+                        choices=["reason_seg", "refcoco", "refcoco+", "refcocog", "refclef"],
+                        help="reason_seg (a ReasonSeg-format folder) or a referring benchmark in the refer layout: "
+                             "every sentence is one query, cIoU the headline (docs/EVALUATION.md)")
+    parser.add_argument("--split", default="val",
+                        help="reason_seg: train | val | test; refcoco / refcoco+ / refclef: val | testA | testB; "
+                             "refcocog (umd): val | test")
     parser.add_argument("--mode", default="teacher", choices=list(MODES),
                         help="teacher: LISA's protocol ([SEG] given, nothing generated; LISA's numbers); "
                              "generate: the model answers freely, seg_rate = share of answers with [SEG] "
@@ -73,9 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--save_masks must be >= 0")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max_samples must be >= 1")
+    if args.dataset == "reason_seg" and args.split not in ("train", "val", "test"):
+        parser.error(f"--split {args.split!r}: a ReasonSeg split is train, val or test")
     result = run_eval(args.checkpoint, args.data_root, args.split, args.out, args.batch_size, args.max_samples,
                       mode=args.mode, save_masks=args.save_masks, max_new_tokens=args.max_new_tokens,
-                      precision=args.precision)
+                      precision=args.precision, dataset_name=args.dataset)
     if result["eval_json"] is not None:  # rank 0 of a multi-process run, or the single process
-        _print_summary(args.split, result)
+        _print_summary(args.split if args.dataset == "reason_seg" else f"{args.dataset} {args.split}", result)
     return 0

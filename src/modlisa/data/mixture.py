@@ -202,6 +202,28 @@ def parse_rates(value: str, count: int) -> list[float]:
     return rates
 
 
+def configured_shares(config: dict[str, Any]) -> dict[str, float]:
+    """The expected share of items of each dataset under a run config's ``dataset`` / ``sample_rates`` /
+    ``*_data`` (kind share by rate, split evenly between the kind's datasets); {} for ReasonSeg alone or an
+    invalid configuration."""
+    from modlisa.data.sources import mixture_kinds
+
+    kinds = mixture_kinds(config.get("dataset") or REASON_SEG)
+    if kinds == [REASON_SEG]:
+        return {}
+    try:
+        rates = parse_rates(config["sample_rates"], len(kinds)) if str(config.get("sample_rates") or "").strip() \
+            else [1.0] * len(kinds)
+    except ValueError:
+        return {}
+    total, out = sum(rates), {}
+    for kind, rate in zip(kinds, rates):
+        names = [REASON_SEG] if kind == REASON_SEG else mixture_kinds(config.get(f"{kind}_data") or "")
+        for name in names:
+            out[name] = rate / total / len(names)
+    return out
+
+
 def build_source(kind: str, name: str, dataset_dir: str | Path) -> Source:
     """The source ``name`` of ``kind`` under LISA's dataset folder ``dataset_dir``."""
     if kind == REFER_SEG:

@@ -249,10 +249,32 @@ def recorded_data_root(root: str, checkpoint: str | Path) -> str:
                       "--data_root")
 
 
+def _refer_dataset(dataset_name: str, split: str, root: str | None, processors: Any, max_samples: int | None
+                   ) -> tuple[str, Any]:
+    """(root, evaluation set) of a refer benchmark: one item per sentence (``refer.refer_annotations``)."""
+    from modlisa.data.dataset import ReasonSegDataset
+    from modlisa.data.refer import DATASETS, refer_annotations
+
+    if dataset_name not in DATASETS:
+        raise ConfigError(f"--dataset must be reason_seg or one of {', '.join(DATASETS)}; got {dataset_name!r}")
+    if not root:
+        raise ConfigError(f"--dataset {dataset_name}: give --data_root, the folder holding {dataset_name}/ (LISA's "
+                          "dataset/refer_seg, or its parent); the run records no dataset_dir")
+    annotations = refer_annotations(root, dataset_name, split)
+    annotations = annotations[:max_samples] if max_samples else annotations
+    return str(root), ReasonSegDataset.from_annotations(annotations, root, f"{dataset_name} {split}", processors.sam,
+                                                        processors.vision)
+
+
 def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
              batch_size: int = 1, max_samples: int | None = None, *, mode: str = "teacher",
-             save_masks: int = 0, max_new_tokens: int = 32, precision: str = "run") -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` in ``mode`` and write the outputs.
+             save_masks: int = 0, max_new_tokens: int = 32, precision: str = "run",
+             dataset_name: str = "reason_seg") -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` of ``dataset_name`` in ``mode`` and write the outputs.
+
+    ``dataset_name``: ``reason_seg`` (a ReasonSeg-format folder), or refcoco / refcoco+ / refcocog / refclef in the
+    refer layout (``data/refer.py``; ``data_root`` defaults to the run's ``dataset_dir``), every sentence one query
+    (LISA's protocol), written as ``eval_<dataset>_<split>.json``.
 
     Returns {"metrics", "eval_json", "predictions", "warnings", "masks_dir" (None unless save_masks)}.
     ``batch_size`` applies to teacher mode; generate mode answers one query at a time. ``precision``: ``run``
@@ -269,9 +291,12 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
     amp, amp_source = eval_precision(precision, cfg)
     apply_dtype_policy(model, amp)  # frozen 16-bit weights in the autocast's 16-bit format
-    root = data_root or recorded_data_root(cfg.data_root, checkpoint)
-    dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
-                               max_samples=max_samples, verify_images=True)
+    if dataset_name == "reason_seg":
+        root = data_root or recorded_data_root(cfg.data_root, checkpoint)
+        dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
+                                   max_samples=max_samples, verify_images=True)
+    else:
+        root, dataset = _refer_dataset(dataset_name, split, data_root or cfg.dataset_dir, processors, max_samples)
     accelerator = _make_accelerator(cfg)
     if mode == "generate" and accelerator.num_processes > 1:
         raise ConfigError("eval --mode generate runs in one process; launch it without torchrun/accelerate")
@@ -294,8 +319,8 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
             logger.warning("%s", blind)
             metrics["warnings"].append(blind)
     target = Path(out_dir) if out_dir else RunFolder(Path(cfg.output_dir)).outputs
-    name = RunFolder.eval_name(split, mode)
-    extra = {"checkpoint": str(checkpoint), "data_root": str(root), "mode": mode,
+    name = RunFolder.eval_name(split if dataset_name == "reason_seg" else f"{dataset_name}_{split}", mode)
+    extra = {"checkpoint": str(checkpoint), "dataset": dataset_name, "data_root": str(root), "mode": mode,
              "precision": "fp32" if amp == "no" else amp, "precision_source": amp_source}
     if mode == "generate":
         extra["max_new_tokens"] = max_new_tokens

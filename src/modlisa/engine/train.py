@@ -34,6 +34,7 @@ from modlisa.engine.backends import (
     zero_touch,
 )
 from modlisa.engine.build import RunParts, build_run
+from modlisa.engine.dataset_figures import batch_sums, step_line_counts, summarise, zero_sums
 from modlisa.engine.evaluate import evaluate
 from modlisa.engine.meters import ThroughputMeter, peak_memory
 from modlisa.engine.resume import ResumePlan, plan_resume, resume
@@ -136,6 +137,7 @@ class EpochStats:
     loss_sum: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)
     micro_batches: int = 0
+    datasets: dict[str, float] = field(default_factory=dict)  # a mixture's per-dataset sums (dataset_figures.py)
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         self.loss_sum += float(losses["loss"].detach())
@@ -144,8 +146,12 @@ class EpochStats:
                 self.terms[k] = self.terms.get(k, 0.0) + float(v.detach())
         self.micro_batches += 1
 
+    def add_datasets(self, sums: dict[str, float]) -> None:
+        for k, v in sums.items():
+            self.datasets[k] = self.datasets.get(k, 0.0) + v
+
     def copy(self) -> EpochStats:
-        return EpochStats(self.loss_sum, dict(self.terms), self.micro_batches)
+        return EpochStats(self.loss_sum, dict(self.terms), self.micro_batches, dict(self.datasets))
 
     def finite(self) -> bool:
         return math.isfinite(self.loss_sum) and all(math.isfinite(v) for v in self.terms.values())
@@ -189,6 +195,8 @@ class Trainer:
         self.timer: Any = NullTimer()
         self.stats = EpochStats()
         self.acc = IoUAccumulator(subsets=("short", "long"))
+        # a mixture's datasets: per-dataset counts and losses are kept for them (none for ReasonSeg alone)
+        self.dataset_names: list[str] = list(getattr(parts.train_set, "dataset_names", lambda: [])())
         self.trackers = Trackers(None, parts.paths.outputs, {})  # opened by ``fit`` (``report_to``)
         teacher = None
         if parts.prompt_teacher is not None:
@@ -301,6 +309,8 @@ class Trainer:
         with timer.region("metrics"):
             self.stats.add(losses)
             update_iou(self.acc, batch, out.pred_masks)
+            if self.dataset_names:
+                self.stats.add_datasets(batch_sums(batch, out.logits, out.labels, out.pred_masks))
 
     def optimizer_step(self, loss_finite: bool = True) -> tuple[float, bool]:
         """Clip, check finiteness, step optimizer + scheduler. Returns (gradient norm (may be nan/inf), skipped).
@@ -372,7 +382,10 @@ class Trainer:
         if self.is_main and (state.step_in_epoch % cfg.log_every_steps == 0
                              or state.step_in_epoch == parts.steps_per_epoch):
             figures = self._step_figures(meter, grad_norm)
-            bar.write(self._step_line(figures, meter))
+            line = self._step_line(figures, meter)
+            if self.dataset_names:
+                line += f" | {step_line_counts(self.stats.datasets)}"
+            bar.write(line)
             _log_jsonl(parts.paths.train_log, {"epoch": state.epoch + 1, "step": state.step_in_epoch,
                                                "global_step": state.global_step, **figures, "time": time.time()})
             self.trackers.log_scalars({f"train/{k}": v for k, v in figures.items() if k != "iter_time"},
@@ -397,7 +410,18 @@ class Trainer:
         return {**self.stats.means(), "giou": m["giou"], "ciou": m["ciou"],
                 "lr": float(self.parts.optimizer.param_groups[0]["lr"]), "grad_norm": grad_norm,
                 "iter_time": meter.iteration_times[-1], "iter_per_sec": meter.iter_per_sec,
-                "samples_per_s": meter.samples_per_sec, "peak_memory_gb": peak_memory(meter.device)[0]}
+                "samples_per_s": meter.samples_per_sec, "peak_memory_gb": peak_memory(meter.device)[0],
+                **self._dataset_step_figures()}
+
+    def _dataset_step_figures(self) -> dict[str, float]:
+        """A mixture's running per-dataset images and losses this epoch (``<dataset>/<figure>``, losses omitted
+        while a dataset has contributed nothing)."""
+        out = {}
+        for name, figures in summarise(self.stats.datasets).items():
+            for key in ("images", "ce", "mask_bce", "mask_dice"):
+                if figures[key] is not None:
+                    out[f"{name}/{key}"] = float(figures[key])
+        return out
 
     def _step_line(self, figures: dict[str, float], meter: ThroughputMeter) -> str:
         cfg, parts, state = self.cfg, self.parts, self.state
@@ -429,10 +453,11 @@ class Trainer:
     # ------------------------------------------------------------------ epoch figures
     def _restore_stats(self, partial: dict | None) -> None:
         self.acc = IoUAccumulator(subsets=("short", "long"))
-        self.stats = EpochStats()
+        self.stats = EpochStats(datasets=zero_sums(self.dataset_names))
         if partial:
             self.stats = EpochStats(loss_sum=partial["loss_sum"], terms=partial["terms"],
-                                    micro_batches=partial["micro_batches"])
+                                    micro_batches=partial["micro_batches"],
+                                    datasets=partial.get("datasets") or zero_sums(self.dataset_names))
             self.acc.load_state_tensor(torch.tensor(partial["acc_state"], dtype=torch.float64))
 
     def _snapshot(self) -> tuple[EpochStats, torch.Tensor]:
@@ -449,17 +474,19 @@ class Trainer:
         if accelerator.num_processes == 1:
             return stats
         self.acc.all_reduce(lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
-        keys = sorted(stats.terms)
-        t = torch.tensor([stats.loss_sum, stats.micro_batches, *[stats.terms[k] for k in keys]],
-                         dtype=torch.float64, device=accelerator.device)
+        keys, names = sorted(stats.terms), sorted(stats.datasets)
+        t = torch.tensor([stats.loss_sum, stats.micro_batches, *[stats.terms[k] for k in keys],
+                          *[stats.datasets[k] for k in names]], dtype=torch.float64, device=accelerator.device)
         t = accelerator.reduce(t, reduction="sum").cpu().tolist()
-        return EpochStats(loss_sum=t[0], micro_batches=int(t[1]), terms=dict(zip(keys, t[2:])))
+        return EpochStats(loss_sum=t[0], micro_batches=int(t[1]), terms=dict(zip(keys, t[2:2 + len(keys)])),
+                          datasets=dict(zip(names, t[2 + len(keys):])))
 
     def _epoch_train_metrics(self, meter: ThroughputMeter) -> dict[str, Any]:
         stats = self._reduced_stats()
         m = self.acc.compute()
+        datasets = {"datasets": summarise(stats.datasets)} if self.dataset_names else {}
         return {**stats.means(), "iou": m["giou"], "giou": m["giou"], "ciou": m["ciou"],
-                "num_queries": m["num_queries"], **meter.summary()}
+                "num_queries": m["num_queries"], **meter.summary(), **datasets}
 
     # ------------------------------------------------------------------ end of epoch, checkpoints
     def end_epoch(self, train_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -505,7 +532,8 @@ class Trainer:
     def save_last(self) -> None:
         """``checkpoints/last`` mid-epoch: the epoch's running figures go into the trainer state."""
         self.state.partial = {"loss_sum": self.stats.loss_sum, "terms": self.stats.terms,
-                              "micro_batches": self.stats.micro_batches, "acc_state": self.acc.state_tensor().tolist()}
+                              "micro_batches": self.stats.micro_batches, "acc_state": self.acc.state_tensor().tolist(),
+                              "datasets": self.stats.datasets}
         self.write_last()
         self.state.partial = None
 

@@ -18,7 +18,7 @@ from typing import Any
 from modlisa import __version__
 from modlisa.report import tables
 from modlisa.report.gallery import THUMB_SIZE, Gallery, make_galleries
-from modlisa.report.lisa_reference import SOURCE, reference_rows
+from modlisa.report.lisa_reference import REFER_SOURCE, REFER_TABLE, SOURCE, reference_rows
 from modlisa.report.plots import Plot, make_plots
 from modlisa.report.render import Section, render_html, render_markdown
 from modlisa.report.runs import load_runs
@@ -91,7 +91,10 @@ def _comparison_section(summaries: list[Summary]) -> Section:
         else:
             paragraphs.append(("warning", f"{s['name']} used {s['data']['detail']}: comparable with LISA's rows "
                                "only if this is the official ReasonSeg release, evaluated with the same protocol."))
-    return Section("lisa", "Comparison with LISA", paragraphs, [tables.lisa_table(summaries)])
+    shown = [tables.lisa_table(summaries)]
+    if any(s.get("refer") for s in summaries):
+        shown.append(tables.refer_table(summaries))
+    return Section("lisa", "Comparison with LISA", paragraphs, shown)
 
 
 def _progression_section(summaries: list[Summary], plots: list[Plot]) -> Section:
@@ -101,6 +104,8 @@ def _progression_section(summaries: list[Summary], plots: list[Plot]) -> Section
             paragraphs.append(("text", f"{s['name']}: no finished epoch (no metrics_epoch_N.json)."))
             continue
         found.append(tables.progression_table(s))
+        if s.get("mixture"):
+            found.append(tables.mixture_table(s))
         paragraphs += _step_log_notes(s)
         best = s["best_epoch"]
         paragraphs.append(("text", f"{s['name']}: best epoch {best['epoch']} with val gIoU "
@@ -163,6 +168,7 @@ def _report_json(title: str, generated: str, summaries: list[Summary], plots: li
                  "memory in GB",
         "runs": summaries,
         "lisa_reference": {"source": SOURCE, "rows": [r.to_dict() for r in reference_rows()]},
+        "refer_reference": {"source": REFER_SOURCE, "rows": [r.to_dict() for r in REFER_TABLE]},
         "plots": [{"key": p.key, "title": p.title, "file": p.path.name} for p in plots],
         "plots_skipped": skipped,
         "gallery": _gallery_json([g for s in sections for g in s.galleries]),

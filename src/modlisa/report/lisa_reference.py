@@ -1,4 +1,4 @@
-"""LISA's published ReasonSeg results as data: the one place these numbers live.
+"""LISA's published ReasonSeg and referring-segmentation results as data: the one place these numbers live.
 
 Values are percentages as printed in the paper (Lai et al., "LISA: Reasoning Segmentation via Large
 Language Model", CVPR 2024, ReasonSeg table) and, for the later peers, in their own papers.
@@ -61,3 +61,41 @@ LISA_TABLE: tuple[ReferenceRow, ...] = (
 def reference_rows(include_peers: bool = True) -> list[ReferenceRow]:
     """The published rows in the paper's order (peers last)."""
     return [row for row in LISA_TABLE if include_peers or not row.peer]
+
+
+# --------------------------------------------------------------------------- referring segmentation (cIoU %)
+
+#: The referring benchmarks' columns, in the papers' order: (dataset, split) as ``modlisa eval --dataset D --split S``.
+REFER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("refcoco", "val"), ("refcoco", "testA"), ("refcoco", "testB"),
+    ("refcoco+", "val"), ("refcoco+", "testA"), ("refcoco+", "testB"),
+    ("refcocog", "val"), ("refcocog", "test"),
+)
+REFER_SOURCE = ('LISA rows: Lai et al., CVPR 2024, referring-segmentation table (cIoU); Sa2VA rows: the '
+                "ByteDance/Sa2VA-Qwen3-VL-4B model card, \"Sa2VA Performance\" (RefCOCO / RefCOCO+ / RefCOCOg cIoU, "
+                "val splits). UGround publishes refCOCO figures too; they are not listed because they could not "
+                "be checked against a stored copy of its paper.")
+
+
+@dataclass(frozen=True)
+class ReferRow:
+    """One published method: cIoU (%) per (dataset, split) of ``REFER_COLUMNS``; missing = not given."""
+
+    method: str
+    ciou: dict[tuple[str, str], float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"method": self.method, "ciou": {f"{d} {s}": self.ciou.get((d, s)) for d, s in REFER_COLUMNS}}
+
+
+def _row(method: str, *values: float | None) -> ReferRow:
+    return ReferRow(method, {col: v for col, v in zip(REFER_COLUMNS, values) if v is not None})
+
+
+REFER_TABLE: tuple[ReferRow, ...] = (
+    _row("LISA-7B", 74.1, 76.5, 71.1, 62.4, 67.4, 56.5, 66.4, 68.5),
+    _row("LISA-7B (ft on refCOCO)", 74.9, 79.1, 72.3, 65.1, 70.8, 58.1, 67.9, 70.6),
+    _row("Sa2VA-Qwen2.5-VL-3B", 79.6, None, None, 74.0, None, None, 77.1, None),
+    _row("Sa2VA-Qwen3-VL-4B", 81.7, None, None, 77.4, None, None, 80.0, None),
+    _row("Sa2VA-InternVL3-8B", 83.3, None, None, 78.9, None, None, 81.8, None),
+)

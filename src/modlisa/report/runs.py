@@ -61,6 +61,7 @@ class RunData:
     log_val: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refer_evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # "refcoco val" -> eval JSON
     predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     pictures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     bench: dict[str, Any] | None = None
@@ -187,6 +188,19 @@ def _read_log(folder: RunFolder, notes: list[str]) -> tuple[list[dict[str, Any]]
     steps = [r for r in records if "val" not in r and isinstance(r.get("global_step"), int) and "loss" in r]
     vals = [r for r in records if isinstance(r.get("val"), dict) and isinstance(r.get("global_step"), int)]
     return steps, vals
+
+
+def _read_refer_evals(folder: RunFolder, run: RunData) -> None:
+    """``eval_<refer dataset>_<split>.json`` (``modlisa eval --dataset refcoco ...``) into ``run.refer_evals``."""
+    from modlisa.report.lisa_reference import REFER_COLUMNS
+
+    datasets = sorted({d for d, _ in REFER_COLUMNS} | {"refclef"})
+    for path in sorted(folder.outputs.glob("eval_ref*.json")):
+        payload = _read_json(path, run.notes)
+        if not isinstance(payload, dict) or payload.get("dataset") not in datasets or "ciou" not in payload \
+                or payload.get("mode", "teacher") != "teacher" or path.stem.endswith("_wrong_query"):
+            continue
+        run.refer_evals[f"{payload['dataset']} {payload.get('split')}"] = payload
 
 
 def _read_split_files(folder: RunFolder, run: RunData) -> None:
@@ -342,6 +356,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         summary = _read_json(folder.train_summary, run.notes)
         run.summary = summary if isinstance(summary, dict) else None
     _read_split_files(folder, run)
+    _read_refer_evals(folder, run)
     if folder.bench.is_file():
         bench = _read_json(folder.bench, run.notes)
         run.bench = bench if isinstance(bench, dict) else None

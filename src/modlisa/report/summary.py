@@ -42,6 +42,29 @@ def epoch_rows(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
+def configured_shares(config: dict[str, Any]) -> dict[str, float]:
+    """The configured shares of a mixture run's datasets (``data.mixture.configured_shares``)."""
+    from modlisa.data.mixture import configured_shares as shares
+
+    return shares(config)
+
+
+def mixture_rows(run: RunData) -> list[dict[str, Any]]:
+    """A training mixture's per-dataset figures of each epoch (``metrics_epoch_N.json`` train.datasets): one row
+    per (epoch, dataset) with images, share, queries, masks, ce, mask_bce, mask_dice; empty for ReasonSeg alone."""
+    rows = []
+    for record in run.epochs:
+        datasets = _section(record, "train").get("datasets")
+        if not isinstance(datasets, dict):
+            continue
+        for name, figures in sorted(datasets.items()):
+            if isinstance(figures, dict):
+                rows.append({"epoch": record.get("epoch"), "dataset": name,
+                             **{k: _number(figures.get(k)) for k in ("images", "share", "queries", "masks", "ce",
+                                                                     "mask_bce", "mask_dice")}})
+    return rows
+
+
 def _number(value: Any) -> float | None:
     """A number (NaN / inf kept: a diverged loss is information), None for anything else."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -338,9 +361,13 @@ def run_summary(run: RunData) -> dict[str, Any]:
                  "official_counts": data.official_counts},
         "config": config_brief(run),
         "epochs": epoch_rows(run),
+        "mixture": mixture_rows(run),
+        "mixture_shares": configured_shares(run.config or {}),
         "best_epoch": best_epoch(run),
         "benchmark": benchmark(run),
         "eval": eval_results(run),
+        "refer": {key: {"giou": e.get("giou"), "ciou": e.get("ciou"), "num_queries": e.get("num_queries")}
+                  for key, e in run.refer_evals.items()},
         "predictions": prediction_stats(run),
         "steps": step_losses(run),
         "step_series": step_series(run),

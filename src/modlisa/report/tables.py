@@ -10,7 +10,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from modlisa.report.lisa_reference import COLUMNS, FT_NOTE, SOURCE, reference_rows
+from modlisa.report.lisa_reference import (
+    COLUMNS,
+    FT_NOTE,
+    REFER_COLUMNS,
+    REFER_SOURCE,
+    REFER_TABLE,
+    SOURCE,
+    reference_rows,
+)
 
 MISSING = "—"
 MEMORY_KINDS = {
@@ -233,6 +241,42 @@ def lisa_table(summaries: list[dict[str, Any]]) -> Table:
     ]
     return Table("Comparison with LISA's published results", columns, rows, notes,
                  set(range(first_ours, len(rows))))
+
+
+def mixture_table(s: dict[str, Any]) -> Table:
+    """A training mixture's per-dataset images, share and losses of each epoch (``summary.mixture_rows``)."""
+    def num(value: Any, digits: int) -> str:
+        return MISSING if value is None else f"{value:.{digits}f}"
+
+    rows = [[str(r["epoch"]), r["dataset"], num(r["images"], 0), pct(r["share"]), num(r["queries"], 0),
+             num(r["masks"], 0), num(r["ce"], 4), num(r["mask_bce"], 4), num(r["mask_dice"], 4)] for r in s["mixture"]]
+    shares = ", ".join(f"{k} {100 * v:.1f} %" for k, v in (s.get("mixture_shares") or {}).items())
+    notes = ["Images drawn from each dataset in the epoch, their share of the epoch's images, and each dataset's "
+             "losses (CE per learned token, mask BCE / Dice per mask)."] + ([f"Configured shares: {shares}."]
+                                                                           if shares else [])
+    return Table(f"Training mixture of {s['name']}", ["Epoch", "Dataset", "Images", "Share %", "Queries", "Masks",
+                                                      "CE", "Mask BCE", "Mask Dice"], rows, notes)
+
+
+def refer_table(summaries: list[dict[str, Any]]) -> Table:
+    """The published referring-segmentation cIoU (``lisa_reference.REFER_TABLE``) with our runs' ``modlisa eval
+    --dataset refcoco|refcoco+|refcocog`` results appended (cIoU %, gIoU in brackets)."""
+    columns = ["Method", *[f"{d} {s}" for d, s in REFER_COLUMNS]]
+    rows = [[ref.method, *[MISSING if ref.ciou.get(col) is None else f"{ref.ciou[col]:.1f}" for col in REFER_COLUMNS]]
+            for ref in REFER_TABLE]
+    first_ours = len(rows)
+    for s in summaries:
+        refer = s.get("refer") or {}
+        if refer:
+            cells = []
+            for d, split in REFER_COLUMNS:
+                cell = refer.get(f"{d} {split}")
+                cells.append(MISSING if not cell else f"{pct(cell['ciou'])} ({pct(cell['giou'])})")
+            rows.append([f"ours: {s['name']}", *cells])
+    notes = [f"Published rows: {REFER_SOURCE}",
+             "cIoU in % (our rows: gIoU in brackets), LISA's protocol: every sentence of every ref is one query. "
+             "Our rows are comparable with the published ones only on the official refer files."]
+    return Table("Referring segmentation (cIoU)", columns, rows, notes, set(range(first_ours, len(rows))))
 
 
 def _data_label(s: dict[str, Any]) -> str:
