@@ -211,3 +211,18 @@ def test_rng_of_refer_source_is_the_only_randomness(roots):
     a = source.draw(0, random.Random(5), 2)
     b = source.draw(0, random.Random(5), 2)
     assert a.texts == b.texts and np.array_equal(a.masks, b.masks)
+
+
+def test_your_data_mixed_with_reasonseg(roots, tmp_path):
+    """DATA.md's fine-tune path: a second ReasonSeg-format folder (as `modlisa convert` writes) drawn beside
+    data_root; each is one dataset of the reason_seg kind, counted by its folder name."""
+    mine = tmp_path / "my_data"
+    make_dataset(mine, seed=5, num_train=4, num_val=0, num_test=0, image_size=64, progress=False)
+    cfg = _config(roots, tmp_path / "run", dataset="reason_seg", sample_rates="", num_epochs=1, steps_per_epoch=4,
+                  reason_seg_data=f"reason_seg||{mine}")
+    _train(cfg)
+    datasets = json.loads((tmp_path / "run" / "outputs" / "metrics_epoch_1.json").read_text())["train"]["datasets"]
+    assert set(datasets) == {"reason_seg", "my_data"}
+    assert sum(d["images"] for d in datasets.values()) == 8 and all(d["images"] > 0 for d in datasets.values())
+    with pytest.raises(ConfigError, match="not a folder"):
+        replace(cfg, reason_seg_data=f"reason_seg||{tmp_path / 'missing'}").validate()

@@ -46,6 +46,9 @@ class TrainingConfig:
     sem_seg_data: str = _f("ade20k||cocostuff||pascal_part||paco_lvis", "LISA's --sem_seg_data: the sem_seg datasets")
     refer_seg_data: str = _f("refclef||refcoco||refcoco+||refcocog", "LISA's --refer_seg_data: the refer_seg datasets")
     vqa_data: str = _f("llava_instruct", "LISA's --vqa_data: the vqa datasets")
+    reason_seg_data: str = _f("reason_seg", "the reason_seg datasets, '||'-separated: reason_seg (= data_root) and/or "
+                                            "more ReasonSeg-format folders (your data, `modlisa convert`), each drawn "
+                                            "as often as the others")
     queries_per_image: int = _f(3, "queries sampled per training image, each its own sequence (LISA: up to 3)")
     pack_queries: bool = _f(True, "put all queries of an image in ONE LM sequence (image tokens once, block "
                                   "attention mask, positions restart per query): LISA's losses, fewer LM tokens; "
@@ -311,6 +314,8 @@ def _check_mixture(cfg: TrainingConfig) -> None:
             parse_rates(cfg.sample_rates, len(kinds))
         except ValueError as err:
             raise ConfigError(f"{err} (dataset {cfg.dataset!r})") from None
+    if not mixture_kinds(cfg.reason_seg_data):
+        raise ConfigError("reason_seg_data is empty: give reason_seg (= data_root) and/or ReasonSeg-format folders")
     for kind in kinds:
         if kind == REASON_SEG:
             continue
@@ -324,6 +329,10 @@ def _check_mixture(cfg: TrainingConfig) -> None:
 def _check_paths(cfg: TrainingConfig) -> None:
     from modlisa.data.sources import REASON_SEG, mixture_kinds
 
+    for folder in mixture_kinds(cfg.reason_seg_data):
+        if folder != REASON_SEG and REASON_SEG in mixture_kinds(cfg.dataset) and not Path(folder).is_dir():
+            raise ConfigError(f"reason_seg_data: {folder!r} is not a folder (a ReasonSeg-format folder with train/, "
+                              "e.g. written by `modlisa convert`)")
     if set(mixture_kinds(cfg.dataset)) - {REASON_SEG} and not (cfg.dataset_dir and Path(cfg.dataset_dir).is_dir()):
         raise ConfigError(f"dataset {cfg.dataset!r} needs dataset_dir, LISA's dataset folder (ade20k/, refer_seg/, "
                           f"llava_dataset/, ...; docs/DATA.md); got {cfg.dataset_dir!r}, which is not a folder")

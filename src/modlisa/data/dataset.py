@@ -103,6 +103,7 @@ class ReasonSegDataset(torch.utils.data.Dataset):
     ) -> None:
         _check_arguments(seed, queries_per_image, explanatory_prob, max_samples)
         self.root, self.split, self.train = Path(root), split, train
+        self.name = "reason_seg"  # in a mixture: reason_seg for data_root, the folder's name for another folder
         self.sam_transform, self.vision_transform, self.augmenter = sam_transform, vision_transform, augmenter
         self.seed, self.queries_per_image, self.explanatory_prob = seed, queries_per_image, explanatory_prob
         self.epoch, self.strict = 0, strict
@@ -177,7 +178,7 @@ class ReasonSegDataset(torch.utils.data.Dataset):
         if not annotations:
             raise DataError(root, f"no annotation in split {split!r}")
         dataset = cls.__new__(cls)
-        dataset.root, dataset.split, dataset.train = Path(root), split, False
+        dataset.root, dataset.split, dataset.train, dataset.name = Path(root), split, False, split
         dataset.sam_transform, dataset.vision_transform, dataset.augmenter = sam_transform, vision_transform, None
         dataset.seed, dataset.queries_per_image, dataset.explanatory_prob = 0, 1, 0.0
         dataset.epoch, dataset.strict = 0, True

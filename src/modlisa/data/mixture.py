@@ -35,7 +35,6 @@ from modlisa.data.dataset import (
     TEXT_ONLY,
     AugmenterFn,
     Dialogue,
-    ReasonSegDataset,
     SamTransformFn,
     VisionTransformFn,
     item_seed,
@@ -81,6 +80,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.augmenter: AugmenterFn | None = None
         self.train = True
         self.reason = next((d for p in parts if p.kind == REASON_SEG for d in p.datasets), None)
+        self.reason_sets = [d for p in parts if p.kind == REASON_SEG for d in p.datasets]
 
     # ------------------------------------------------------------------ the training-split interface
     def __len__(self) -> int:
@@ -114,13 +114,13 @@ class MixtureDataset(torch.utils.data.Dataset):
     def set_transforms(self, sam_transform: SamTransformFn, vision_transform: VisionTransformFn,
                        augmenter: AugmenterFn | None = None) -> None:
         self.sam_transform, self.vision_transform, self.augmenter = sam_transform, vision_transform, augmenter
-        if self.reason is not None:
-            self.reason.set_transforms(sam_transform, vision_transform, augmenter)
+        for dataset in self.reason_sets:
+            dataset.set_transforms(sam_transform, vision_transform, augmenter)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        if self.reason is not None:
-            self.reason.set_epoch(epoch)
+        for dataset in self.reason_sets:
+            dataset.set_epoch(epoch)
 
     # ------------------------------------------------------------------ items
     def choose(self, index: int) -> tuple[MixturePart, Any, random.Random]:
@@ -137,7 +137,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         part, dataset, rng = self.choose(index)
         if part.kind == REASON_SEG:
             sample = dataset.make_sample(rng.randrange(len(dataset)), index)
-            sample.index = index
+            sample.index, sample.source = index, dataset.name
             return sample
         draw = _draw_usable(dataset, rng, self.queries_per_image)
         image = load_image_rgb(draw.image_path)
@@ -174,7 +174,7 @@ class MixtureDataset(torch.utils.data.Dataset):
 
 
 def _name_of(dataset: Any) -> str:
-    return REASON_SEG if isinstance(dataset, ReasonSegDataset) else str(dataset.name)
+    return str(dataset.name)
 
 
 def _draw_usable(source: Source, rng: random.Random, max_targets: int) -> Draw:
@@ -218,7 +218,8 @@ def configured_shares(config: dict[str, Any]) -> dict[str, float]:
         return {}
     total, out = sum(rates), {}
     for kind, rate in zip(kinds, rates):
-        names = [REASON_SEG] if kind == REASON_SEG else mixture_kinds(config.get(f"{kind}_data") or "")
+        names = mixture_kinds(config.get(f"{kind}_data") or REASON_SEG)
+        names = [n if n == REASON_SEG or kind != REASON_SEG else Path(n).name for n in names]
         for name in names:
             out[name] = rate / total / len(names)
     return out

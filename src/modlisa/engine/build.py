@@ -69,11 +69,12 @@ def build_datasets(cfg: TrainingConfig) -> tuple[ReasonSegDataset | MixtureDatas
     common = {"sam_transform": None, "vision_transform": None, "strict": cfg.data_strict, "verify_images": True}
     kinds = mixture_kinds(cfg.dataset)
     reason = None
-    if REASON_SEG in kinds:
+    if REASON_SEG in kinds and REASON_SEG in mixture_kinds(cfg.reason_seg_data):
         reason = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
                                   queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
                                   max_samples=cfg.max_train_samples, **common)
-    train_set = reason if kinds == [REASON_SEG] else build_mixture(cfg, reason)
+    only_data_root = kinds == [REASON_SEG] and mixture_kinds(cfg.reason_seg_data) == [REASON_SEG]
+    train_set = reason if only_data_root else build_mixture(cfg, reason)
     try:
         val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
     except FileNotFoundError:
@@ -90,7 +91,8 @@ def build_mixture(cfg: TrainingConfig, reason: ReasonSegDataset | None) -> Mixtu
     parts = []
     for kind, rate in zip(kinds, rates):
         if kind == REASON_SEG:
-            datasets: tuple[Any, ...] = (reason,)
+            datasets: tuple[Any, ...] = tuple(reason if name == REASON_SEG else _reason_folder(cfg, name)
+                                              for name in mixture_kinds(cfg.reason_seg_data))
         else:
             datasets = tuple(build_source(kind, name, cfg.dataset_dir or ".")
                              for name in mixture_kinds(getattr(cfg, f"{kind}_data")))
@@ -99,6 +101,15 @@ def build_mixture(cfg: TrainingConfig, reason: ReasonSegDataset | None) -> Mixtu
     logger.info("training mixture: %s", ", ".join(f"{name} {100 * share:.1f} %" for name, share in
                                                   mixture.shares().items()))
     return mixture
+
+
+def _reason_folder(cfg: TrainingConfig, folder: str) -> ReasonSegDataset:
+    """The train split of another ReasonSeg-format folder of the mixture, named by the folder."""
+    dataset = ReasonSegDataset(folder, "train", None, None, train=True, seed=cfg.seed,
+                               queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
+                               strict=cfg.data_strict, verify_images=True)
+    dataset.name = Path(folder).resolve().name
+    return dataset
 
 
 def attach_transforms(cfg: TrainingConfig, processors: Any, *datasets: ReasonSegDataset | None) -> None:
