@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -257,6 +257,36 @@ def test_json_image_without_annotations_gives_none(sem_root, tmp_path):
     assert source.draw(0, random.Random(0), 3) is None and source.draw(1, random.Random(0), 3) is not None
 
 
+# --------------------------------------------------------------------------- EXIF orientation
+
+PIL_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # PIL's ImageOps.exif_transpose
+
+
+@pytest.mark.parametrize("orientation", sorted(PIL_UPRIGHT))
+def test_annotations_of_the_stored_pixels_are_turned_upright(sem_root, tmp_path, orientation):
+    """An image with an EXIF orientation that swaps its sides: its stored-size label is turned with it, as PIL
+    turns the image; an orientation that keeps the size leaves the label as it is (as LISA does)."""
+    root = _copy(sem_root, tmp_path)
+    before = sem_seg_source(root, "cocostuff").draw(0, random.Random(3), ALL)
+    image_path = Path(before.image_path)
+    assert before.masks.shape[1] != before.masks.shape[2]  # not square: the stored and upright sizes differ
+    with Image.open(image_path) as image:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(image_path, exif=exif)
+    after = sem_seg_source(root, "cocostuff").draw(0, random.Random(3), ALL)
+    assert after.texts == before.texts
+    if orientation in (5, 6, 7, 8):
+        expected = np.stack([np.array(Image.fromarray(m).transpose(PIL_UPRIGHT[orientation])) for m in before.masks])
+    else:
+        expected = before.masks
+    np.testing.assert_array_equal(after.masks, expected)
+    with Image.open(image_path) as image:
+        assert after.masks.shape[1:] == ImageOps.exif_transpose(image).size[::-1]
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -290,7 +320,7 @@ def test_bad_label_pngs(sem_root, tmp_path):
         source.draw(0, random.Random(0), 3)
     assert err.value.path == str(label)
     Image.fromarray(raw[:-4], "L").save(label)
-    with pytest.raises(DataError, match=r"label is \d+x\d+, its image") as err:
+    with pytest.raises(DataError, match=r"annotation is \d+x\d+, its image ADE_train_\d+.jpg \d+x\d+") as err:
         source.draw(0, random.Random(0), 3)
     assert err.value.path == str(label)
     Image.fromarray(np.stack([raw] * 3, axis=-1), "RGB").save(label)

@@ -40,6 +40,11 @@ a missing folder or JSON at construction (with the expected layout), and in ``dr
 label PNG or image, a label PNG that is not one channel, whose size differs from its image's, or that holds a
 value no class has; in the JSON an annotation of an unknown category, a category name LISA cannot split, an
 undecodable segmentation.
+
+Images with an EXIF orientation: masks are returned at the size of the image as decoded (EXIF applied, as
+cv2.imread in LISA and ``load_image_rgb`` here). A label / annotation of that size is used as it is (LISA); one
+of the stored size of an image whose orientation swaps its sides is turned upright with it (``fit_to_image``;
+LISA would pair an upright image with a sideways mask).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from modlisa.data.lisa_layout import (
     ade20k_classes,
     cocostuff_classes,
 )
-from modlisa.data.reasonseg import _PIL_ERRORS, DataError, read_image_size, read_json
+from modlisa.data.reasonseg import _PIL_ERRORS, EXIF_ORIENTATION_TAG, DataError, read_json
 from modlisa.data.sources import SEM_SEG, Draw
 
 DATASETS = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
@@ -115,6 +120,45 @@ def class_masks(label: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
     return masks
 
 
+# EXIF orientation -> the transposition that shows an image upright (PIL's ``ImageOps.exif_transpose``), on the
+# last two axes of an array
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[..., :, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[..., ::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[..., ::-1, :],  # FLIP_TOP_BOTTOM
+    5: lambda a: np.swapaxes(a, -1, -2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1, axes=(-2, -1)),  # ROTATE_270
+    7: lambda a: np.swapaxes(a, -1, -2)[..., ::-1, ::-1],  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1, axes=(-2, -1)),  # ROTATE_90
+}
+
+
+def image_geometry(path: Path) -> tuple[tuple[int, int], int]:
+    """(stored height, width) of an image and its EXIF orientation (1 = upright), from its header."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except _PIL_ERRORS as err:
+        raise DataError(path, f"cannot read image header ({err})") from err
+    return (int(height), int(width)), int(orientation) if orientation in _UPRIGHT else 1
+
+
+def fit_to_image(array: np.ndarray, image_path: Path, file: Path) -> np.ndarray:
+    """``array`` ((H, W) or (n, H, W)) at the size of the image as decoded (EXIF orientation applied, as cv2 and
+    ``load_image_rgb`` decode it). An array of that size is used as it is (LISA's behaviour); one of the STORED
+    size of an image whose EXIF orientation swaps its sides was annotated on the stored pixels and is turned
+    upright with the image (LISA would misalign it); any other size is a DataError naming ``file``."""
+    stored, orientation = image_geometry(image_path)
+    decoded = stored[::-1] if orientation in (5, 6, 7, 8) else stored
+    if array.shape[-2:] == decoded:
+        return array
+    if array.shape[-2:] == stored:
+        return np.ascontiguousarray(_UPRIGHT[orientation](array))
+    height, width = array.shape[-2:]
+    raise DataError(file, f"annotation is {width}x{height}, its image {image_path.name} {decoded[1]}x{decoded[0]}")
+
+
 def sample_targets(items: Sequence[Any], rng: random.Random, max_targets: int) -> list[Any]:
     """LISA's choice: ``max_targets`` items without replacement (random order) when there are at least that
     many, else all of them in their order."""
@@ -142,10 +186,7 @@ class LabelPngSource:
         raw = read_label_png(label_path)
         if not image_path.is_file():
             raise DataError(image_path, f"image file not found (label {label_path.name})")
-        hw = read_image_size(image_path)
-        if raw.shape != hw:
-            raise DataError(label_path, f"label is {raw.shape[1]}x{raw.shape[0]}, its image {image_path.name} "
-                                        f"{hw[1]}x{hw[0]}")
+        raw = fit_to_image(raw, image_path, label_path)
         label = self.remap(raw)
         bad = label[(label != IGNORE) & ((label < 0) | (label >= len(self.classes)))]
         if bad.size:
@@ -245,9 +286,9 @@ class CocoPartSource:
             raise DataError(self.json_path, f"image {self.img_ids[index]} has no file_name")
         return self.image_root / info["file_name"]
 
-    def mask(self, ann: dict[str, Any], hw: tuple[int, int]) -> np.ndarray:
+    def mask(self, ann: dict[str, Any], hw: tuple[Any, Any]) -> np.ndarray:
         """(H, W) uint8 ``COCO.annToMask(ann)``; DataError naming the JSON when it cannot be decoded or its
-        size is not the image's ``hw``."""
+        size is not the (height, width) ``hw`` of its image in the JSON."""
         try:
             mask = self.coco.annToMask(ann)
         except Exception as err:  # pycocotools raises TypeError / ValueError / KeyError on bad input
@@ -255,7 +296,7 @@ class CocoPartSource:
                                             f"({type(err).__name__}: {err})") from err
         if mask.shape != hw:
             raise DataError(self.json_path, f"annotation {ann.get('id')}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                            f"the image {hw[1]}x{hw[0]}")
+                                            f"its image's height / width in the JSON {hw[0]} / {hw[1]}")
         return mask.astype(np.uint8)
 
     def draw(self, index: int, rng: random.Random, max_targets: int) -> Draw | None:
@@ -269,9 +310,9 @@ class CocoPartSource:
         image_path = self.image_path(index)
         if not image_path.is_file():
             raise DataError(image_path, f"image file not found (image {image_id} of {self.json_path.name})")
-        hw = read_image_size(image_path)
-        masks = np.stack([self.mask(ann, hw) for ann in chosen])
-        return Draw(str(image_path), texts, masks, str(self.json_path))
+        info = self.coco.imgs[image_id]
+        masks = np.stack([self.mask(ann, (info.get("height"), info.get("width"))) for ann in chosen])
+        return Draw(str(image_path), texts, fit_to_image(masks, image_path, self.json_path), str(self.json_path))
 
 
 # --------------------------------------------------------------------------- factory
