@@ -73,7 +73,13 @@ from modlisa.data.lisa_layout import (
     ade20k_classes,
     cocostuff_classes,
 )
-from modlisa.data.reasonseg import _PIL_ERRORS, EXIF_ORIENTATION_TAG, DataError, read_json
+from modlisa.data.reasonseg import (
+    _PIL_ERRORS,
+    SIDE_SWAPPING_ORIENTATIONS,
+    DataError,
+    read_image_geometry,
+    read_json,
+)
 from modlisa.data.sources import SEM_SEG, Draw
 
 DATASETS = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
@@ -133,24 +139,13 @@ _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def image_geometry(path: Path) -> tuple[tuple[int, int], int]:
-    """(stored height, width) of an image and its EXIF orientation (1 = upright), from its header."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
-    except _PIL_ERRORS as err:
-        raise DataError(path, f"cannot read image header ({err})") from err
-    return (int(height), int(width)), int(orientation) if orientation in _UPRIGHT else 1
-
-
 def fit_to_image(array: np.ndarray, image_path: Path, file: Path) -> np.ndarray:
     """``array`` ((H, W) or (n, H, W)) at the size of the image as decoded (EXIF orientation applied, as cv2 and
     ``load_image_rgb`` decode it). An array of that size is used as it is (LISA's behaviour); one of the STORED
     size of an image whose EXIF orientation swaps its sides was annotated on the stored pixels and is turned
     upright with the image (LISA would misalign it); any other size is a DataError naming ``file``."""
-    stored, orientation = image_geometry(image_path)
-    decoded = stored[::-1] if orientation in (5, 6, 7, 8) else stored
+    stored, orientation = read_image_geometry(image_path)
+    decoded = stored[::-1] if orientation in SIDE_SWAPPING_ORIENTATIONS else stored
     if array.shape[-2:] == decoded:
         return array
     if array.shape[-2:] == stored:
