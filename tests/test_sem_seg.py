@@ -246,6 +246,22 @@ def test_max_targets_determinism_and_no_replacement(sem_root, dataset):
         source.draw(0, random.Random(0), 0)
 
 
+def test_undecodable_segmentation_skips_the_item_as_lisa(sem_root, tmp_path, caplog):
+    """LISA catches annToMask's error and draws another item: None, with a warning naming the file."""
+    root = _copy(sem_root, tmp_path)
+    path = root / "vlpart/pascal_part/train.json"
+    data = json.loads(path.read_text())
+    first = data["images"][0]["id"]
+    ann = next(a for a in data["annotations"] if a["image_id"] == first)
+    ann["segmentation"] = []
+    path.write_text(json.dumps(data))
+    source = sem_seg_source(root, "pascal_part")
+    with caplog.at_level("WARNING", logger="modlisa.data.sem_seg"):
+        assert source.draw(0, random.Random(0), ALL) is None
+    assert f"annotation {ann['id']}: cannot decode segmentation" in caplog.text and str(path) in caplog.text
+    assert source.draw(1, random.Random(0), ALL) is not None
+
+
 def test_json_image_without_annotations_gives_none(sem_root, tmp_path):
     root = _copy(sem_root, tmp_path)
     path = root / "vlpart/pascal_part/train.json"
@@ -370,10 +386,10 @@ def test_bad_part_json(sem_root, tmp_path):
     path.write_text(original)
 
     def bad_segmentation(data):
-        data["annotations"][0]["segmentation"] = {"size": [3, 3], "counts": "zz"}
+        data["annotations"][0]["segmentation"] = {"size": [3, 3], "counts": "9"}
 
     _edit_json(path, bad_segmentation)
-    with pytest.raises(DataError, match="annotation .*: (cannot decode segmentation|mask is)") as err:
+    with pytest.raises(DataError, match="annotation .*: mask is 3x3, its image's height / width in the JSON") as err:
         sem_seg_source(root, "paco_lvis").draw(0, random.Random(0), 99)
     assert err.value.path == str(path)
     path.write_text(original)

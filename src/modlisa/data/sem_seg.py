@@ -32,14 +32,15 @@ COCO JSON (PASCAL-Part, PACO-LVIS), indexed with pycocotools' ``COCO`` as LISA d
 - LISA samples ``max_targets`` annotations of the image without replacement when it has at least that many,
   else takes all in file order (several may share a category); each (obj, part) is phrased "obj part" or
   "the part of the obj" with probability 1/2 each; target masks are ``COCO.annToMask`` (values {0, 1}).
-- An image without annotations -> None.
+- An image without annotations -> None; so is one whose chosen annotation pycocotools cannot decode (with a
+  warning: LISA catches that error and draws another item).
 
 Every random choice comes from the ``rng`` given to ``draw`` (``random.Random``; LISA uses numpy's and
 Python's global generators: same rules, different streams). Bad input raises ``DataError`` naming the file:
 a missing folder or JSON at construction (with the expected layout), and in ``draw`` a missing or unreadable
 label PNG or image, a label PNG that is not one channel, whose size differs from its image's, or that holds a
-value no class has; in the JSON an annotation of an unknown category, a category name LISA cannot split, an
-undecodable segmentation.
+value no class has; in the JSON an annotation of an unknown category, a category name LISA cannot split, a
+segmentation whose size is not its image's.
 
 Images with an EXIF orientation: masks are returned at the size of the image as decoded (EXIF applied, as
 cv2.imread in LISA and ``load_image_rgb`` here). A label / annotation of that size is used as it is (LISA); one
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,6 +83,8 @@ from modlisa.data.reasonseg import (
     read_json,
 )
 from modlisa.data.sources import SEM_SEG, Draw
+
+logger = logging.getLogger(__name__)
 
 DATASETS = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
 
@@ -281,21 +285,24 @@ class CocoPartSource:
             raise DataError(self.json_path, f"image {self.img_ids[index]} has no file_name")
         return self.image_root / info["file_name"]
 
-    def mask(self, ann: dict[str, Any], hw: tuple[Any, Any]) -> np.ndarray:
-        """(H, W) uint8 ``COCO.annToMask(ann)``; DataError naming the JSON when it cannot be decoded or its
-        size is not the (height, width) ``hw`` of its image in the JSON."""
+    def mask(self, ann: dict[str, Any], hw: tuple[Any, Any]) -> np.ndarray | None:
+        """(H, W) uint8 ``COCO.annToMask(ann)``; None (with a warning) when pycocotools cannot decode it, since
+        LISA then skips the item (``except Exception: return self.__getitem__(0)``); DataError naming the JSON
+        when its size is not the (height, width) ``hw`` of its image in the JSON."""
         try:
             mask = self.coco.annToMask(ann)
-        except Exception as err:  # pycocotools raises TypeError / ValueError / KeyError on bad input
-            raise DataError(self.json_path, f"annotation {ann.get('id')}: cannot decode segmentation "
-                                            f"({type(err).__name__}: {err})") from err
+        except Exception as err:  # pycocotools raises IndexError / TypeError / ValueError / KeyError on bad input
+            logger.warning("%s: annotation %s: cannot decode segmentation (%s: %s); item skipped, as LISA skips it",
+                           self.json_path, ann.get("id"), type(err).__name__, err)
+            return None
         if mask.shape != hw:
             raise DataError(self.json_path, f"annotation {ann.get('id')}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                                             f"its image's height / width in the JSON {hw[0]} / {hw[1]}")
         return mask.astype(np.uint8)
 
     def draw(self, index: int, rng: random.Random, max_targets: int) -> Draw | None:
-        """Up to ``max_targets`` annotations of the image, phrased as LISA does, masks from ``annToMask``."""
+        """Up to ``max_targets`` annotations of the image, phrased as LISA does, masks from ``annToMask``; None
+        for an image without annotations or with a chosen one that cannot be decoded (LISA's fallbacks)."""
         image_id = self.img_ids[index]
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id]))
         if not anns:
@@ -306,7 +313,10 @@ class CocoPartSource:
         if not image_path.is_file():
             raise DataError(image_path, f"image file not found (image {image_id} of {self.json_path.name})")
         info = self.coco.imgs[image_id]
-        masks = np.stack([self.mask(ann, (info.get("height"), info.get("width"))) for ann in chosen])
+        masks = [self.mask(ann, (info.get("height"), info.get("width"))) for ann in chosen]
+        if any(mask is None for mask in masks):
+            return None
+        masks = np.stack(masks)
         return Draw(str(image_path), texts, fit_to_image(masks, image_path, self.json_path), str(self.json_path))
 
 
