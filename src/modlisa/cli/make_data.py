@@ -1,4 +1,5 @@
-"""``modlisa make-data``: write the deterministic synthetic ReasonSeg-format dataset (``modlisa.synthetic``)."""
+"""``modlisa make-data``: write deterministic synthetic data: ReasonSeg format (``modlisa.synthetic``), or the real
+layouts of refCOCO & co., ADE20K, COCO-Stuff, PASCAL-Part, PACO-LVIS and LLaVA-Instruct (``--format``)."""
 
 from __future__ import annotations
 
