@@ -1,4 +1,5 @@
-"""``modlisa make-data``: write the deterministic synthetic ReasonSeg-format dataset (``modlisa.synthetic``)."""
+"""``modlisa make-data``: write deterministic synthetic data: ReasonSeg format (``modlisa.synthetic``), or the real
+layouts of refCOCO & co., ADE20K, COCO-Stuff, PASCAL-Part, PACO-LVIS and LLaVA-Instruct (``--format``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from modlisa.synthetic.dataset import MIN_IMAGE_SIZE, SPLITS, make_dataset
 from modlisa.synthetic.options import SceneOptions
 from modlisa.synthetic.queries import KEYS, QUERY_TYPES
 from modlisa.synthetic.refer_format import REFER_SPLITS, make_refer_dataset
+from modlisa.synthetic.semseg_format import SEMSEG_FORMATS, make_semseg_dataset
+from modlisa.synthetic.vqa_format import make_llava_instruct
 
 GENERATED_ENTRIES = (*SPLITS, "explanatory", "README.txt")
-FORMATS = ("reasonseg", *REFER_SPLITS)
+FORMATS = ("reasonseg", *REFER_SPLITS, *SEMSEG_FORMATS, "llava_instruct")
+# the folder each training-only format owns under OUT (what --force replaces)
+OWN_FOLDERS = {"ade20k": "ade20k", "cocostuff": "cocostuff", "pascal_part": "vlpart/pascal_part",
+               "paco_lvis": "vlpart/paco", "llava_instruct": "llava_dataset"}
 
 
 def _non_negative(text: str) -> int:
@@ -49,13 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modlisa make-data",
         description="Write a deterministic synthetic dataset in the ReasonSeg format (images + JSON + "
         "explanatory/train.json), or with --format refcoco / refcoco+ / refcocog / refclef in the refer layout "
-        "(OUT/<dataset>/refs(<split_by>).p + instances.json, OUT/images/...).",
+        "(OUT/<dataset>/refs(<split_by>).p + instances.json, OUT/images/...), or with --format ade20k / cocostuff / "
+        "pascal_part / paco_lvis / llava_instruct in the real layout of LISA's training sources (OUT = LISA's "
+        "dataset folder; --num_train images, no val/test).",
     )
     parser.add_argument("out_dir", help="output folder (must be empty or absent unless --force)")
     parser.add_argument("--format", choices=FORMATS, default="reasonseg",
                         help="reasonseg (default), or a refer dataset: refcoco, refcoco+ (splits train, val, testA, "
                              "testB; --num_test images in each test split), refcocog (umd: train, val, test), "
-                             "refclef; OUT may already hold other refer datasets")
+                             "refclef; OUT may already hold other refer datasets; LISA's training sources ade20k, "
+                             "cocostuff, pascal_part, paco_lvis (semantic / part segmentation) and llava_instruct "
+                             "(VQA conversations): --num_train images each, OUT may hold several")
     parser.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
     parser.add_argument("--num_train", type=_non_negative, default=64, help="train images (default 64)")
     parser.add_argument("--num_val", type=_non_negative, default=32, help="val images (default 32)")
@@ -97,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if root.exists() and not root.is_dir():
         print(f"modlisa make-data: {root} exists and is not a folder", file=sys.stderr)
         return 2
-    if args.format != "reasonseg":
+    if args.format in REFER_SPLITS:
         return _main_refer(args, root)
+    if args.format != "reasonseg":
+        return _main_training_source(args, root)
     if root.is_dir() and any(root.iterdir()):
         if not args.force:
             print(
@@ -132,23 +144,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-
-def _main_refer(args: argparse.Namespace, root: Path) -> int:
-    """``--format refcoco|refcoco+|refcocog|refclef``: refuses an existing OUT/<dataset> unless --force
-    (which replaces that folder only; images of the same seed are rewritten byte for byte)."""
+def _refuse(args: argparse.Namespace, folder: Path, why: str) -> int:
+    """2 (with a message) when a ReasonSeg-only flag is set or ``folder`` exists without --force; else 0,
+    after removing ``folder`` when --force asks for it."""
     ignored = [flag for flag, used in (("--query_types", bool(args.query_types)),
                                        ("--targets_per_scene", args.targets_per_scene != 1),
                                        ("--select_by", args.select_by is not None)) if used]
     if ignored:
-        print(f"modlisa make-data: {', '.join(ignored)} apply to --format reasonseg only (refer sentences are short "
-              "phrases, one ref per uniquely described shape)", file=sys.stderr)
+        print(f"modlisa make-data: {', '.join(ignored)} apply to --format reasonseg only ({why})", file=sys.stderr)
         return 2
-    folder = root / args.format
     if folder.exists():
         if not args.force:
             print(f"modlisa make-data: {folder} exists; pass --force to replace it", file=sys.stderr)
             return 2
         shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    return 0
+
+
+def _main_refer(args: argparse.Namespace, root: Path) -> int:
+    """``--format refcoco|refcoco+|refcocog|refclef``: refuses an existing OUT/<dataset> unless --force
+    (which replaces that folder only; images of the same seed are rewritten byte for byte)."""
+    refused = _refuse(args, root / args.format, "refer sentences are short phrases, one ref per uniquely "
+                                                 "described shape")
+    if refused:
+        return refused
     try:
         options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
                                lookalike_prob=args.lookalike_prob)
@@ -161,4 +180,28 @@ def _main_refer(args: argparse.Namespace, root: Path) -> int:
     splits = ", ".join(f"{split} {n}" for split, n in summary["splits"].items())
     print(f"{args.format}: {summary['images']} images, {summary['annotations']} annotations; refs per split: {splits}")
     print(f"refs: {summary['refs']}\ninstances: {summary['instances']}\nimages: {summary['image_dir']}")
+    return 0
+
+
+def _main_training_source(args: argparse.Namespace, root: Path) -> int:
+    """``--format ade20k|cocostuff|pascal_part|paco_lvis|llava_instruct``: --num_train images in the real layout;
+    refuses an existing folder of that format (``OWN_FOLDERS``) unless --force, which replaces that folder only
+    (shared COCO images of the same seed are rewritten byte for byte)."""
+    refused = _refuse(args, root / OWN_FOLDERS[args.format], "the targets are classes, parts or conversations")
+    if refused:
+        return refused
+    try:
+        options = SceneOptions(min_objects=args.objects[0], max_objects=args.objects[1],
+                               lookalike_prob=args.lookalike_prob)
+        common = {"seed": args.seed, "num_images": args.num_train, "image_size": args.image_size, "options": options}
+        if args.format == "llava_instruct":
+            summary = make_llava_instruct(root, **common)
+            print(f"llava_instruct: {summary['conversations']} conversations in {summary['json']}")
+        else:
+            summary = make_semseg_dataset(root, dataset=args.format, **common)
+            print(f"{args.format}: {summary['images']} images; annotations: {summary['annotation']}")
+    except ValueError as err:
+        print(f"modlisa make-data: {err}", file=sys.stderr)
+        return 2
+    print(f"images: {summary['image_dir']}")
     return 0

@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 OUT_OF_BOUNDS_FRACTION = 0.1  # points further than 10% of the image size outside it are errors
 LARGE_IMAGE_PIXELS = 40_000_000  # above: a "large_image" warning (masks and losses run at the original size)
 EXIF_ORIENTATION_TAG = 0x0112
+SIDE_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn an image by 90 degrees
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # Tokens the model reserves: in a query or an explanation they would add a mask ([SEG]) or an image slot
 # (<image>) the data does not have. User text holding one is REJECTED (never escaped): see docs/DATA.md.
@@ -365,8 +366,9 @@ def load_image_rgb(path: str | Path) -> np.ndarray:
         raise DataError(path, f"cannot decode image ({err})") from err
 
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image after EXIF orientation, from its header only. DataError when unreadable."""
+def read_image_geometry(path: str | Path) -> tuple[tuple[int, int], int]:
+    """(stored H, W) of an image and its EXIF orientation tag (1 when absent), from its header only. DataError
+    when unreadable."""
     path = Path(path)
     try:
         with Image.open(path) as image:
@@ -374,9 +376,13 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except _PIL_ERRORS as err:
         raise DataError(path, f"cannot read image header ({err})") from err
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    return int(height), int(width)
+    return (int(height), int(width)), orientation
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image after EXIF orientation, from its header only. DataError when unreadable."""
+    (height, width), orientation = read_image_geometry(path)
+    return (width, height) if orientation in SIDE_SWAPPING_ORIENTATIONS else (height, width)
 
 
 JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"

@@ -12,7 +12,8 @@ Modules, one job each: ``scene`` (shapes and their layout), ``options`` (``Scene
 ``properties`` (the properties sentences ask about), ``queries`` (query meaning and choice), ``phrasing``
 (query wordings and explanations, as template tables), ``render`` (pixels and masks), ``dataset``
 (examples and files), ``refer_format`` (the same scenes in the refer layout of refCOCO & co.,
-``make-data --format refcoco``) and ``command`` (the ``modlisa make-data`` command line, not imported here).
+``make-data --format refcoco``), ``semseg_format`` (ADE20K, COCO-Stuff, PASCAL-Part, PACO-LVIS files,
+``make-data --format ade20k``), ``vqa_format`` (LLaVA-Instruct conversations, ``--format llava_instruct``) and ``command`` (the ``modlisa make-data`` command line, not imported here).
 """
 
 from modlisa.synthetic.dataset import (
@@ -46,6 +47,8 @@ from modlisa.synthetic.queries import (
 from modlisa.synthetic.refer_format import REFER_SPLITS, make_refer_dataset
 from modlisa.synthetic.render import rasterise, render
 from modlisa.synthetic.scene import COLOURS, KINDS, SIZES, Scene, SceneObject, make_scene, unit_polygon
+from modlisa.synthetic.semseg_format import SEMSEG_FORMATS, make_semseg_dataset
+from modlisa.synthetic.vqa_format import make_llava_instruct
 
 __all__ = [
     "COLOURS",
@@ -56,6 +59,7 @@ __all__ = [
     "PROPERTIES",
     "QUERY_TYPES",
     "REFER_SPLITS",
+    "SEMSEG_FORMATS",
     "SHORT_PROPOSERS",
     "SIZES",
     "SPLITS",
@@ -73,8 +77,10 @@ __all__ = [
     "generate_example",
     "generate_scene_examples",
     "make_dataset",
+    "make_llava_instruct",
     "make_refer_dataset",
     "make_scene",
+    "make_semseg_dataset",
     "matching",
     "noun_phrases",
     "option_arguments",

@@ -27,7 +27,7 @@ from modlisa.synthetic.options import SceneOptions
 from modlisa.synthetic.phrasing import phrasings
 from modlisa.synthetic.queries import QuerySpec, choose_query
 from modlisa.synthetic.render import rasterise, render
-from modlisa.synthetic.scene import KINDS, Scene, make_scene
+from modlisa.synthetic.scene import KINDS, Scene, SceneObject, make_scene
 
 # the refer datasets: split_by (LISA's choice) and the split names of that split_by
 REFER_SPLITS = {
@@ -72,7 +72,7 @@ def _image_file_name(dataset: str, image_id: int) -> str:
     return f"COCO_train2014_{image_id:012d}.jpg"
 
 
-def _segmentation(ann_id: int, points: Any, scene: Scene) -> tuple[Any, int]:
+def coco_segmentation(ann_id: int, points: Any, scene: Scene) -> tuple[Any, int]:
     """(segmentation, iscrowd) of one shape: a polygon, or (by ``ann_id % 3``) a compressed / uncompressed RLE."""
     kind = ann_id % 3
     if kind == 0:
@@ -82,6 +82,24 @@ def _segmentation(ann_id: int, points: Any, scene: Scene) -> tuple[Any, int]:
     if kind == 1:
         return {"size": size, "counts": rle_string(counts)}, 0
     return {"size": size, "counts": counts}, 1
+
+
+def save_scene_jpeg(rng: np.random.Generator, scene: Scene, path: Path) -> None:
+    """``render(rng, scene)`` as a JPEG at ``path`` (quality 95, no chroma subsampling), folders created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render(rng, scene).save(path, format="JPEG", quality=95, subsampling=0)
+
+
+def coco_annotation(ann_id: int, image_id: int, category_id: int, obj: SceneObject, scene: Scene
+                    ) -> dict[str, Any]:
+    """The COCO annotation of one shape: ``coco_segmentation``, area, iscrowd and [x, y, w, h] bbox."""
+    segmentation, iscrowd = coco_segmentation(ann_id, obj.points, scene)
+    pts = np.asarray(obj.points)
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": segmentation,
+            "area": round(obj.area, 2), "iscrowd": iscrowd,
+            "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]}
 
 
 def _sentences(texts: list[str], first_id: int) -> list[dict[str, Any]]:
@@ -133,21 +151,13 @@ def make_refer_dataset(
             width, height = _image_dims(rng, image_size)
             scene, chosen_per_object = _scene_with_refs(rng, width, height, options)
             file_name = _image_file_name(dataset, image_id)
-            path = images_root / file_name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            render(rng, scene).save(path, format="JPEG", quality=95, subsampling=0)
+            save_scene_jpeg(rng, scene, images_root / file_name)
             images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
             for j, obj in enumerate(scene.objects):
                 ann_id = image_id * 100 + j
                 category_id = KINDS.index(obj.kind) + 1
-                segmentation, iscrowd = _segmentation(ann_id, obj.points, scene)
                 polygons[ann_id] = [[float(x), float(y)] for x, y in obj.points]
-                pts = np.asarray(obj.points)
-                x0, y0 = pts.min(axis=0)
-                x1, y1 = pts.max(axis=0)
-                annotations.append({"id": ann_id, "image_id": image_id, "category_id": category_id,
-                                    "segmentation": segmentation, "area": round(obj.area, 2), "iscrowd": iscrowd,
-                                    "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]})
+                annotations.append(coco_annotation(ann_id, image_id, category_id, obj, scene))
                 chosen = chosen_per_object[j]
                 if chosen is None:
                     continue
