@@ -226,3 +226,40 @@ def test_your_data_mixed_with_reasonseg(roots, tmp_path):
     assert sum(d["images"] for d in datasets.values()) == 8 and all(d["images"] > 0 for d in datasets.values())
     with pytest.raises(ConfigError, match="not a folder"):
         replace(cfg, reason_seg_data=f"reason_seg||{tmp_path / 'missing'}").validate()
+
+
+@pytest.fixture(scope="module")
+def lisa_dataset_dir(tmp_path_factory) -> Path:
+    """LISA's dataset folder with every kind, written by `modlisa make-data` in each real format."""
+    root = tmp_path_factory.mktemp("lisa_dataset")
+    for fmt in ("ade20k", "cocostuff", "pascal_part", "paco_lvis", "llava_instruct"):
+        assert main(["make-data", str(root), "--format", fmt, "--num_train", "4", "--image_size", "64",
+                     "--seed", "2", "--no_progress"]) == 0, fmt
+    assert main(["make-data", str(root / "refer_seg"), "--format", "refcoco", "--num_train", "4", "--num_val", "1",
+                 "--num_test", "1", "--image_size", "64", "--no_progress"]) == 0
+    return root
+
+
+def test_lisa_mixture_of_every_kind_trains_and_counts(roots, lisa_dataset_dir, tmp_path):
+    """LISA's 9 : 3 : 3 : 1 mixture of sem_seg (4 datasets), refer_seg, vqa (multi-turn, no mask) and ReasonSeg:
+    a CPU run whose per-dataset counts equal the replay of its draws; check-data --config passes on it."""
+    cfg = _config(roots, tmp_path / "run", num_epochs=1, steps_per_epoch=5, batch_size=2,
+                  dataset="sem_seg||refer_seg||vqa||reason_seg", sample_rates="9,3,3,1",
+                  dataset_dir=str(lisa_dataset_dir))
+    _train(cfg)
+    datasets = json.loads((tmp_path / "run" / "outputs" / "metrics_epoch_1.json").read_text())["train"]["datasets"]
+    assert set(datasets) == {"ade20k", "cocostuff", "pascal_part", "paco_lvis", "refcoco", "llava_instruct",
+                             "reason_seg"}
+    from modlisa.engine.build import build_mixture
+
+    mixture = build_mixture(cfg, ReasonSegDataset(roots["reason"], "train", None, None, train=True, seed=cfg.seed,
+                                                  queries_per_image=2))
+    assert {k: v["images"] for k, v in datasets.items() if v["images"]} == _expected_counts(cfg, mixture, 0)
+    for name, figures in datasets.items():
+        if figures["images"] and name == "llava_instruct":
+            assert figures["masks"] == 0 and figures["mask_bce"] is None and figures["ce"] > 0
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if v is not None}))
+    assert main(["check-data", "--config", str(config), "--no_progress"]) == 0
