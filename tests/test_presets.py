@@ -84,7 +84,8 @@ def test_lisa7b_yaml_trains_a_tiny_fp16_llava_30_finite_steps(tmp_path):
     out = tmp_path / "run"
     code = main(["train", "--config", str(REPO / "configs" / "lisa7b.yaml"), "--llava_model", llava,
                  "--sam_model", str(tmp_path / "sam"), "--img_size", "64", "--sam_image_size", "64",
-                 "--data_root", str(tmp_path / "data"), "--output_dir", str(out), "--num_epochs", "1",
+                 "--data_root", str(tmp_path / "data"), "--dataset", "reason_seg",  # the yaml's mixture: test_mixture
+                 "--output_dir", str(out), "--num_epochs", "1",
                  "--steps_per_epoch", "30", "--gradient_accumulation_steps", "1", "--batch_size", "1",
                  "--num_workers", "0", "--log_every_steps", "1", "--cpu", "true"])
     assert code == 0
