@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from inference_helpers import SEG_ANSWER, scripted_answers  # noqa: E402
 from make_sam2_golden import GOLDEN, IMAGE_CASES, MASK_SIZES, golden_inputs, processor_outputs  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
@@ -26,6 +29,7 @@ from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.lisa import ModifiedLISA  # noqa: E402
 from modlisa.model.mask_decoder import decoder_for, features_at  # noqa: E402
 from modlisa.model.sam2_decoder import Sam2Decoder, postprocess_masks, tiny_sam2  # noqa: E402
+from modlisa.predictor import Predictor  # noqa: E402
 from modlisa.synthetic import make_dataset  # noqa: E402
 
 SIZE = 64  # vision and SAM 2 input sizes: SAM 2 features (32, 16, 16), (64, 8, 8), (256, 4, 4)
@@ -110,6 +114,12 @@ def test_a_sam2_checkpoint_folder_is_detected_by_its_model_type(tmp_path):
     sam = load_sam(sam2_cfg(sam_kind="sam", sam_model=str(tmp_path / "sam2")))  # the checkpoint decides
     assert type(sam).__name__ == "Sam2Model" and sam.mask_decoder.dynamic_multimask_via_stability is False
     assert isinstance(decoder_for(sam).transform(SIZE), Sam2Transform)
+    config = tmp_path / "sam2" / "config.json"  # the Hub's facebook/sam2.1-* folders say sam2_video
+    config.write_text(config.read_text().replace('"model_type": "sam2"', '"model_type": "sam2_video"'))
+    assert '"sam2_video"' in config.read_text()
+    video = load_sam(sam2_cfg(sam_model=str(tmp_path / "sam2")))
+    assert type(video).__name__ == "Sam2Model"
+    assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), video.state_dict().values()))
     with pytest.raises(ConfigError, match="sam_image_size"):
         load_sam(sam2_cfg(sam_model=str(tmp_path / "sam2"), sam_image_size=128))
     with pytest.raises(ConfigError, match="multiple of 32"):
@@ -169,6 +179,27 @@ def test_cached_run_equals_uncached_and_disk_entries_round_trip(built, tmp_path)
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_training_with_the_cache_equals_training_without(data_root, tmp_path, monkeypatch):
+    import json
+
+    from modlisa.engine.train import train
+
+    served = []
+    lookup = SamEmbeddingCache.lookup
+    monkeypatch.setattr(SamEmbeddingCache, "lookup", lambda self, *a, **k: served.append(1) or lookup(self, *a, **k))
+    for name, cached in (("plain", False), ("cached", True)):
+        train(sam2_cfg(data_root, tmp_path / name, stop_after_steps=2, max_val_samples=1, sam_cache=cached).validate())
+    logs = [[json.loads(line) for line in (tmp_path / name / "outputs" / "train_log.jsonl").read_text().splitlines()]
+            for name in ("plain", "cached")]
+    assert len(logs[0]) == len(logs[1]) == 2 and len(served) >= 2  # the cached run's batches came from the cache
+    for a, b in zip(*logs):
+        assert all(a[key] == b[key] for key in ("loss", "ce", "mask_bce", "mask_dice", "grad_norm"))
+    weights = [load_file(str(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
+               for name in ("plain", "cached")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 # ---------------------------------------------------------------------- export and reload
 def _teacher_masks(model: ModifiedLISA, batch) -> list[torch.Tensor]:
     model.eval()
@@ -197,3 +228,17 @@ def test_run_checkpoint_export_and_save_pretrained_round_trip(data_root, tmp_pat
     for model in (exported, saved):
         for a, b in zip(expected, _teacher_masks(model, batch)):
             assert torch.equal(a, b)
+    # the Predictor (image encoded once, SAM 2 features kept) in both modes, generation scripted to say [SEG]
+    image = np.asarray(Image.open(sorted((data_root / "val").glob("*.jpg"))[0]).convert("RGB"))
+    answers = [_predictor_masks(Predictor(trained, tokenizer, processors), image),
+               _predictor_masks(Predictor.from_pretrained(tmp_path / "again"), image)]
+    assert answers[0][0].shape == (1, *image.shape[:2])
+    assert all(torch.equal(a, b) for a, b in zip(*answers))
+
+
+def _predictor_masks(predictor: Predictor, image: np.ndarray) -> list[torch.Tensor]:
+    predictor.set_image(image)
+    with scripted_answers(predictor.model, predictor.tokenizer, [SEG_ANSWER]):
+        generated = predictor.predict("the red shape", is_sentence=False, mode="generate", max_new_tokens=4)
+    assert generated.seg_count == 1
+    return [generated.logits, predictor.predict("the red shape", is_sentence=False, mode="teacher").logits]
