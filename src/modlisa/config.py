@@ -16,6 +16,7 @@ import yaml
 PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b")
 PROJECTORS = ("mlp2x_gelu", "linear")
 TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
+SAM_KINDS = ("sam", "sam2")
 MIXED_PRECISION = ("fp16", "bf16")
 
 
@@ -67,8 +68,11 @@ class TrainingConfig:
     model: str = _f("tiny", "preset: tiny | smol | composite | llava | lisa-7b (docs/TRAINING_GUIDE.md)")
     vision_model: str | None = _f(None, "HF id or folder of a CLIP / SigLIP vision tower (composite preset)")
     language_model: str | None = _f(None, "HF id or folder of any causal LM (composite preset)")
-    sam_model: str | None = _f(None, "HF id or folder of a SamModel, or an original segment-anything checkpoint "
+    sam_model: str | None = _f(None, "HF id or folder of a SamModel or a Sam2Model (e.g. "
+                                     "facebook/sam2.1-hiera-large), or an original segment-anything checkpoint "
                                      "file (sam_vit_b/l/h_*.pth, converted on load) (default: a random tiny SAM)")
+    sam_kind: str = _f("sam", "mask decoder family of the random tiny decoder built when sam_model is not set: "
+                              "sam | sam2 (a sam_model checkpoint's own model_type decides: sam or sam2)")
     llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
     projector: str = _f("mlp2x_gelu", "vision-to-LM projector of the composite preset: mlp2x_gelu (LLaVA-1.5) | "
                                       "linear (LLaVA-v1, LISA-7B-v1)")
@@ -77,7 +81,7 @@ class TrainingConfig:
                                      "and the optimisation come from this config (keep the folder: the run refers "
                                      "to it)")
     img_size: int = _f(224, "vision-tower input size (pixels)")
-    sam_image_size: int = _f(1024, "SAM input size, longest side (pixels; LISA: 1024)")
+    sam_image_size: int = _f(1024, "SAM input size, longest side (SAM 2: the square side) (pixels; LISA: 1024)")
     use_lora: bool = _f(True, "train LoRA adapters on the LM (LISA: yes)")
     lora_r: int = _f(16, "LoRA rank (LISA: 8)")
     lora_alpha: int = _f(32, "LoRA scaling alpha (LISA: 16)")
@@ -222,6 +226,8 @@ def _check_choices(cfg: TrainingConfig) -> None:
     if cfg.projector != "mlp2x_gelu" and cfg.model != "composite" and not cfg.init_from:
         raise ConfigError(f"projector={cfg.projector} applies to the composite preset only (model={cfg.model} "
                           "brings its own projector)")
+    if cfg.sam_kind not in SAM_KINDS:
+        raise ConfigError(f"sam_kind must be one of {', '.join(SAM_KINDS)}; got {cfg.sam_kind!r}")
     if cfg.train_embeddings not in TRAIN_EMBEDDINGS:
         raise ConfigError(f"train_embeddings must be one of {', '.join(TRAIN_EMBEDDINGS)}; got {cfg.train_embeddings!r}")
     if cfg.mixed_precision not in MIXED_PRECISION:

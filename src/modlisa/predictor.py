@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from modlisa.data import prompts
 from modlisa.data.collate import collate_samples, encode_ids
 from modlisa.data.reasonseg import reserved_token_reason
 from modlisa.types import Sample
+
+if TYPE_CHECKING:
+    from modlisa.model.mask_decoder import ImageFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +107,8 @@ class Prediction:
 class _EncodedImage:
     """What ``set_image`` computes once: the transformed inputs and the encoders' outputs, on the model's device.
 
-    sam_image (3, S, S), vision_image (3, V, V), image_features (1, N, h), sam_embeddings (1, D, S/16, S/16).
+    sam_image (3, S, S), vision_image (3, V, V), image_features (1, N, h), sam_embeddings: the image's
+    ``ImageFeatures`` (SAM: (1, D, S/16, S/16); SAM 2: a tuple of multi-scale tensors).
     """
 
     original_hw: tuple[int, int]
@@ -112,7 +116,7 @@ class _EncodedImage:
     sam_image: Tensor
     vision_image: Tensor
     image_features: Tensor
-    sam_embeddings: Tensor
+    sam_embeddings: ImageFeatures
 
 
 class Predictor:

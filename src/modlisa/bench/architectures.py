@@ -34,6 +34,7 @@ from transformers import (
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.backbones import VisionProjector, tiny_language_model, tiny_sam, tiny_vision_tower
 from modlisa.model.lisa import ModifiedLISA
+from modlisa.model.sam2_decoder import is_sam2_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,16 @@ def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32
     return dtype if isinstance(dtype, torch.dtype) else default
 
 
+SAM2_UNPLANNED = ("memory planner: a SAM 2 mask decoder (sam_kind: sam2 or a SAM 2 sam_model) is not modelled yet; "
+                  "measure it with `modlisa bench` instead")
+
+
 def sam_config(cfg: TrainingConfig) -> tuple[SamConfig, torch.dtype]:
     """SAM's config: the tiny random SAM when ``sam_model`` is unset, else the checkpoint's (an original
     segment-anything ``.pth``: read off its shapes, the file memory-mapped)."""
     if not cfg.sam_model:
+        if cfg.sam_kind == "sam2":
+            raise ConfigError(SAM2_UNPLANNED)
         with torch.device("meta"):
             return tiny_sam(cfg.sam_image_size).config, torch.float32
     from modlisa.convert import sam_original
@@ -121,6 +128,8 @@ def sam_config(cfg: TrainingConfig) -> tuple[SamConfig, torch.dtype]:
         path = Path(cfg.sam_model).expanduser()
         return sam_original.sam_config(sam_original.read_original_state(path), str(path))[0], torch.float32
     config = checkpoint_config(cfg.sam_model, "sam_model")
+    if is_sam2_config(config):
+        raise ConfigError(SAM2_UNPLANNED)
     return config, _config_dtype(config)
 
 

@@ -27,7 +27,7 @@ import torch
 from modlisa.bench import flops as flops_mod
 from modlisa.bench.environment import current_rss_gb, environment, load_average
 from modlisa.bench.timing import ComponentTimer, latency_summary, wrap_model
-from modlisa.config import TrainingConfig
+from modlisa.config import ConfigError, TrainingConfig
 from modlisa.engine.meters import peak_memory, reset_peak_memory, synchronize
 from modlisa.engine.task import SegmentationTask
 from modlisa.engine.train import NullTimer
@@ -425,10 +425,14 @@ def _loader_run(c: Any, cfg: TrainingConfig, workers: int, batches: int) -> dict
 
 
 def _plan_beside(cfg: TrainingConfig, device: torch.device, memory: dict[str, Any], arch: Any) -> dict[str, Any]:
-    """The planner's estimate for this run beside the measured peak (RSS on CPU, max allocated on CUDA)."""
+    """The planner's estimate for this run beside the measured peak (RSS on CPU, max allocated on CUDA);
+    ``{"unavailable": reason}`` for a model the planner does not model (a SAM 2 decoder)."""
     from modlisa.bench.memory_plan import estimate
 
-    plan = estimate(cfg, arch, device="cpu" if device.type == "cpu" else "cuda")
+    try:
+        plan = estimate(cfg, arch, device="cpu" if device.type == "cpu" else "cuda")
+    except ConfigError as err:
+        return {"unavailable": str(err), "measured_peak_gb": memory["peak_gb"], "measured_kind": memory["kind"]}
     return {"estimate_gb": plan["estimate_gb"], "measured_peak_gb": memory["peak_gb"],
             "measured_kind": memory["kind"], "ratio_estimate_to_measured":
             plan["estimate_gb"] / memory["peak_gb"] if memory["peak_gb"] else None,

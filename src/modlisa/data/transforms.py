@@ -3,6 +3,10 @@
 - SAM branch (``SamTransform``): resize the longest side to S with PIL bilinear (what SAM's
   ``ResizeLongestSide.apply_image`` does through torchvision on a PIL image), normalise with SAM's
   mean/std on 0-255 RGB, zero-pad bottom/right to S x S.
+- SAM 2 branch (``Sam2Transform``): what transformers' ``Sam2ImageProcessor`` does: resize the whole image to
+  S x S (no aspect ratio kept, no padding) with antialiased bilinear interpolation on the uint8 pixels (torch's
+  native uint8 kernel, as torchvision's ``resize`` runs it on the CPU), then normalise with ImageNet's mean/std
+  on 0-255 RGB.
 - Vision branch (``VisionTransform``): CLIP's preprocessing: resize the shortest side to V with
   PIL bicubic (long side ``int(V * long / short)``), centre crop V x V (top/left offsets
   ``(size - V) // 2``), scale to [0, 1], normalise. Same result as transformers'
@@ -21,6 +25,10 @@ import torch
 from PIL import Image, ImageEnhance
 
 from modlisa.types import CLIP_MEAN, CLIP_STD, SAM_MEAN, SAM_STD
+
+# SAM 2's normalisation (Sam2ImageProcessor: IMAGENET_DEFAULT_MEAN / _STD, on pixels scaled to [0, 1])
+SAM2_MEAN = (0.485, 0.456, 0.406)
+SAM2_STD = (0.229, 0.224, 0.225)
 
 # "left"/"right" at the start of a word: left, right, leftmost, rightmost, left-hand, Right, ...
 _LEFT_RIGHT = re.compile(r"\b(?:left|right)", re.IGNORECASE)
@@ -78,6 +86,35 @@ class SamTransform:
         out = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float32)
         out[:, :new_h, :new_w] = _normalise(resized, SAM_MEAN, SAM_STD)
         return out, (new_h, new_w)
+
+
+class Sam2Transform:
+    """SAM 2 image-encoder input: (H, W, 3) uint8 RGB -> (3, S, S) float32 and resize_hw (S, S).
+
+    The image is stretched to S x S (SAM 2 keeps no aspect ratio and pads nothing, so its masks are resized
+    straight back to (H, W): ``model.sam2_decoder.postprocess_masks``). Same pixels as transformers'
+    ``Sam2ImageProcessor(size={"height": S, "width": S})``'s ``pixel_values``: antialiased bilinear resize of
+    the uint8 image (uint8 result), then ``(x - 255 * mean) / (255 * std)`` in float32.
+    """
+
+    mean = SAM2_MEAN
+    std = SAM2_STD
+
+    def __init__(self, image_size: int = 1024) -> None:
+        if image_size <= 0:
+            raise ValueError(f"Sam2Transform: image_size must be positive, got {image_size}")
+        self.image_size = image_size
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Returns (sam_image (3, S, S) float32, resize_hw (S, S): the whole input is the image)."""
+        _check_rgb_uint8(image, "Sam2Transform")
+        size = self.image_size
+        pixels = torch.tensor(image).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, 3, H, W) uint8, a copy
+        resized = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
+                                                  antialias=True)  # (1, 3, S, S) uint8
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1) * 255.0
+        return (resized[0].to(torch.float32) - mean) / std, (size, size)
 
 
 def _shortest_side_shape(h: int, w: int, target: int) -> tuple[int, int]:
@@ -168,9 +205,9 @@ class Augmenter:
 
 @dataclass
 class ImageProcessors:
-    """The transforms of one model: SAM branch, vision branch, optional training augmentation."""
+    """The transforms of one model: SAM (or SAM 2) branch, vision branch, optional training augmentation."""
 
-    sam: SamTransform
+    sam: SamTransform | Sam2Transform
     vision: VisionTransform
     augmenter: Augmenter | None = None
 

@@ -1,12 +1,13 @@
 """Frozen-SAM embedding cache: compute each image's SAM image embedding once and reuse it.
 
 When the SAM image encoder is frozen and SAM's input is not augmented, the encoder output of an image is
-the same every epoch, and the encoder is most of a step at ``sam_image_size`` 1024. The cache keeps
-embeddings (D, S/16, S/16) in memory (and optionally on disk), keyed by
+the same every epoch, and the encoder is most of a step at ``sam_image_size`` 1024. The cache keeps each
+image's ``ImageFeatures`` (``model/mask_decoder.py``: SAM's (D, S/16, S/16) embedding, or SAM 2's tuple of
+multi-scale features) in memory (and optionally on disk), keyed by
 
 - the SHA-256 of the image FILE content (a changed image never hits a stale entry),
-- the SAM preprocessing (transform class, ``sam_image_size``, SAM mean/std, a format version),
-- a fingerprint of the encoder weights (another SAM checkpoint never hits),
+- the SAM preprocessing (transform class, ``sam_image_size``, its mean/std, a format version),
+- a fingerprint of the encoder weights (``model.sam_image_encoder``; another SAM checkpoint never hits),
 - how the encoder runs (device type, weight dtype, autocast dtype).
 
 It lives in the main process of each rank (DataLoader workers never see it): the key is computed from
@@ -35,8 +36,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
+from modlisa.model.mask_decoder import ImageFeatures, features_nbytes, map_features, stack_features
 from modlisa.types import SAM_MEAN, SAM_STD, Batch
 
 logger = logging.getLogger(__name__)
@@ -75,8 +77,9 @@ def preprocessing_signature(sam_transform: Any) -> str:
     size = getattr(sam_transform, "image_size", None)
     if size is None:
         raise ValueError(f"SAM transform {type(sam_transform).__name__} has no image_size attribute")
+    mean, std = getattr(sam_transform, "mean", SAM_MEAN), getattr(sam_transform, "std", SAM_STD)
     return (f"v{CACHE_FORMAT_VERSION}|{type(sam_transform).__module__}.{type(sam_transform).__qualname__}|"
-            f"size={int(size)}|mean={SAM_MEAN}|std={SAM_STD}")
+            f"size={int(size)}|mean={tuple(mean)}|std={tuple(std)}")
 
 
 def active_dropout(module: nn.Module) -> bool:
@@ -106,10 +109,11 @@ class CacheStats:
 
 
 class SamEmbeddingCache:
-    """Memory (+ optional disk) cache of SAM image embeddings, one (D, h, w) tensor per image key.
+    """Memory (+ optional disk) cache of SAM image features, one entry per image key: a (D, h, w) tensor (SAM)
+    or a tuple of per-level tensors (SAM 2), the batch dimension dropped.
 
     Args:
-        model: the (unwrapped) ModifiedLISA; its ``sam.vision_encoder`` must be frozen.
+        model: the (unwrapped) ModifiedLISA; its ``sam_image_encoder`` must be frozen.
         sam_transform: the SAM-branch transform (``SamTransform``) that made ``batch.sam_images``.
         disk_dir: folder of the on-disk cache (``<key[:2]>/<key>.safetensors``, written atomically), or None.
         store_device: where memory entries live ("cpu" keeps accelerator memory free).
@@ -117,14 +121,14 @@ class SamEmbeddingCache:
 
     def __init__(self, model: nn.Module, sam_transform: Any, *, disk_dir: str | Path | None = None,
                  store_device: str | torch.device = "cpu") -> None:
-        encoder = model.sam.vision_encoder
+        encoder = model.sam_image_encoder
         if any(p.requires_grad for p in encoder.parameters()):
             raise ValueError("SamEmbeddingCache needs a frozen SAM image encoder (freeze_sam: true)")
         self._static = f"{preprocessing_signature(sam_transform)}|enc={encoder_fingerprint(encoder)}"
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self.store_device = torch.device(store_device)
         self.stats = CacheStats()
-        self._memory: dict[str, Tensor] = {}
+        self._memory: dict[str, ImageFeatures] = {}
         self._digests: dict[str, tuple[tuple[int, int, int], str]] = {}
         if self.disk_dir is not None:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +145,7 @@ class SamEmbeddingCache:
         return digest
 
     def _runtime_signature(self, model: nn.Module, device: torch.device) -> str:
-        dtype = next(model.sam.vision_encoder.parameters()).dtype
+        dtype = next(model.sam_image_encoder.parameters()).dtype
         autocast = (str(torch.get_autocast_dtype(device.type)) if torch.is_autocast_enabled(device.type)
                     else "off")
         return f"dev={device.type}|w={dtype}|autocast={autocast}"
@@ -156,25 +160,34 @@ class SamEmbeddingCache:
         assert self.disk_dir is not None
         return self.disk_dir / key[:2] / f"{key}.safetensors"
 
-    def _read_disk(self, key: str) -> Tensor | None:
+    def _read_disk(self, key: str) -> ImageFeatures | None:
+        """The entry of ``key`` on disk: ``embedding`` (one tensor) or ``embedding.0``, ``embedding.1``, ... (a
+        tuple); None when absent or unreadable."""
         if self.disk_dir is None:
             return None
         path = self._disk_path(key)
         if not path.is_file():
             return None
         try:
-            return load_file(str(path))["embedding"]
+            tensors = load_file(str(path))
+            if "embedding" in tensors:
+                return tensors["embedding"]
+            return tuple(tensors[f"embedding.{i}"] for i in range(len(tensors)))
         except (SafetensorError, OSError, KeyError) as err:
             logger.warning("SAM cache: unreadable entry %s (%s); recomputing it", path, err)
             return None
 
-    def _write_disk(self, key: str, embedding: Tensor, image_path: str) -> None:
+    def _write_disk(self, key: str, embedding: ImageFeatures, image_path: str) -> None:
         path = self._disk_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file({"embedding": embedding.contiguous().cpu()}, tmp, metadata={"image": str(image_path)})
+            if isinstance(embedding, tuple):
+                tensors = {f"embedding.{i}": t.contiguous().cpu() for i, t in enumerate(embedding)}
+            else:
+                tensors = {"embedding": embedding.contiguous().cpu()}
+            save_file(tensors, tmp, metadata={"image": str(image_path)})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -182,8 +195,8 @@ class SamEmbeddingCache:
         self.stats.disk_writes += 1
 
     # ------------------------------------------------------------------ lookup
-    def _store(self, key: str, embedding: Tensor) -> None:
-        self._memory[key] = embedding.detach().to(self.store_device).clone()
+    def _store(self, key: str, embedding: ImageFeatures) -> None:
+        self._memory[key] = map_features(lambda t: t.detach().to(self.store_device).clone(), embedding)
 
     @torch.no_grad()
     def _fill(self, model: nn.Module, batch: Batch, keys: list[str]) -> None:
@@ -202,16 +215,17 @@ class SamEmbeddingCache:
         if not first:
             return
         rows = list(first.values())
-        embeddings = model.encode_sam(batch.sam_images[rows])  # (m, D, h, w)
-        for (key, b), embedding in zip(first.items(), embeddings):
+        features = model.encode_sam(batch.sam_images[rows])  # SAM: (m, D, h, w); SAM 2: a tuple of (m, ...)
+        for j, (key, b) in enumerate(first.items()):
+            embedding = map_features(lambda t, j=j: t[j], features)
             self._store(key, embedding)
             if self.disk_dir is not None:
                 self._write_disk(key, embedding, batch.image_paths[b])
         self.stats.misses += len(rows)
 
     def lookup(self, model: nn.Module, batch: Batch,
-               autocast: Callable[[], AbstractContextManager[Any]] | None = None) -> Tensor:
-        """SAM image embeddings (B, D, S/16, S/16) of the batch's images, on ``batch.sam_images``' device.
+               autocast: Callable[[], AbstractContextManager[Any]] | None = None) -> ImageFeatures:
+        """``ImageFeatures`` of the batch's images (SAM: (B, D, S/16, S/16)), on ``batch.sam_images``' device.
 
         ``model`` is the unwrapped ModifiedLISA; ``autocast`` (e.g. ``accelerator.autocast``) is entered
         around the encoder call so it runs exactly as inside the model's forward.
@@ -221,7 +235,7 @@ class SamEmbeddingCache:
             runtime = self._runtime_signature(model, device)
             keys = [self.key(path, runtime) for path in batch.image_paths]
             self._fill(model, batch, keys)
-        return torch.stack([self._memory[k] for k in keys]).to(device)
+        return map_features(lambda t: t.to(device), stack_features([self._memory[k] for k in keys]))
 
     # ------------------------------------------------------------------ info
     def __len__(self) -> int:
@@ -230,7 +244,7 @@ class SamEmbeddingCache:
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the in-memory entries."""
-        return sum(t.numel() * t.element_size() for t in self._memory.values())
+        return sum(features_nbytes(t) for t in self._memory.values())
 
     def summary(self) -> dict[str, Any]:
         """Entries, bytes, hit counters: for logs and bench.json."""
@@ -247,7 +261,7 @@ def cache_disabled_reason(cfg: Any, model: nn.Module, processors: Any) -> str | 
     if cfg.augment or getattr(processors, "augmenter", None) is not None:
         return ("augment is on (flips move pixels and colour jitter changes SAM's input, so an image's "
                 "embedding differs between epochs)")
-    if active_dropout(model.sam.vision_encoder):
+    if active_dropout(model.sam_image_encoder):
         return "the SAM image encoder has active dropout (its output is random in training)"
     return None
 

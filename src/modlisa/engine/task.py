@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from modlisa.engine.prompt_teacher import (
 from modlisa.losses import LossWeights, compute_losses
 from modlisa.metrics import IoUAccumulator
 from modlisa.types import Batch
+
+if TYPE_CHECKING:
+    from modlisa.model.mask_decoder import ImageFeatures
 
 
 def subset_of(is_sentence: bool) -> str:
@@ -72,8 +75,9 @@ class SegmentationTask:
         self.model, self.unwrapped, self.loss_weights = model, unwrapped, loss_weights
         self.sam_cache, self.teacher, self.autocast = sam_cache, teacher, autocast
 
-    def sam_embeddings(self, batch: Batch) -> Tensor | None:
-        """(B, D, S/16, S/16) frozen-SAM embeddings from the cache; None without a cache (the model encodes)."""
+    def sam_embeddings(self, batch: Batch) -> ImageFeatures | None:
+        """Frozen-SAM ``ImageFeatures`` from the cache (SAM: (B, D, S/16, S/16); SAM 2: a tuple); None without a
+        cache (the model encodes)."""
         if self.sam_cache is None:
             return None
         return self.sam_cache.lookup(self.unwrapped, batch, autocast=self.autocast)
@@ -84,7 +88,7 @@ class SegmentationTask:
             return None
         return self.teacher.prompts(batch, self.unwrapped.seg_token_id, global_step)
 
-    def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
+    def forward(self, batch: Batch, sam_embeddings: ImageFeatures | None = None,
                 teacher: Tensor | None = None) -> Any:
         """The model's ``LISAOutput`` for ``batch`` (decoder prompts from ``teacher`` when given)."""
         kwargs: dict[str, Any] = {}

@@ -138,6 +138,9 @@ def apply_adapters(model: nn.Module, cfg: TrainingConfig) -> None:
         model.sam.prompt_encoder.requires_grad_(True)
         model.sam.shared_image_embedding.requires_grad_(True)
     model.sam.mask_decoder.requires_grad_(True)
+    # what makes the image features (SAM 2: also the decoder's conv_s0/conv_s1 and no_memory_embedding) trains
+    # only with freeze_sam false: the frozen-SAM cache keeps those features
+    model.sam_image_encoder.requires_grad_(not cfg.freeze_sam)
     model.text_hidden_fcs.requires_grad_(True)
     if cfg.use_lora:
         _apply_lora(model, cfg)

@@ -2,7 +2,8 @@
 
 Presets (``TrainingConfig.model``):
 
-- ``tiny``: random-initialised CLIP vision tower, Llama LM and SAM from small configs (offline, seconds).
+- ``tiny``: random-initialised CLIP vision tower, Llama LM and SAM (or SAM 2 with ``sam_kind: sam2``) from small
+  configs (offline, seconds).
 - ``smol``: the real SmolLM2-135M LM (``modlisa.model.smol``) with the tiny vision tower and SAM.
 - ``composite``: any CLIP/SigLIP vision model + any causal LM + SAM, by Hugging Face id or local folder,
   joined by a new LLaVA-1.5 ``mlp2x_gelu`` projector.
@@ -30,6 +31,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Sam2Model,
     SamConfig,
     SamMaskDecoderConfig,
     SamModel,
@@ -39,6 +41,8 @@ from transformers import (
 )
 
 from modlisa.config import ConfigError, TrainingConfig
+from modlisa.model.random_init import torch_default_init
+from modlisa.model.sam2_decoder import is_sam2_config, sam2_image_size, single_mask_output, tiny_sam2
 from modlisa.model.tokenizer import add_special_tokens, build_word_tokenizer
 from modlisa.types import CLIP_MEAN, CLIP_STD
 
@@ -64,13 +68,13 @@ class Backbones:
     vision_tower:  (B,3,V,V) -> hidden_states; layer ``vision_feature_layer`` is used, CLS dropped if ``drop_cls``.
     projector:     (B,N,Cv) -> (B,N,h), h = LM hidden size.
     language_model: a causal LM (accepts ``inputs_embeds``), vocabulary resized to the tokenizer.
-    sam:           Hugging Face ``SamModel`` (image encoder, prompt encoder, mask decoder).
+    sam:           Hugging Face ``SamModel`` or ``Sam2Model`` (image encoder, prompt encoder, mask decoder).
     """
 
     vision_tower: PreTrainedModel
     projector: nn.Module
     language_model: PreTrainedModel
-    sam: SamModel
+    sam: SamModel | Sam2Model
     tokenizer: PreTrainedTokenizerBase
     vision_mean: tuple[float, float, float]
     vision_std: tuple[float, float, float]
@@ -129,14 +133,7 @@ def tiny_sam(image_size: int) -> SamModel:
     sam = SamModel(config)
     with torch.no_grad():
         sam.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
-        # Hugging Face's init leaves the SAM image encoder's linear/conv weights at ~1e-10 for these configs, so
-        # its embeddings come out ~1e-20 and masks could not depend on the image; it draws the mask decoder's at
-        # std 0.02, which makes the decoder deaf to its sparse prompt: trained from there it learns "segment every
-        # shape" and never reads the [SEG] prompt, even an oracle one (docs/TRAINING_GUIDE.md, "Does it follow the
-        # query?"). PyTorch's default init for both.
-        for module in [*sam.vision_encoder.modules(), *sam.mask_decoder.modules()]:
-            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                module.reset_parameters()
+    torch_default_init([sam.vision_encoder, sam.mask_decoder])
     return sam
 
 
@@ -167,18 +164,36 @@ def load_pretrained(field: str, name: str, loader: Any, **kwargs: Any) -> Any:
         ) from exc
 
 
-def load_sam(cfg: TrainingConfig) -> SamModel:
-    """SamModel from ``cfg.sam_model`` (HF id or folder, or an original segment-anything ``.pth`` converted on
-    load by ``modlisa.convert.sam_original``), or the tiny random SAM when it is None."""
+def checkpoint_is_sam2(name: str) -> bool:
+    """True when the ``sam_model`` folder / HF id ``name`` holds a SAM 2 config (model_type sam2 / sam2_video)."""
+    return is_sam2_config(load_pretrained("sam_model", name, AutoConfig.from_pretrained))
+
+
+def random_sam(cfg: TrainingConfig) -> SamModel | Sam2Model:
+    """The tiny random mask decoder of ``cfg.sam_kind`` (sam | sam2) at ``cfg.sam_image_size``."""
+    return tiny_sam2(cfg.sam_image_size) if cfg.sam_kind == "sam2" else tiny_sam(cfg.sam_image_size)
+
+
+def load_sam(cfg: TrainingConfig) -> SamModel | Sam2Model:
+    """The mask decoder's model from ``cfg.sam_model``: a ``SamModel`` (HF id or folder, or an original
+    segment-anything ``.pth`` converted on load by ``modlisa.convert.sam_original``) or a ``Sam2Model`` (a folder
+    / HF id whose config's model_type is sam2 or sam2_video); the tiny random one of ``cfg.sam_kind`` when it is
+    None."""
     if not cfg.sam_model:
-        return tiny_sam(cfg.sam_image_size)
+        return random_sam(cfg)
     from modlisa.convert.sam_original import is_original_checkpoint, load_original_sam
 
     if is_original_checkpoint(cfg.sam_model):
         sam = load_original_sam(Path(cfg.sam_model).expanduser())
+    elif checkpoint_is_sam2(cfg.sam_model):
+        sam = single_mask_output(load_pretrained("sam_model", cfg.sam_model, Sam2Model.from_pretrained))
     else:
         sam = load_pretrained("sam_model", cfg.sam_model, SamModel.from_pretrained)
-    expected = sam.config.vision_config.image_size
+    kind = "sam2" if isinstance(sam, Sam2Model) else "sam"
+    if kind != cfg.sam_kind:
+        logger.info("sam_model %s is a %s checkpoint: using the %s decoder (sam_kind only picks the random tiny "
+                    "decoder)", cfg.sam_model, kind.upper(), kind.upper())
+    expected = sam2_image_size(sam) if kind == "sam2" else sam.config.vision_config.image_size
     if expected != cfg.sam_image_size:
         raise ConfigError(f"sam_image_size={cfg.sam_image_size} but SAM model {cfg.sam_model!r} takes "
                           f"{expected}x{expected} inputs; set sam_image_size: {expected}")
@@ -226,8 +241,7 @@ def build_tiny(cfg: TrainingConfig) -> Backbones:
     resize_vocabulary(language_model, tokenizer)
     language_model = _quantized(language_model, cfg)
     projector = VisionProjector(vision.config.hidden_size, language_model.config.hidden_size)
-    return Backbones(vision, projector, language_model, tiny_sam(cfg.sam_image_size), tokenizer,
-                     CLIP_MEAN, CLIP_STD)
+    return Backbones(vision, projector, language_model, random_sam(cfg), tokenizer, CLIP_MEAN, CLIP_STD)
 
 
 def build_smol(cfg: TrainingConfig) -> Backbones:

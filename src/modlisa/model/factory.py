@@ -104,11 +104,13 @@ def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[Traini
 
 
 def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
-    """``ImageProcessors``: SAM branch at ``sam_image_size``, vision branch at ``img_size`` with the tower's stats."""
-    from modlisa.data.transforms import Augmenter, ImageProcessors, SamTransform, VisionTransform
+    """``ImageProcessors``: SAM branch at ``sam_image_size`` (``SamTransform``, or ``Sam2Transform`` for a SAM 2
+    decoder), vision branch at ``img_size`` with the tower's stats."""
+    from modlisa.data.transforms import Augmenter, ImageProcessors, VisionTransform
+    from modlisa.model.mask_decoder import decoder_for
 
     return ImageProcessors(
-        sam=SamTransform(cfg.sam_image_size),
+        sam=decoder_for(parts.sam).transform(cfg.sam_image_size),
         vision=VisionTransform(cfg.img_size, mean=parts.vision_mean, std=parts.vision_std),
         augmenter=Augmenter() if cfg.augment else None,
     )

@@ -4,7 +4,9 @@ Tensors in, tensors out: prompts, tokenisation and image transforms live outside
 training and evaluation, ``modlisa.predictor.Predictor`` for inference on raw images). The model returns
 outputs, never losses. Shapes: B images, Q >= B sequences, L padded token length,
 N image tokens, L' = L + N - 1, h = LM hidden size, D = SAM prompt dim, V = vision input size,
-S = SAM input size, (H, W) original image size.
+S = SAM input size, (H, W) original image size. The mask decoder is SAM or SAM 2 behind one interface
+(``model/mask_decoder.py``): ``encode_sam`` gives an image's ``ImageFeatures`` (SAM: a (B, D, S/16, S/16) tensor;
+SAM 2: a tuple of multi-scale tensors), the decoder turns prompts + one image's features into masks.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedModel, SamModel
+from transformers import GenerationConfig, PreTrainedModel
 
 from modlisa.model import packing
 from modlisa.model.backbones import Backbones
+from modlisa.model.mask_decoder import ImageFeatures, decoder_for, features_at
 from modlisa.model.seg import (
-    decode_masks,
     expand_image_tokens,
     image_token_positions,
     rows_to_images,
@@ -89,7 +91,7 @@ class ModifiedLISA(nn.Module):
         vision_tower: CLIP/SigLIP vision model; hidden state ``vision_feature_layer`` feeds the projector.
         projector: (B, N, Cv) -> (B, N, h).
         language_model: causal LM accepting ``inputs_embeds`` (possibly wrapped by peft later).
-        sam: Hugging Face ``SamModel``.
+        sam: Hugging Face ``SamModel`` or ``Sam2Model``: the mask decoder (its kind: ``self.seg_decoder``).
         seg_token_id, image_token_id: ids of ``[SEG]`` and ``<image>`` in the tokenizer.
         vision_image_size: V, the vision tower's input size (positions are interpolated when it differs
             from the tower's own size).
@@ -100,7 +102,7 @@ class ModifiedLISA(nn.Module):
         vision_tower: PreTrainedModel,
         projector: nn.Module,
         language_model: PreTrainedModel,
-        sam: SamModel,
+        sam: nn.Module,
         *,
         seg_token_id: int,
         image_token_id: int,
@@ -113,8 +115,9 @@ class ModifiedLISA(nn.Module):
         self.projector = projector
         self.language_model = language_model
         self.sam = sam
+        self.seg_decoder = decoder_for(sam)  # stateless: every call passes self.sam
         hidden = language_model.config.get_text_config().hidden_size
-        prompt_dim = sam.config.mask_decoder_config.hidden_size
+        prompt_dim = self.seg_decoder.prompt_dim(sam)
         self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
                                              nn.Linear(hidden, prompt_dim))
         self.seg_token_id = int(seg_token_id)
@@ -122,7 +125,7 @@ class ModifiedLISA(nn.Module):
         self.vision_image_size = int(vision_image_size)
         self.vision_feature_layer = vision_feature_layer
         self.drop_cls = drop_cls
-        self.sam_image_size = int(sam.config.vision_config.image_size)
+        self.sam_image_size = self.seg_decoder.image_size(sam)
         self.conversation = ConversationFormat()  # how its prompts are rendered (set by build_model)
         self.random_init_prefixes: tuple[str, ...] = ()  # frozen random parts (model/random_init.py)
         self.pack_queries = False  # one LM sequence per image in forward (model/packing.py; set by build_model)
@@ -189,10 +192,15 @@ class ModifiedLISA(nn.Module):
             features = features[:, 1:]
         return self.projector(features.to(_dtype(self.projector)))
 
-    def encode_sam(self, sam_images: Tensor) -> Tensor:
-        """(B, 3, S, S) SAM-normalised images -> (B, D, S/16, S/16) SAM image embeddings."""
-        encoder = self.sam.vision_encoder
-        return encoder(pixel_values=sam_images.to(_dtype(encoder))).last_hidden_state
+    def encode_sam(self, sam_images: Tensor) -> ImageFeatures:
+        """(B, 3, S, S) SAM-normalised images -> their ``ImageFeatures``: SAM's (B, D, S/16, S/16) image
+        embeddings, or SAM 2's tuple of multi-scale features (``model/sam2_decoder.py``)."""
+        return self.seg_decoder.encode(self.sam, sam_images)
+
+    @property
+    def sam_image_encoder(self) -> nn.Module:
+        """The parts of ``self.sam`` that make ``encode_sam``'s output (frozen with ``freeze_sam``)."""
+        return self.seg_decoder.encoder(self.sam)
 
     def project_seg(self, seg_hidden: Tensor) -> Tensor:
         """(K, h) [SEG] hidden states -> (K, D) SAM prompt embeddings."""
@@ -213,12 +221,12 @@ class ModifiedLISA(nn.Module):
                                                        labels)
         return embeds, mask, new_labels, image_pos
 
-    def forward(self, batch: Batch, sam_embeddings: Tensor | None = None,
+    def forward(self, batch: Batch, sam_embeddings: ImageFeatures | None = None,
                 decoder_prompts: Tensor | None = None, image_features: Tensor | None = None) -> LISAOutput:
         """Teacher-forced pass over a collated batch.
 
-        ``sam_embeddings`` (B, D, S/16, S/16) may be passed from a cache of frozen-SAM embeddings; else they
-        are computed from ``batch.sam_images``.
+        ``sam_embeddings`` (``ImageFeatures`` of the B images, e.g. SAM's (B, D, S/16, S/16)) may be passed from
+        a cache of frozen-SAM embeddings; else they are computed from ``batch.sam_images``.
         ``image_features`` (B, N, h) may be passed as ``encode_images(batch.vision_images)`` computed earlier
         (a ``Predictor`` encodes its image once for many queries); else they are computed here.
         ``decoder_prompts`` (K, D), one per [SEG] in row then position order: what the mask decoder reads
@@ -292,38 +300,38 @@ class ModifiedLISA(nn.Module):
             return packing.unpack(logits, plan), labels, seg_hidden
         return logits, packed, seg_hidden
 
-    def predict_teacher_forced(self, batch: Batch, sam_embeddings: Tensor | None = None) -> LISAOutput:
+    def predict_teacher_forced(self, batch: Batch, sam_embeddings: ImageFeatures | None = None) -> LISAOutput:
         """Evaluation protocol of LISA (answer "[SEG]." given in the input): the same as ``forward``."""
         return self.forward(batch, sam_embeddings)
 
     def _decode_per_image(self, seg_prompts: Tensor, seg_counts: Tensor, batch: Batch,
-                          sam_embeddings: Tensor) -> list[Tensor]:
+                          sam_embeddings: ImageFeatures) -> list[Tensor]:
         """Split (K, D) prompts by image (rows offsets[b]:offsets[b+1]) and decode each image's masks."""
         offsets = batch.offsets.tolist()
         per_image = [int(seg_counts[offsets[b]:offsets[b + 1]].sum()) for b in range(len(offsets) - 1)]
         chunks = torch.split(seg_prompts, per_image)
-        return [decode_masks(self.sam, chunk, sam_embeddings[b], tuple(batch.resize_hw[b]),
-                             tuple(batch.original_hw[b]), self.sam_image_size)
+        return [self.seg_decoder.decode(self.sam, chunk, features_at(sam_embeddings, b), tuple(batch.resize_hw[b]),
+                                    tuple(batch.original_hw[b]))
                 for b, chunk in enumerate(chunks)]
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, image_features: Tensor, sam_embeddings: Tensor,
+    def generate(self, input_ids: Tensor, image_features: Tensor, sam_embeddings: ImageFeatures,
                  resize_hw: tuple[int, int], original_hw: tuple[int, int], *, max_new_tokens: int = 32,
                  eos_token_id: int | None = None, pad_token_id: int | None = None) -> tuple[Tensor, Tensor]:
         """Answer one prompt about one image by greedy decoding; decode one mask per generated [SEG].
 
         input_ids:      (1, L) int64 prompt holding one image token, ending where the answer starts.
         image_features: (1, N, h) ``encode_images`` of the image's (1, 3, V, V) vision input.
-        sam_embeddings: (1, D, S/16, S/16) ``encode_sam`` of the image's (1, 3, S, S) SAM input.
+        sam_embeddings: ``encode_sam`` of the image's (1, 3, S, S) SAM input (SAM: (1, D, S/16, S/16)).
         resize_hw:      (h', w') of the image inside the SAM input, before padding; original_hw: (H, W).
         Returns ``(new_ids, masks)``: new_ids (T,) int64, the generated tokens (the EOS included when reached,
         T <= max_new_tokens); masks (n, H, W) float32 logits, n = the number of [SEG] in new_ids. Call in eval
         mode (``modlisa.predictor.Predictor`` does).
         """
         new_ids, seg_hidden = self._greedy(input_ids, image_features, max_new_tokens, eos_token_id, pad_token_id)
-        masks = decode_masks(self.sam, self.project_seg(seg_hidden), sam_embeddings[0], tuple(resize_hw),
-                             tuple(original_hw), self.sam_image_size)
+        masks = self.seg_decoder.decode(self.sam, self.project_seg(seg_hidden), features_at(sam_embeddings, 0),
+                                    tuple(resize_hw), tuple(original_hw))
         return new_ids, masks
 
     def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,

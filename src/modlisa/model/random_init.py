@@ -94,3 +94,19 @@ def load_frozen_random_file(model: nn.Module, folder: str | Path) -> int:
     if not path.is_file():
         return 0
     return load_frozen_random(model, read_safetensors(path), str(path))
+
+
+def torch_default_init(parts: list[nn.Module]) -> None:
+    """PyTorch's default init for every Linear / Conv2d / ConvTranspose2d under ``parts`` (in place).
+
+    Hugging Face's init leaves the SAM image encoder's linear/conv weights at ~1e-10 for the tiny configs, so
+    its embeddings come out ~1e-20 and masks could not depend on the image; it draws the mask decoder's at
+    std 0.02, which makes the decoder deaf to its sparse prompt: trained from there it learns "segment every
+    shape" and never reads the [SEG] prompt, even an oracle one (docs/TRAINING_GUIDE.md, "Does it follow the
+    query?"). Used for the image encoder and mask decoder of the tiny SAM and SAM 2.
+    """
+    with torch.no_grad():
+        for part in parts:
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                    module.reset_parameters()

@@ -5,7 +5,7 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
     out_dir/
       language_model/            save_pretrained of the LM, LoRA merged, [SEG] rows folded, + tokenizer
       vision_tower/              save_pretrained of the vision tower + preprocessor_config.json (mean/std)
-      sam/                       save_pretrained of the SamModel (trained mask decoder included)
+      sam/                       save_pretrained of the SamModel or Sam2Model (trained mask decoder included)
       modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
       modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
       modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats,
@@ -126,7 +126,8 @@ def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
         use_quantization=False, quantization_bits=_DEFAULTS["quantization_bits"],  # the export's LM is de-quantised
         # LoRA is merged: its options go back to their defaults (set while use_lora is false = a config error)
         **{f: _DEFAULTS[f] for f in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")},
-        img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size), **EXPORT_PATHS,
+        img_size=int(model.vision_image_size), sam_image_size=int(model.sam_image_size),
+        sam_kind=model.seg_decoder.kind, **EXPORT_PATHS,
     )
 
 

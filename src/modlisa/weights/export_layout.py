@@ -36,7 +36,8 @@ HUB_FORMAT_VERSION = 1  # of config.json; a newer one is refused with a message
 HUB_POINTERS = {"language_model": "language_model", "vision_tower": "vision_tower", "sam": "sam",
                 "heads": HEADS_FILE, "training_config": CONFIG_FILE, "export_info": EXPORT_INFO_FILE}
 # the model settings an export fixes for ``init_from`` (the rest of a run's config stays the run's)
-INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "llava_model", "img_size", "sam_image_size",
+INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "sam_kind", "llava_model", "img_size",
+               "sam_image_size",
                "use_mm_start_end", "use_chat_template", "projector")
 
 
