@@ -306,7 +306,7 @@ def _looks_local(value: str) -> bool:
 def _check_mixture(cfg: TrainingConfig) -> None:
     """``dataset`` names known kinds (each once), ``sample_rates`` one positive weight per kind, every kind's
     datasets are known names."""
-    from modlisa.data.sources import DATASET_NAMES, KINDS, REASON_SEG, mixture_kinds
+    from modlisa.data.sources import DATASET_NAMES, KINDS, REASON_SEG, mixture_kinds, parse_rates
 
     kinds = mixture_kinds(cfg.dataset)
     unknown = [k for k in kinds if k not in KINDS]
@@ -314,8 +314,6 @@ def _check_mixture(cfg: TrainingConfig) -> None:
         raise ConfigError(f"dataset {cfg.dataset!r}: give each of {', '.join(KINDS)} at most once, '||'-separated "
                           "(LISA: sem_seg||refer_seg||vqa||reason_seg)")
     if cfg.sample_rates.strip():
-        from modlisa.data.mixture import parse_rates
-
         try:
             parse_rates(cfg.sample_rates, len(kinds))
         except ValueError as err:

@@ -41,7 +41,7 @@ from modlisa.data.dataset import (
     make_sample,
 )
 from modlisa.data.reasonseg import DataError, load_image_rgb
-from modlisa.data.sources import KINDS, REASON_SEG, REFER_SEG, SEM_SEG, VQA, Draw, Source
+from modlisa.data.sources import KINDS, REASON_SEG, REFER_SEG, SEM_SEG, VQA, Draw, Source, parse_rates
 from modlisa.types import Sample
 
 MIXTURE_STREAM = 2  # the item_seed stream of the mixture's draws (0: ReasonSeg dialogue, 1: augmentation)
@@ -189,17 +189,6 @@ def _draw_usable(source: Source, rng: random.Random, max_targets: int) -> Draw:
 
 
 # --------------------------------------------------------------------------- from the configuration
-
-
-def parse_rates(value: str, count: int) -> list[float]:
-    """LISA's "9,3,3,1" sampling rates: ``count`` positive numbers (ValueError otherwise)."""
-    try:
-        rates = [float(x) for x in str(value).split(",") if x.strip()]
-    except ValueError as err:
-        raise ValueError(f"sample_rates {value!r}: not a comma-separated list of numbers") from err
-    if len(rates) != count or any(not r > 0 for r in rates):
-        raise ValueError(f"sample_rates {value!r}: needs {count} positive number(s), one per dataset kind")
-    return rates
 
 
 def configured_shares(config: dict[str, Any]) -> dict[str, float]:

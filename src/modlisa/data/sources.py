@@ -39,6 +39,17 @@ def mixture_kinds(value: str) -> list[str]:
     return [name.strip() for name in str(value).split("||") if name.strip()]
 
 
+def parse_rates(value: str, count: int) -> list[float]:
+    """LISA's "9,3,3,1" sampling rates: ``count`` positive numbers (ValueError otherwise)."""
+    try:
+        rates = [float(x) for x in str(value).split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"sample_rates {value!r}: not a comma-separated list of numbers") from err
+    if len(rates) != count or any(not r > 0 for r in rates):
+        raise ValueError(f"sample_rates {value!r}: needs {count} positive number(s), one per dataset kind")
+    return rates
+
+
 @dataclass
 class Draw:
     """One training item of a source: an image and its n targets (n >= 1), or a text-only conversation.

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from modlisa.config import ConfigError, TrainingConfig, infer_sources, save_config
 from modlisa.data.collate import check_max_length, make_collate_fn
 from modlisa.data.dataset import ReasonSegDataset
-from modlisa.data.mixture import MixtureDataset, MixturePart, build_source, parse_rates
-from modlisa.data.sources import REASON_SEG, mixture_kinds
+from modlisa.data.mixture import MixtureDataset, MixturePart, build_source
+from modlisa.data.sources import REASON_SEG, mixture_kinds, parse_rates
 from modlisa.engine import checkpoint as ckpt
 from modlisa.engine.backends import check_accumulation, launched_backend, make_accelerator
 from modlisa.engine.prompt_teacher import BagOfWordsPrompt, idf_weights
