@@ -263,3 +263,26 @@ def test_lisa_mixture_of_every_kind_trains_and_counts(roots, lisa_dataset_dir, t
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if v is not None}))
     assert main(["check-data", "--config", str(config), "--no_progress"]) == 0
+
+
+def test_demo_mixture_config_trains_on_its_synthetic_data(tmp_path):
+    """configs/demo_mixture.yaml as scripts/demo_mixture.sh runs it (its make-data steps, smaller), for 3 steps."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "configs" / "demo_mixture.yaml").read_text())
+    root = tmp_path / "demo_mixture"
+    common = ["--seed", "0", "--image_size", "64", "--no_progress"]
+    assert main(["make-data", str(root / "reason_seg" / "ReasonSeg"), *common, "--num_train", "6", "--num_val", "2",
+                 "--num_test", "2"]) == 0
+    assert main(["make-data", str(root / "refer_seg"), "--format", "refcoco", *common, "--num_train", "4",
+                 "--num_val", "2", "--num_test", "1"]) == 0
+    assert main(["make-data", str(root), "--format", "llava_instruct", *common, "--num_train", "4"]) == 0
+    assert cfg["data_root"].startswith(cfg["dataset_dir"])  # the script's layout: everything under dataset_dir
+    assert main(["train", "--config", str(repo / "configs" / "demo_mixture.yaml"),
+                 "--data_root", str(root / "reason_seg" / "ReasonSeg"), "--dataset_dir", str(root),
+                 "--output_dir", str(tmp_path / "run"), "--img_size", "64", "--sam_image_size", "64",
+                 "--num_epochs", "1", "--steps_per_epoch", "3", "--batch_size", "2"]) == 0
+    record = json.loads((tmp_path / "run" / "outputs" / "metrics_epoch_1.json").read_text())
+    assert set(record["train"]["datasets"]) == {"refcoco", "llava_instruct", "reason_seg"}
+    assert sum(d["images"] for d in record["train"]["datasets"].values()) == 6
