@@ -265,7 +265,7 @@ def test_lisa_mixture_of_every_kind_trains_and_counts(roots, lisa_dataset_dir, t
     assert main(["check-data", "--config", str(config), "--no_progress"]) == 0
 
 
-def test_demo_mixture_config_trains_on_its_synthetic_data(tmp_path):
+def test_demo_mixture_config_trains_on_its_synthetic_data(tmp_path, capsys):
     """configs/demo_mixture.yaml as scripts/demo_mixture.sh runs it (its make-data steps, smaller), for 3 steps."""
     import yaml
 
@@ -282,7 +282,10 @@ def test_demo_mixture_config_trains_on_its_synthetic_data(tmp_path):
     assert main(["train", "--config", str(repo / "configs" / "demo_mixture.yaml"),
                  "--data_root", str(root / "reason_seg" / "ReasonSeg"), "--dataset_dir", str(root),
                  "--output_dir", str(tmp_path / "run"), "--img_size", "64", "--sam_image_size", "64",
-                 "--num_epochs", "1", "--steps_per_epoch", "3", "--batch_size", "2"]) == 0
+                 "--num_epochs", "1", "--steps_per_epoch", "3", "--batch_size", "2", "--log_every_steps", "1"]) == 0
+    step_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1 step")]
+    assert len(step_lines) == 3 and all("(ce " in line for line in step_lines)  # per-dataset images and losses
+    assert any("reason_seg " in line or "refcoco " in line for line in step_lines)
     record = json.loads((tmp_path / "run" / "outputs" / "metrics_epoch_1.json").read_text())
     assert set(record["train"]["datasets"]) == {"refcoco", "llava_instruct", "reason_seg"}
     assert sum(d["images"] for d in record["train"]["datasets"].values()) == 6

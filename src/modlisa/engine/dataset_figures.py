@@ -93,6 +93,11 @@ def summarise(sums: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 
 def step_line_counts(sums: dict[str, float]) -> str:
-    """The step line's mixture part: each dataset's images so far this epoch, e.g. ``ade20k 12 | refcoco 4``."""
-    names = sorted({key.rsplit("/", 1)[0] for key in sums})
-    return " | ".join(f"{n} {int(sums.get(f'{n}/images', 0.0))}" for n in names)
+    """The step line's mixture part: each dataset's images so far this epoch and its running CE / mask Dice,
+    e.g. ``ade20k 12 (ce 0.41 dice 0.80) | llava_instruct 5 (ce 0.77)``."""
+    parts = []
+    for name, figures in summarise(sums).items():
+        losses = " ".join(f"{label} {figures[key]:.2f}" for key, label in (("ce", "ce"), ("mask_dice", "dice"))
+                          if figures[key] is not None)
+        parts.append(f"{name} {figures['images']}" + (f" ({losses})" if losses else ""))
+    return " | ".join(parts)
