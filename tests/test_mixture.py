@@ -206,6 +206,11 @@ def test_bad_mixture_configs_are_clear_errors(roots, tmp_path, overrides, messag
         cfg.validate()
 
 
+def test_one_kind_ignores_the_sample_rates_of_a_mixture_config(roots, tmp_path):
+    """lisa7b.yaml's 9,3,3,1 with `--dataset reason_seg` (the "(ft)" stage) is valid: one kind needs no rate."""
+    replace(_config(roots, tmp_path / "x"), dataset="reason_seg", sample_rates="9,3,3,1").validate()
+
+
 def test_rng_of_refer_source_is_the_only_randomness(roots):
     source = ReferSegSource(roots["dataset"], "refcoco")
     a = source.draw(0, random.Random(5), 2)

@@ -41,7 +41,7 @@ class TrainingConfig:
     dataset: str = _f("reason_seg", "LISA's --dataset: the kinds of the training mixture, '||'-separated, from "
                                     "sem_seg, refer_seg, vqa, reason_seg (docs/DATA.md, 'The training mixture')")
     sample_rates: str = _f("", "LISA's --sample_rates: one sampling weight per kind of `dataset`, comma-separated "
-                               "(LISA: 9,3,3,1); empty: equal weights")
+                               "(LISA: 9,3,3,1); empty: equal weights; not used when `dataset` names one kind")
     dataset_dir: str | None = _f(None, "LISA's dataset folder (ade20k/, cocostuff/, vlpart/, coco/, refer_seg/, "
                                        "llava_dataset/): needed when `dataset` names more than reason_seg")
     sem_seg_data: str = _f("ade20k||cocostuff||pascal_part||paco_lvis", "LISA's --sem_seg_data: the sem_seg datasets")
@@ -313,7 +313,7 @@ def _check_mixture(cfg: TrainingConfig) -> None:
     if not kinds or unknown or len(set(kinds)) != len(kinds):
         raise ConfigError(f"dataset {cfg.dataset!r}: give each of {', '.join(KINDS)} at most once, '||'-separated "
                           "(LISA: sem_seg||refer_seg||vqa||reason_seg)")
-    if cfg.sample_rates.strip():
+    if cfg.sample_rates.strip() and len(kinds) > 1:  # one kind: its rate is moot (e.g. lisa7b.yaml --dataset reason_seg)
         try:
             parse_rates(cfg.sample_rates, len(kinds))
         except ValueError as err:

@@ -201,8 +201,8 @@ def configured_shares(config: dict[str, Any]) -> dict[str, float]:
     if kinds == [REASON_SEG]:
         return {}
     try:
-        rates = parse_rates(config["sample_rates"], len(kinds)) if str(config.get("sample_rates") or "").strip() \
-            else [1.0] * len(kinds)
+        rates = parse_rates(config["sample_rates"], len(kinds)) \
+            if str(config.get("sample_rates") or "").strip() and len(kinds) > 1 else [1.0] * len(kinds)
     except ValueError:
         return {}
     total, out = sum(rates), {}

@@ -87,7 +87,8 @@ def build_mixture(cfg: TrainingConfig, reason: ReasonSegDataset | None) -> Mixtu
     """The training mixture of ``cfg.dataset`` with its ``sample_rates`` (data/mixture.py); its sources read their
     indexes now (a missing file stops the run here, naming it)."""
     kinds = mixture_kinds(cfg.dataset)
-    rates = parse_rates(cfg.sample_rates, len(kinds)) if cfg.sample_rates.strip() else [1.0] * len(kinds)
+    rates = parse_rates(cfg.sample_rates, len(kinds)) if cfg.sample_rates.strip() and len(kinds) > 1 \
+        else [1.0] * len(kinds)
     parts = []
     for kind, rate in zip(kinds, rates):
         if kind == REASON_SEG:

@@ -196,7 +196,8 @@ class Trainer:
         self.stats = EpochStats()
         self.acc = IoUAccumulator(subsets=("short", "long"))
         # a mixture's datasets: per-dataset counts and losses are kept for them (none for ReasonSeg alone)
-        self.dataset_names: list[str] = list(getattr(parts.train_set, "dataset_names", lambda: [])())
+        names = getattr(getattr(parts, "train_set", None), "dataset_names", None)
+        self.dataset_names: list[str] = list(names()) if callable(names) else []
         self.trackers = Trackers(None, parts.paths.outputs, {})  # opened by ``fit`` (``report_to``)
         teacher = None
         if parts.prompt_teacher is not None:
