@@ -1,0 +1,258 @@
+"""The vlm preset on tiny random Qwen2.5-VL, Qwen3-VL and Idefics3 (SmolVLM) checkpoints: the [SEG] gather, the
+processor's image tokens and M-RoPE positions (equal to the model's own pipeline), a training step, teacher and
+generated answers, export + reload."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from inference_helpers import ScriptedHead  # noqa: E402
+from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
+from modlisa.data import prompts  # noqa: E402
+from modlisa.data.collate import collate_samples  # noqa: E402
+from modlisa.model.adapters import trainable_parameter_names  # noqa: E402
+from modlisa.model.factory import build_model  # noqa: E402
+from modlisa.model.vlm_family import qwen_patchify  # noqa: E402
+from modlisa.predictor import Predictor  # noqa: E402
+from modlisa.types import SEG_TOKEN, Batch  # noqa: E402
+from test_model import make_samples, toy_loss  # noqa: E402
+from vlm_fixtures import VLM_IMG, VLM_KINDS, save_tiny_vlm  # noqa: E402
+
+SAM = 64
+
+
+def vlm_cfg(folder: str, kind: str, **overrides) -> TrainingConfig:
+    values = {"model": "vlm", "vlm_model": folder, "img_size": VLM_IMG[kind], "sam_image_size": SAM,
+              "sam_kind": "sam2", **overrides}
+    return TrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("vlm")
+    return {kind: save_tiny_vlm(kind, base / kind) for kind in VLM_KINDS}
+
+
+@pytest.fixture(scope="module")
+def built(folders):
+    torch.set_num_threads(1)
+    return {kind: build_model(vlm_cfg(folders[kind], kind)) for kind in VLM_KINDS}
+
+
+def _batch(model, processors, rows: list[list[int]], mask: list[list[int]], images: list[np.ndarray],
+           offsets: list[int]) -> Batch:
+    ids = torch.tensor(rows)
+    sams = [processors.sam(im) for im in images]
+    return Batch(sam_images=torch.stack([s for s, _ in sams]),
+                 vision_images=torch.stack([processors.vision(im) for im in images]), input_ids=ids,
+                 attention_mask=torch.tensor(mask), labels=torch.full_like(ids, -100), offsets=torch.tensor(offsets),
+                 masks=[torch.zeros(1, *im.shape[:2]) for im in images], resize_hw=[hw for _, hw in sams],
+                 original_hw=[im.shape[:2] for im in images], image_paths=["a"] * len(images),
+                 queries=["x"] * len(rows), is_sentence=[False] * len(rows))
+
+
+def _native(model, kind: str, ids: torch.Tensor, mask: torch.Tensor, crops: list[np.ndarray]):
+    """The checkpoint's own pipeline, no modlisa code: its image processor's pixels, its forward's splice and
+    (Qwen) its own M-RoPE positions from mm_token_type_ids + image_grid_thw."""
+    vlm = model.vlm
+    if kind == "idefics3":
+        pixels = model.image_processor(images=[[c] for c in crops], return_tensors="pt")
+        return vlm(input_ids=ids, attention_mask=mask, pixel_values=pixels["pixel_values"],
+                   pixel_attention_mask=pixels["pixel_attention_mask"], output_hidden_states=True, use_cache=False)
+    pixels = model.image_processor(images=crops, return_tensors="pt")
+    return vlm(input_ids=ids, attention_mask=mask, pixel_values=pixels["pixel_values"],
+               image_grid_thw=pixels["image_grid_thw"], mm_token_type_ids=(ids == vlm.config.image_token_id).int(),
+               output_hidden_states=True, use_cache=False)
+
+
+class PositionNorm(torch.nn.Module):
+    """Stand-in final norm: the state at (row q, expanded position t) is 1000 q + t in every channel."""
+
+    def forward(self, hidden):
+        q, length, h = hidden.shape
+        index = (torch.arange(length)[None, :, None] + 1000 * torch.arange(q)[:, None, None]).to(hidden.dtype)
+        return index.expand(q, length, h) + 0 * hidden
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+def test_seg_gather_is_the_state_before_each_seg_and_equals_the_models_own_pipeline(built, kind):
+    model, tokenizer, processors = built[kind]
+    model.eval()
+    n = model.num_image_tokens
+    assert n == 4
+    img, seg = model.image_token_id, model.seg_token_id
+    rows = [[5, 6, img, 7, 8, seg, 10],            # image 0: image token at 2, one [SEG]
+            [img, 7, seg, 8, seg, 9, 0],           # image 0: image token at 0, two [SEG]s, padding
+            [5, 6, 7, 8, img, seg, 0]]             # image 1: image token at 4, one [SEG], padding
+    mask = [[1] * 7, [1] * 6 + [0], [1] * 6 + [0]]
+    size = VLM_IMG[kind]
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)]  # V x V: no resize, no crop
+    batch = _batch(model, processors, rows, mask, crops, [0, 2, 3])
+    # 1. the read positions: (j - 1) + (N - 1) after the image, in the expanded rows
+    text_model = model.vlm.get_submodule(model.family.lm_prefix)
+    norm, text_model.norm = text_model.norm, PositionNorm()
+    try:
+        with torch.no_grad():
+            out = model(batch)
+    finally:
+        text_model.norm = norm
+    expected = [0 * 1000 + (5 - 1) + (n - 1), 1000 + (2 - 1) + (n - 1), 1000 + (4 - 1) + (n - 1),
+                2000 + (5 - 1) + (n - 1)]
+    assert out.seg_embeddings[:, 0].tolist() == expected
+    assert out.seg_counts.tolist() == [1, 2, 1] and out.labels.shape == (3, 7 + n - 1)
+    # 2. the same rows through the checkpoint's own pipeline: the same logits and [SEG] states
+    with torch.no_grad():
+        ours = model(batch)
+        ids = torch.tensor(rows)
+        image_pos = (ids == img).int().argmax(1)
+        expanded = torch.stack([torch.cat([r[:p], torch.full((n,), model.model_image_token_id), r[p + 1:]])
+                                for r, p in zip(ids, image_pos)])
+        full_mask = torch.stack([torch.cat([m[:p], torch.ones(n, dtype=m.dtype), m[p + 1:]])
+                                 for m, p in zip(torch.tensor(mask), image_pos)])
+        native = _native(model, kind, expanded, full_mask, [crops[0], crops[0], crops[1]])
+    real = full_mask.bool()
+    assert torch.allclose(ours.logits[real], native.logits[real], atol=1e-5)
+    read_rows = torch.tensor([0, 1, 1, 2])
+    read_pos = torch.tensor(expected) - 1000 * read_rows
+    assert torch.allclose(ours.seg_embeddings, native.hidden_states[-1][read_rows, read_pos], atol=1e-5)
+    # the state read is the one whose logits predict [SEG]
+    head = model.vlm.get_output_embeddings()
+    assert torch.allclose(head(ours.seg_embeddings), ours.logits[read_rows, read_pos], atol=1e-5)
+    if kind != "idefics3":  # M-RoPE: modlisa's explicit positions are the model's own
+        token_type = (expanded == model.model_image_token_id).int()
+        side = size // model.vlm.config.vision_config.patch_size
+        grid = torch.tensor([[1, side, side]] * 3)  # what the image processor gives for a V x V image
+        theirs, _ = model.vlm.model.get_rope_index(expanded, mm_token_type_ids=token_type, image_grid_thw=grid,
+                                                   attention_mask=full_mask)
+        assert torch.equal(model.position_ids(expanded, full_mask), theirs)
+        assert theirs.shape == (3, 3, 7 + n - 1)
+    model.train()
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_patchify_is_the_image_processors(built, kind):
+    model, _, processors = built[kind]
+    size = VLM_IMG[kind]
+    crop = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    vision = model.vlm.config.vision_config
+    ours = qwen_patchify(processors.vision(crop)[None], vision.patch_size, vision.spatial_merge_size,
+                         vision.temporal_patch_size)
+    theirs = model.image_processor(images=[crop], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+def test_training_step_reaches_lora_seg_row_and_decoder_only(built, kind):
+    model, tokenizer, processors = built[kind]
+    names = set(trainable_parameter_names(model))
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all(f".{model.family.lm_prefix}." in n for n in lora)  # never the vision tower's q/v
+    assert {n.split(".")[-4] for n in lora} == {"q_proj", "v_proj"}
+    assert not any(n.startswith(("vision_tower.", "projector.")) for n in names)
+    batch = collate_samples(make_samples(processors), tokenizer, 512, model.conversation)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    loss = toy_loss(model(batch), batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert any("lora_B" in n for n in changed) and any(n.startswith("text_hidden_fcs.") for n in changed)
+    assert any(".delta" in n for n in changed)  # the [SEG] row (train_embeddings: seg_row)
+    assert any(n.startswith("sam.mask_decoder.") for n in changed)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+def test_teacher_and_generation_agree_with_teacher_forcing(built, kind):
+    model, tokenizer, processors = built[kind]
+    image = np.random.default_rng(3).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    predictor = Predictor(model, tokenizer, processors)
+    predictor.set_image(image)
+    teacher = predictor.predict("the red circle", is_sentence=False, mode="teacher")
+    assert teacher.logits.shape == (1, 45, 61)
+    vlm = model.vlm
+    head = vlm.get_output_embeddings()
+    script = [tokenizer.convert_tokens_to_ids(t) for t in [SEG_TOKEN, "Ġ", SEG_TOKEN, tokenizer.eos_token]]
+    vlm.set_output_embeddings(ScriptedHead(head, script))
+    try:
+        result = predictor.predict("the red circle", is_sentence=False)
+    finally:
+        vlm.set_output_embeddings(head)
+    assert result.text == f"{SEG_TOKEN} {SEG_TOKEN}" and result.logits.shape == (2, 45, 61)
+    # teacher forcing the prompt + the generated answer gives the same masks (KV-cache steps vs one pass)
+    prompt, _ = prompts.format_conversation(prompts.eval_question("the red circle", False), None, tokenizer,
+                                            model.conversation)
+    ids = tokenizer(prompt)["input_ids"] + tokenizer(result.text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ids])
+    sam_image, resize_hw = processors.sam(image)
+    batch = Batch(sam_images=sam_image[None], vision_images=processors.vision(image)[None], input_ids=ids,
+                  attention_mask=torch.ones_like(ids), labels=torch.full_like(ids, -100), offsets=torch.tensor([0, 1]),
+                  masks=[torch.zeros(2, 45, 61)], resize_hw=[resize_hw], original_hw=[(45, 61)], image_paths=["x"],
+                  queries=["q"], is_sentence=[False])
+    model.eval()
+    with torch.no_grad():
+        forced = model(batch)
+    model.train()
+    assert forced.seg_counts.tolist() == [2]
+    assert torch.allclose(forced.pred_masks[0], result.logits, atol=1e-4)
+
+
+def test_bad_vlm_inputs_name_the_value(tmp_path, folders):
+    from modlisa.model.backbones import tiny_sam
+
+    sam = tmp_path / "sam"
+    tiny_sam(64).save_pretrained(sam)  # a folder whose model is not image-text-to-text
+    with pytest.raises(ConfigError, match="vlm_model .*model_type 'sam'"):
+        build_model(TrainingConfig(model="vlm", vlm_model=str(sam), img_size=56, sam_image_size=SAM))
+    with pytest.raises(ConfigError, match="img_size=60: .* multiple of 28"):
+        build_model(vlm_cfg(folders["qwen2_5_vl"], "qwen2_5_vl", img_size=60))
+    bare = Path(save_tiny_vlm("qwen2_5_vl", tmp_path / "bare"))  # a base checkpoint: no chat template
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    values = json.loads((bare / "tokenizer_config.json").read_text())
+    values.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match="no chat template"):
+        build_model(vlm_cfg(str(bare), "qwen2_5_vl"))
+    with pytest.raises(ConfigError, match="model=vlm needs vlm_model"):
+        TrainingConfig(model="vlm").validate(check_paths=False)
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+def test_export_and_from_pretrained_give_identical_predictions(built, folders, kind, tmp_path):
+    from modlisa.model.lisa import ModifiedLISA
+
+    model, tokenizer, processors = built[kind]
+    with torch.no_grad():  # trained-looking adapters: LoRA B, the [SEG] row and the head all non-zero
+        for name, param in model.named_parameters():
+            if param.requires_grad and ("lora_B" in name or name.endswith(".delta")):
+                param.normal_(0, 0.05)
+    image = np.random.default_rng(5).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+
+    def predictions(net, tok, procs):
+        predictor = Predictor(net, tok, procs)
+        predictor.set_image(image)
+        teacher = predictor.predict("the red circle", is_sentence=False, mode="teacher")
+        generated = predictor.predict("the red circle", is_sentence=False, max_new_tokens=6)
+        return teacher, generated
+
+    before = predictions(model, tokenizer, processors)
+    folder = model.save_pretrained(tmp_path / "export", tokenizer=tokenizer, processors=processors,
+                                   config=vlm_cfg(folders[kind], kind))
+    loaded = ModifiedLISA.from_pretrained(folder)
+    assert type(loaded).__name__ == "VLMLISA" and loaded.pretrained.config.model == "vlm"
+    assert loaded.conversation == model.conversation and loaded.num_image_tokens == model.num_image_tokens
+    after = predictions(loaded, loaded.pretrained.tokenizer, loaded.pretrained.processors)
+    assert after[1].text == before[1].text
+    for ours, theirs in zip(before, after):
+        assert torch.allclose(ours.logits, theirs.logits, atol=1e-4)
+    model.train()
