@@ -51,6 +51,16 @@ def family_of(config: Any, name: str) -> str:
     return FAMILIES[model_type]
 
 
+def image_tokens_at(config: Any, family: str, size: int) -> int:
+    """N image tokens of one ``size`` x ``size`` image, by the processors' arithmetic (Qwen: (V / patch)^2 /
+    merge^2; Idefics3: ``image_seq_len`` = (V / patch)^2 / scale_factor^2). The runtime takes Qwen's N from the
+    image processor itself (``describe_family``); the memory planner, which has no processor, from here."""
+    vision = config.vision_config
+    if family in ("qwen", "qwen3"):
+        return (size // int(vision.patch_size)) ** 2 // int(vision.spatial_merge_size) ** 2
+    return int((size // int(vision.patch_size)) ** 2 / int(config.scale_factor) ** 2)
+
+
 def configure_image_processor(image_processor: Any, family: str, size: int) -> None:
     """Fix the image processor to one V x V image -> N tokens (in place; saved with an export)."""
     if family in ("qwen", "qwen3"):
@@ -75,13 +85,20 @@ def describe_family(vlm: nn.Module, image_processor: Any, family: str, size: int
                                 return_tensors="pt")
         grid = probe["image_grid_thw"][0]
         tokens = int(grid.prod()) // int(vision.spatial_merge_size) ** 2  # Qwen processors' count of <|image_pad|>
-        return VLMFamily(family, config.model_type, "model.language_model", multiple,
-                         "<|image_pad|>", IMAGE_TOKEN, tokens)
+        return family_spec(config, family, size, tokens)
     vision = config.vision_config
     if size != int(vision.image_size):
         raise ConfigError(f"img_size={size}: {name} takes {vision.image_size} x {vision.image_size} images (its "
                           f"vision tower's image_size); set img_size: {vision.image_size}")
-    tokens = int((size // int(vision.patch_size)) ** 2 / int(config.scale_factor) ** 2)  # Idefics3's image_seq_len
+    return family_spec(config, family, size, image_tokens_at(config, family, size))
+
+
+def family_spec(config: Any, family: str, size: int, tokens: int) -> VLMFamily:
+    """The ``VLMFamily`` of a checkpoint config with N = ``tokens`` image tokens at vision input ``size``."""
+    if family in ("qwen", "qwen3"):
+        multiple = int(config.vision_config.patch_size) * int(config.vision_config.spatial_merge_size)
+        return VLMFamily(family, config.model_type, "model.language_model", multiple, "<|image_pad|>", IMAGE_TOKEN,
+                         tokens)
     return VLMFamily(family, config.model_type, "model.text_model", size, IMAGE_TOKEN,
                      f"{IDEFICS3_FAKE}{IDEFICS3_GLOBAL}{IMAGE_TOKEN}{IDEFICS3_FAKE}", tokens)
 
