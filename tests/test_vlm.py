@@ -256,3 +256,86 @@ def test_export_and_from_pretrained_give_identical_predictions(built, folders, k
     for ours, theirs in zip(before, after):
         assert torch.allclose(ours.logits, theirs.logits, atol=1e-4)
     model.train()
+
+
+# ---------------------------------------------------------------------- presets, planner, the commands
+def test_named_presets_fix_checkpoints_sizes_and_chat_template():
+    from modlisa.config import resolve_config
+    from modlisa.model.factory import VLM_PRESET_FIELDS, apply_preset
+
+    for name, fields in VLM_PRESET_FIELDS.items():
+        cfg = apply_preset(TrainingConfig(model=name))
+        assert (cfg.vlm_model, cfg.sam_model, cfg.img_size) == (fields["vlm_model"], fields["sam_model"],
+                                                                 fields["img_size"])
+        assert cfg.sam_image_size == 1024 and cfg.sam_kind == "sam2" and cfg.use_chat_template
+        resolved, sources = resolve_config({}, {"model": name})
+        assert resolved.steps_per_epoch == 500 and sources["learning_rate"] == "preset"
+    own = apply_preset(TrainingConfig(model="qwen2.5-vl-3b-sam2", vlm_model="/my/qwen", img_size=224))
+    assert own.vlm_model == "/my/qwen" and own.img_size == 224  # a given checkpoint keeps the config's size
+
+
+def test_planner_skeleton_counts_the_real_models_parameters(built, folders):
+    from modlisa.bench.architectures import architecture_for, build_skeleton
+
+    for kind in VLM_KINDS:
+        model, _, _ = built[kind]
+        cfg = vlm_cfg(folders[kind], kind)
+        arch = architecture_for(cfg)
+        assert arch.num_image_tokens == model.num_image_tokens  # the processors' arithmetic = the processor
+        skeleton = build_skeleton(arch, cfg)
+        count = sum(p.numel() for p in skeleton.parameters())
+        # the real model's vocabulary grew by <image> / [SEG] (2 rows of embedding + head), the skeleton's did not
+        extra = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("embed_tokens.weight",
+                    "lm_head.weight")) and "base_layer" not in n) - sum(
+            p.numel() for n, p in skeleton.named_parameters() if n.endswith(("embed_tokens.weight", "lm_head.weight")))
+        assert count + extra == sum(p.numel() for p in model.parameters())
+        assert set(trainable_parameter_names(skeleton)) == set(trainable_parameter_names(model))
+
+
+def test_plan_memory_answers_for_the_vlm_presets(capsys):
+    from modlisa.bench.memory_plan import estimate
+    from modlisa.cli import main
+
+    expected = {"qwen2.5-vl-3b-sam2": (3.98e9, 256), "qwen3-vl-4b-sam2": (4.67e9, 256),
+                "smolvlm-256m-sam2": (0.289e9, 64)}
+    assert main(["bench", "--plan_memory", "--model", "qwen2.5-vl-3b-sam2", "--gpu_gb", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen/Qwen2.5-VL-3B-Instruct, facebook/sam2.1-hiera-large" in out and "fits: needs" in out
+    for name, (params, tokens) in expected.items():
+        plan = estimate(TrainingConfig(model=name))
+        assert abs(plan["params_total"] - params) / params < 0.01
+        assert plan["architecture"]["vision"]["tokens"] == tokens
+        assert plan["architecture"]["sam"]["kind"] == "sam2"
+
+
+@pytest.mark.slow
+def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from modlisa.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    data, run, export = tmp_path / "data", tmp_path / "run", tmp_path / "export"
+    assert main(["make-data", str(data), "--num_train", "4", "--num_val", "2", "--num_test", "1", "--image_size",
+                 "64", "--no_progress"]) == 0
+    assert main(["train", "--model", "vlm", "--vlm_model", folders["qwen2_5_vl"], "--sam_kind", "sam2",
+                 "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir", str(run),
+                 "--num_epochs", "1", "--stop_after_steps", "3", "--batch_size", "1", "--queries_per_image", "2",
+                 "--cpu", "true", "--use_mixed_precision", "false", "--log_every_steps", "1",
+                 "--warmup_steps", "1"]) == 0
+    losses = [json.loads(line)["loss"] for line in (run / "outputs" / "train_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert main(["eval", "--checkpoint", str(run), "--split", "val", "--mode", "teacher"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--split", "val", "--mode", "generate", "--max_new_tokens", "3",
+                 "--out", str(tmp_path / "gen")]) == 0
+    assert json.loads((run / "outputs" / "eval_val.json").read_text())
+    assert main(["export", "--checkpoint", str(run), "--out", str(export)]) == 0
+    image = next((data / "val").glob("*.jpg"))
+    for source, out in ((run, tmp_path / "p1"), (export, tmp_path / "p2")):
+        assert main(["predict", "--checkpoint", str(source), "--image", str(image), "--query", "the red circle",
+                     "--mode", "teacher", "--out", str(out)]) == 0
+    first, second = (np.asarray(__import__("PIL.Image").Image.open(next(p.glob("*_mask.png"))))
+                     for p in (tmp_path / "p1", tmp_path / "p2"))
+    assert np.array_equal(first, second)
+    assert main(["analyze", str(run)]) == 0
