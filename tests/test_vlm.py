@@ -339,3 +339,16 @@ def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path
                      for p in (tmp_path / "p1", tmp_path / "p2"))
     assert np.array_equal(first, second)
     assert main(["analyze", str(run)]) == 0
+
+
+@pytest.mark.parametrize("name", ["qwen2.5_vl_3b_sam2", "qwen3_vl_4b_sam2"])
+def test_vlm_yaml_configs_resolve_to_their_preset(name):
+    from modlisa.config import load_yaml, resolve_config
+    from modlisa.model.factory import apply_preset
+
+    root = Path(__file__).resolve().parents[1]
+    values = load_yaml(root / "configs" / f"{name}.yaml")
+    cfg, sources = resolve_config(values, {})
+    cfg.validate(check_paths=False)
+    assert apply_preset(cfg) == cfg  # the file spells out the preset's fixed model settings
+    assert cfg.model == name.replace("_", "-") and sources["vlm_model"] == "yaml"
