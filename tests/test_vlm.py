@@ -172,6 +172,29 @@ def test_training_step_reaches_lora_seg_row_and_decoder_only(built, kind):
     assert torch.isfinite(loss)
 
 
+def test_bf16_checkpoint_autocast_and_gradient_checkpointing_give_the_same_gradients(tmp_path):
+    """Qwen3-VL (M-RoPE + DeepStack) stored in bf16 as published, autocast bf16, with and without checkpointing."""
+    folder = save_tiny_vlm("qwen3_vl", tmp_path / "qwen3", dtype=torch.bfloat16)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model, tokenizer, processors = build_model(vlm_cfg(folder, "qwen3_vl", gradient_checkpointing=checkpointing,
+                                                           lora_dropout=0.0))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1)
+        batch = collate_samples(make_samples(processors), tokenizer, 512, model.conversation)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+        toy_loss(out, batch).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert next(model.vlm.parameters()).dtype == torch.bfloat16
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in n for n in grads[0])
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name
+
+
 @pytest.mark.parametrize("kind", VLM_KINDS)
 def test_teacher_and_generation_agree_with_teacher_forcing(built, kind):
     model, tokenizer, processors = built[kind]
@@ -341,7 +364,7 @@ def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path
     assert main(["analyze", str(run)]) == 0
 
 
-@pytest.mark.parametrize("name", ["qwen2.5_vl_3b_sam2", "qwen3_vl_4b_sam2"])
+@pytest.mark.parametrize("name", ["qwen2.5_vl_3b_sam2", "qwen3_vl_4b_sam2", "smolvlm_256m_sam2"])
 def test_vlm_yaml_configs_resolve_to_their_preset(name):
     from modlisa.config import load_yaml, resolve_config
     from modlisa.model.factory import apply_preset

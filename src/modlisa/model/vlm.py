@@ -42,8 +42,7 @@ from modlisa.model.vlm_family import VLMFamily, expand_image_ids, qwen_patchify
 
 logger = logging.getLogger(__name__)
 
-PACK_REASON = ("the vlm preset runs the VLM's own forward on token ids (its splice, M-RoPE / DeepStack), which "
-               "packed rows do not drive")
+PACK_REASON = "the vlm preset runs the VLM's own forward on token ids (its own image splice), which packing does not drive"
 
 
 class VLMLISA(ModifiedLISA):
