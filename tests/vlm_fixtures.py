@@ -47,6 +47,8 @@ IDEFICS3_TEMPLATE = (
 QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]
 IDEFICS3_TOKENS = ["<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>", "<image>"]
+QWEN_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+               "spatial_merge_size": 2, "temporal_patch_size": 2}
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
 
@@ -76,9 +78,7 @@ def _qwen(kind: str, folder: Path, dtype: torch.dtype) -> None:
 
         patch = 14
         config = Qwen2_5_VLConfig(
-            text_config=text, vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                                             "out_hidden_size": 64, "patch_size": patch, "spatial_merge_size": 2,
-                                             "temporal_patch_size": 2, "window_size": 56,
+            text_config=text, vision_config={**QWEN_VISION, "patch_size": patch, "window_size": 56,
                                              "fullatt_block_indexes": [1]}, **common)
         model = Qwen2_5_VLForConditionalGeneration(config)
         mean_std = {}
@@ -86,13 +86,10 @@ def _qwen(kind: str, folder: Path, dtype: torch.dtype) -> None:
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
         patch = 16
-        text["rope_parameters"]["mrope_section"] = [2, 3, 3]
         text["rope_parameters"]["mrope_interleaved"] = True
         text["head_dim"] = 16
         config = Qwen3VLConfig(
-            text_config=text, vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                                             "out_hidden_size": 64, "patch_size": patch, "spatial_merge_size": 2,
-                                             "temporal_patch_size": 2, "num_position_embeddings": 16,
+            text_config=text, vision_config={**QWEN_VISION, "patch_size": patch, "num_position_embeddings": 16,
                                              "deepstack_visual_indexes": [0]}, **common)
         model = Qwen3VLForConditionalGeneration(config)
         mean_std = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
