@@ -131,7 +131,7 @@ def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[Traini
         given = getattr(cfg, name)
         if given != value and sources.get(name) in ("yaml", "cli", "api"):
             who = f"init_from {cfg.init_from} (the export's model)" if name in from_init else \
-                f"{cfg.model} preset (LISA's model)"
+                f"{cfg.model} preset" + (" (LISA's model)" if cfg.model == "lisa-7b" else "")
             logger.warning("%s fixes %s=%r; the %s value %r is not used", who, name, value, sources[name], given)
         if given != value or sources.get(name, "default") == "default":
             sources[name] = "preset"

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from modlisa.model import packing
+from modlisa.model.adapters import unwrap_lm
 from modlisa.model.lisa import ModifiedLISA, _compute_dtype
 from modlisa.model.seg import image_token_positions, seg_positions
 from modlisa.model.vlm_family import VLMFamily, expand_image_ids, qwen_patchify
@@ -56,15 +57,12 @@ class VLMLISA(ModifiedLISA):
         self.family = family
         self.model_image_token_id = int(model_image_token_id)
         self.lora_scope = family.lm_prefix  # adapters.py: LoRA only inside the text model
-        self._num_image_tokens = family.num_image_tokens
         self.image_processor: Any = None  # the configured HF image processor (saved with an export)
 
     # ------------------------------------------------------------------ the model's own parts
     @property
     def vlm(self) -> nn.Module:
         """The transformers ``*ForConditionalGeneration`` (inside peft's wrapper when LoRA is on)."""
-        from modlisa.model.adapters import unwrap_lm
-
         return unwrap_lm(self.language_model)
 
     @property
