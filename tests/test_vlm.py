@@ -195,6 +195,22 @@ def test_bf16_checkpoint_autocast_and_gradient_checkpointing_give_the_same_gradi
         assert torch.equal(grad, grads[1][name]), name
 
 
+def test_pack_queries_falls_back_with_one_warning_per_reason(built, caplog):
+    reasons = {"qwen2_5_vl": "M-RoPE", "qwen3_vl": "M-RoPE", "idefics3": "its own image splice"}
+    for kind, reason in reasons.items():
+        model, tokenizer, processors = built[kind]
+        model._pack_fallbacks.clear()
+        batch = collate_samples(make_samples(processors), tokenizer, 512, model.conversation)  # 2 + 1 queries
+        caplog.clear()
+        model.eval()  # no LoRA dropout: the two passes compare
+        with torch.no_grad():
+            first, second = model(batch), model(batch)
+        model.train()
+        warnings = [r.getMessage() for r in caplog.records if "pack_queries" in r.getMessage()]
+        assert len(warnings) == 1 and reason in warnings[0]
+        assert first.pack_plan is None and first.logits.shape[0] == 3 and torch.equal(first.logits, second.logits)
+
+
 @pytest.mark.parametrize("kind", VLM_KINDS)
 def test_teacher_and_generation_agree_with_teacher_forcing(built, kind):
     model, tokenizer, processors = built[kind]
@@ -350,6 +366,11 @@ def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path
                      for p in (tmp_path / "p1", tmp_path / "p2"))
     assert np.array_equal(first, second)
     assert main(["analyze", str(run)]) == 0
+    assert main(["bench", "--model", "vlm", "--vlm_model", folders["qwen2_5_vl"], "--sam_kind", "sam2",
+                 "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir",
+                 str(tmp_path / "bench"), "--warmup", "1", "--steps", "1", "--eval_steps", "1", "--batch_size", "1",
+                 "--cpu", "true", "--use_mixed_precision", "false"]) == 0
+    assert json.loads((tmp_path / "bench" / "outputs" / "bench.json").read_text())
 
 
 @pytest.mark.parametrize("name", ["qwen2.5_vl_3b_sam2", "qwen3_vl_4b_sam2", "smolvlm_256m_sam2"])
