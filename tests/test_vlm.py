@@ -195,20 +195,28 @@ def test_bf16_checkpoint_autocast_and_gradient_checkpointing_give_the_same_gradi
         assert torch.equal(grad, grads[1][name]), name
 
 
-def test_pack_queries_falls_back_with_one_warning_per_reason(built, caplog):
-    reasons = {"qwen2_5_vl": "M-RoPE", "qwen3_vl": "M-RoPE", "idefics3": "its own image splice"}
-    for kind, reason in reasons.items():
+def test_pack_queries_qwen_falls_back_with_one_warning_idefics3_packs_exactly(built, caplog):
+    for kind in VLM_KINDS:
         model, tokenizer, processors = built[kind]
         model._pack_fallbacks.clear()
         batch = collate_samples(make_samples(processors), tokenizer, 512, model.conversation)  # 2 + 1 queries
         caplog.clear()
-        model.eval()  # no LoRA dropout: the two passes compare
+        model.eval()  # no LoRA dropout: the passes compare
         with torch.no_grad():
-            first, second = model(batch), model(batch)
+            packed, again = model(batch), model(batch)
+            model.pack_queries = False
+            unpacked = model(batch)
+            model.pack_queries = True
         model.train()
         warnings = [r.getMessage() for r in caplog.records if "pack_queries" in r.getMessage()]
-        assert len(warnings) == 1 and reason in warnings[0]
-        assert first.pack_plan is None and first.logits.shape[0] == 3 and torch.equal(first.logits, second.logits)
+        if kind == "idefics3":  # 1D RoPE: one sequence per image, the same numbers as one per query
+            assert not warnings and packed.pack_plan is not None and packed.logits.shape[0] == 2
+            assert torch.allclose(packed.unpacked_logits(), unpacked.logits, atol=1e-5)
+            assert torch.allclose(packed.seg_embeddings, unpacked.seg_embeddings, atol=1e-5)
+            assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(packed.pred_masks, unpacked.pred_masks))
+        else:  # M-RoPE: unpacked, said once
+            assert len(warnings) == 1 and "M-RoPE" in warnings[0] and packed.pack_plan is None
+            assert torch.equal(packed.logits, unpacked.logits) and torch.equal(packed.logits, again.logits)
 
 
 @pytest.mark.parametrize("kind", VLM_KINDS)

@@ -21,8 +21,9 @@ checkpoint's own processor would do is reproduced per family (``VLMFamily``) and
   own splice (``masked_scatter`` / ``inputs_merger``), DeepStack, and the position ids given explicitly: Qwen's
   M-RoPE (3, Q, L') from ``model.model.get_rope_index``; Idefics3's 1D positions (None: the LM's own).
 - [SEG]: the hidden state one position before each [SEG] of the expanded sequence (``seg.seg_positions``).
-- Query packing: not driven (the VLM runs on token ids; Qwen's positions are 3D): ``pack_queries`` falls back to
-  unpacked rows with ``packing``'s one warning.
+- Query packing: Idefics3 (1D RoPE) packs exactly as the other presets (its own ``inputs_merger`` splices, then
+  ``ModifiedLISA._packed_lm``); Qwen's 3D M-RoPE positions make ``packing.pack_blocker`` fall back to unpacked rows
+  with its one warning.
 
 Shapes: B images, Q rows, L token length, N image tokens, L' = L + N - 1, h LM hidden size, V vision input size.
 """
@@ -43,7 +44,7 @@ from modlisa.model.vlm_family import VLMFamily, expand_image_ids, qwen_patchify
 
 logger = logging.getLogger(__name__)
 
-PACK_REASON = "the vlm preset runs the VLM's own forward on token ids (its own image splice), which packing does not drive"
+PACK_REASON = "the VLM's own forward adds vision features inside the LM (DeepStack), which the packed rows do not drive"
 
 
 class VLMLISA(ModifiedLISA):
@@ -137,13 +138,34 @@ class VLMLISA(ModifiedLISA):
         ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels)
         rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, self.num_image_tokens,
                                   batch.attention_mask)
-        if self.pack_queries and batch.input_ids.shape[0] != batch.num_images:
-            reason = packing.pack_blocker(self.vlm.config.get_text_config(), ids.shape[1], batch.input_ids, image_pos,
-                                          batch.offsets.tolist())
-            self._warn_unpacked(reason or PACK_REASON)
-        out = self._call(ids, mask, image_features, self.position_ids(ids, mask))
-        seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
-        return out.logits, labels, labels, seg_hidden, rows, None
+        plan = self._vlm_pack_plan(batch, ids, mask, image_pos) if self.pack_queries else None
+        if plan is None:
+            out = self._call(ids, mask, image_features, self.position_ids(ids, mask))
+            seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
+            return out.logits, labels, labels, seg_hidden, rows, None
+        # 1D RoPE (Idefics3): the model's own splice, then the packed rows exactly as the other presets run them
+        embeds = self.vlm.model.inputs_merger(input_ids=ids, inputs_embeds=self._embed(ids),
+                                              image_hidden_states=image_features.reshape(-1, image_features.shape[-1]))
+        logits, packed_labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
+        return logits, packed_labels, labels, seg_hidden, rows, plan
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        """(Q, L') ids -> (Q, L', h) token embeddings in the LM's compute dtype (the [SEG] row's delta included)."""
+        return self.language_model.get_input_embeddings()(ids).to(_compute_dtype(self.language_model))
+
+    def _vlm_pack_plan(self, batch: Any, ids: Tensor, mask: Tensor, image_pos: Tensor) -> packing.PackPlan | None:
+        """The packing of the expanded rows, or None (one warning per reason): Qwen's M-RoPE positions are 3D
+        (``packing.pack_blocker`` says so), Qwen3-VL's DeepStack needs the model's own forward; Idefics3 packs."""
+        if batch.input_ids.shape[0] == batch.num_images:
+            return None
+        reason = packing.pack_blocker(self.vlm.config.get_text_config(), ids.shape[1], batch.input_ids, image_pos,
+                                      batch.offsets.tolist())
+        if reason is None and self.family.name != "idefics3":
+            reason = PACK_REASON
+        if reason is not None:
+            self._warn_unpacked(reason)
+            return None
+        return packing.plan_packing(mask, image_pos, batch.offsets.tolist(), self.num_image_tokens)
 
     # ------------------------------------------------------------------ generation
     def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,
