@@ -133,8 +133,9 @@ class VLMLISA(ModifiedLISA):
     # ------------------------------------------------------------------ teacher-forced forward
     def _run_lm(self, batch: Any, image_features: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor,
                                                                      Tensor, Any]:
-        """The VLM over the expanded rows: (logits (Q, L', V), labels, unpacked labels, [SEG] states (K, h),
-        [SEG] rows (K,), pack plan None)."""
+        """The VLM over the expanded rows: (logits (Q, L', V), or (B, Lp, V) packed, their labels, the unpacked
+        (Q, L') labels, [SEG] states (K, h), [SEG] rows (K,), the pack plan (Idefics3 with ``pack_queries``) or
+        None)."""
         ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels)
         rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, self.num_image_tokens,
                                   batch.attention_mask)
@@ -173,7 +174,7 @@ class VLMLISA(ModifiedLISA):
         """Greedy decoding with the VLM's KV cache: the prompt (1, L) expanded and run once with the image
         features, then one token a step at the next position (Qwen: max M-RoPE position + 1 + t on all three
         axes, what its ``rope_deltas`` give; Idefics3: L' + t). Returns new ids (T,) and the (n_seg, h) states that
-        predicted each generated [SEG]."""
+        predicted each generated [SEG]. (``pad_token_id``: unused, one prompt is never padded.)"""
         ids, mask, _, _ = self._expand(input_ids, torch.ones_like(input_ids), None)
         positions = self.position_ids(ids, mask)
         out = self._call(ids, mask, image_features, positions, use_cache=True)
