@@ -100,6 +100,29 @@ def scripted_answers(model: nn.Module, tokenizer, answers: list[list[str]]) -> I
         del model._greedy
 
 
+def teacher_forced_masks(model: nn.Module, tokenizer, processors, image: np.ndarray, question: str,
+                         answer: str) -> tuple[torch.Tensor, list[int]]:
+    """One teacher-forced pass (eval mode) over the prompt of ``question`` + the ``answer`` text, as a generation
+    would have seen it: (the first image's (n, H, W) mask logits, the [SEG] count per row)."""
+    from modlisa.data import prompts
+    from modlisa.types import Batch
+
+    prompt, _ = prompts.format_conversation(question, None, tokenizer, model.conversation)
+    ids = torch.tensor([tokenizer(prompt)["input_ids"] + tokenizer(answer, add_special_tokens=False)["input_ids"]])
+    sam_image, resize_hw = processors.sam(image)
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    batch = Batch(sam_images=sam_image[None], vision_images=processors.vision(image)[None], input_ids=ids,
+                  attention_mask=torch.ones_like(ids), labels=torch.full_like(ids, -100), offsets=torch.tensor([0, 1]),
+                  masks=[torch.zeros(1, *hw)], resize_hw=[resize_hw], original_hw=[hw], image_paths=["x"],
+                  queries=["q"], is_sentence=[False])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        forced = model(batch)
+    model.train(was_training)
+    return forced.pred_masks[0], forced.seg_counts.tolist()
+
+
 SEG_ANSWER = [SEG_TOKEN, ".", "</s>"]
 NO_SEG_ANSWER = ["N", "o", "</s>"]
 

@@ -14,7 +14,7 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inference_helpers import ScriptedHead  # noqa: E402
+from inference_helpers import ScriptedHead, teacher_forced_masks  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data import prompts  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
@@ -244,20 +244,10 @@ def test_generate_collects_seg_states_like_teacher_forcing(tiny):
         assert result.text == f"{SEG_TOKEN} {SEG_TOKEN}"
         assert result.logits.shape == (2, 45, 61) and result.logits.dtype == torch.float32
         # teacher forcing prompt + generated tokens gives the same masks (KV-cache generation vs full pass)
-        prompt, _ = prompts.format_conversation(prompts.eval_question("the red circle", False), None, tokenizer)
-        ids = tokenizer(prompt)["input_ids"] + tokenizer(result.text, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([ids])
-        sam_image, resize_hw = processors.sam(image)
-        batch = Batch(sam_images=sam_image[None], vision_images=processors.vision(image)[None], input_ids=ids,
-                      attention_mask=torch.ones_like(ids), labels=torch.full_like(ids, -100),
-                      offsets=torch.tensor([0, 1]), masks=[torch.zeros(2, 45, 61)], resize_hw=[resize_hw],
-                      original_hw=[(45, 61)], image_paths=["x"], queries=["q"], is_sentence=[False])
-        model.eval()
-        with torch.no_grad():
-            forced = model(batch)
-        model.train()
-        assert forced.seg_counts.tolist() == [2]
-        assert torch.allclose(forced.pred_masks[0], result.logits, atol=1e-4)
+        masks, counts = teacher_forced_masks(model, tokenizer, processors, image,
+                                             prompts.eval_question("the red circle", False), result.text)
+        assert counts == [2]
+        assert torch.allclose(masks, result.logits, atol=1e-4)
         assert model.training
     finally:
         lm.set_output_embeddings(head.base)

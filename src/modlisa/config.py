@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
-PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b")
+PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b", "vlm", "qwen2.5-vl-3b-sam2", "qwen3-vl-4b-sam2",
+           "smolvlm-256m-sam2")
+VLM_PRESET_NAMES = PRESETS[5:]  # the image-text-to-text reasoner (model/vlm.py)
 PROJECTORS = ("mlp2x_gelu", "linear")
 TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
 SAM_KINDS = ("sam", "sam2")
@@ -65,7 +67,8 @@ class TrainingConfig:
     num_workers: int = _f(0, "DataLoader worker processes per rank")
 
     # --- model ---
-    model: str = _f("tiny", "preset: tiny | smol | composite | llava | lisa-7b (docs/TRAINING_GUIDE.md)")
+    model: str = _f("tiny", "preset: tiny | smol | composite | llava | lisa-7b | vlm | qwen2.5-vl-3b-sam2 | "
+                            "qwen3-vl-4b-sam2 | smolvlm-256m-sam2 (docs/TRAINING_GUIDE.md)")
     vision_model: str | None = _f(None, "HF id or folder of a CLIP / SigLIP vision tower (composite preset)")
     language_model: str | None = _f(None, "HF id or folder of any causal LM (composite preset)")
     sam_model: str | None = _f(None, "HF id or folder of a SamModel or a Sam2Model (e.g. "
@@ -74,6 +77,8 @@ class TrainingConfig:
     sam_kind: str = _f("sam", "mask decoder family of the random tiny decoder built when sam_model is not set: "
                               "sam | sam2 (a sam_model checkpoint's own model_type decides: sam or sam2)")
     llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
+    vlm_model: str | None = _f(None, "HF id or folder of an image-text-to-text model: Qwen2.5-VL, Qwen3-VL, Idefics3 / "
+                                     "SmolVLM (vlm preset; its processor's chat template and image tokens are used)")
     projector: str = _f("mlp2x_gelu", "vision-to-LM projector of the composite preset: mlp2x_gelu (LLaVA-1.5) | "
                                       "linear (LLaVA-v1, LISA-7B-v1)")
     init_from: str | None = _f(None, "a modlisa export folder (`modlisa export` / `modlisa import-lisa`) to start "
@@ -265,10 +270,12 @@ def _check_models(cfg: TrainingConfig) -> None:
         raise ConfigError("model=composite needs vision_model and language_model (HF ids or local folders)")
     if cfg.model == "llava" and not cfg.llava_model:
         raise ConfigError("model=llava needs llava_model (e.g. llava-hf/llava-1.5-7b-hf or a local folder)")
+    if cfg.model == "vlm" and not cfg.vlm_model:
+        raise ConfigError("model=vlm needs vlm_model (e.g. Qwen/Qwen2.5-VL-3B-Instruct or a local folder)")
 
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-MODEL_PATH_FIELDS = ("vision_model", "language_model", "sam_model", "llava_model")
+MODEL_PATH_FIELDS = ("vision_model", "language_model", "sam_model", "llava_model", "vlm_model")
 
 
 def _default(name: str) -> Any:
@@ -505,6 +512,16 @@ PRESET_RECIPES: dict[str, dict[str, Any]] = {
         "dice_loss_weight": 0.5,
     },
 }
+# The VLM + SAM 2 presets (docs/TRAINING_GUIDE.md): LISA's optimisation (lr 3e-4, 10 x 500 steps, 3 queries per
+# image, bf16) with the effective batch of the published Qwen2.5-VL + SAM 2 systems' fine-tuning (16 images a step)
+_VLM_RECIPE = {**PRESET_RECIPES["lisa-7b"], "batch_size": 2,
+               "gradient_accumulation_steps": 8, "learning_rate": 1e-4, "gradient_checkpointing": True}
+PRESET_RECIPES.update({
+    "qwen2.5-vl-3b-sam2": dict(_VLM_RECIPE),
+    "qwen3-vl-4b-sam2": dict(_VLM_RECIPE),
+    "smolvlm-256m-sam2": {**_VLM_RECIPE, "batch_size": 8, "gradient_accumulation_steps": 2,
+                          "gradient_checkpointing": False},
+})
 SOURCES = ("default", "preset", "yaml", "cli", "api")  # where a resolved value came from, weakest first
 SOURCES_FILE = "config_sources.yaml"  # beside outputs/config.yaml
 

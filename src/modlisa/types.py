@@ -39,10 +39,15 @@ class ConversationFormat:
         False (default): LLaVA v1, LISA's format, whatever template the tokenizer carries.
     image_start_end: the image placeholder is ``<im_start><image><im_end>`` (LISA-7B-v1's
         ``use_mm_start_end``; ``TrainingConfig.use_mm_start_end``) instead of ``<image>``.
+    template_image / image_text (the vlm preset's, set by the factory from the checkpoint's processor): the chat
+        template renders the image as a content item, whose ``template_image`` (e.g. Qwen's ``<|image_pad|>``) is
+        replaced by ``image_text`` (the processor's text around ONE ``<image>``).
     """
 
     use_chat_template: bool = False
     image_start_end: bool = False
+    template_image: str = ""
+    image_text: str = ""
 
     @classmethod
     def from_config(cls, cfg: Any) -> ConversationFormat:

@@ -13,6 +13,7 @@ trainable set are exactly those of the real run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -23,18 +24,20 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     CLIPVisionModel,
     PretrainedConfig,
-    SamConfig,
+    Sam2Model,
     SamModel,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 
-from modlisa.config import ConfigError, TrainingConfig
+from modlisa.config import VLM_PRESET_NAMES, ConfigError, TrainingConfig
 from modlisa.model.backbones import VisionProjector, tiny_language_model, tiny_sam, tiny_vision_tower
 from modlisa.model.lisa import ModifiedLISA
-from modlisa.model.sam2_decoder import is_sam2_config
+from modlisa.model.sam2_decoder import is_sam2_config, tiny_sam2
+from modlisa.model.vlm_family import family_of, family_spec, image_tokens_at
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +56,63 @@ class Architecture:
 
     vision: PretrainedConfig
     lm: PretrainedConfig
-    sam: SamConfig
+    sam: PretrainedConfig  # SamConfig or Sam2Config
     dtypes: dict[str, torch.dtype]
     tokenizer: str  # "byte" (a byte-level tokenizer) or "bpe" (the tiny preset's word-level BPE, real LMs)
     drop_cls: bool = True
     source: str = ""
+    vlm: PretrainedConfig | None = None  # the vlm preset's whole checkpoint config (vision / lm: its parts)
+    image_tokens: int | None = None  # the vlm preset's N (its processor's arithmetic)
 
     @property
     def num_image_tokens(self) -> int:
         """N image tokens per image at the run's ``img_size`` (set on ``vision.image_size``)."""
+        if self.image_tokens is not None:
+            return self.image_tokens
+        return (self.vision.image_size // self.vision.patch_size) ** 2
+
+    @property
+    def vision_tokens(self) -> int:
+        """Tokens the vision tower runs on per image: N + CLS, or (V / patch)^2 before a VLM's merger."""
+        if self.vlm is None:
+            return self.num_image_tokens + 1
         return (self.vision.image_size // self.vision.patch_size) ** 2
 
     def describe(self) -> dict[str, Any]:
-        lm, v, s = self.lm, self.vision, self.sam.vision_config
+        lm, v = self.lm, self.vision
         return {
             "source": self.source,
-            "vision": {"type": v.model_type, "hidden": v.hidden_size, "layers": v.num_hidden_layers,
+            "vision": {"type": v.model_type, "hidden": v.hidden_size, "layers": vision_layers(v),
                        "image_size": v.image_size, "patch": v.patch_size, "tokens": self.num_image_tokens},
             "lm": {"type": lm.model_type, "hidden": lm.hidden_size, "layers": lm.num_hidden_layers,
                    "heads": lm.num_attention_heads, "kv_heads": getattr(lm, "num_key_value_heads", None),
                    "intermediate": lm.intermediate_size, "vocab": lm.vocab_size},
-            "sam": {"hidden": s.hidden_size, "layers": s.num_hidden_layers, "heads": s.num_attention_heads,
-                    "image_size": s.image_size, "global_attn_indexes": list(s.global_attn_indexes)},
+            "sam": describe_sam(self.sam),
             "weight_dtypes": {k: str(v).replace("torch.", "") for k, v in self.dtypes.items()},
         }
+
+
+def vision_layers(config: PretrainedConfig) -> int:
+    """Blocks of a vision tower config (Qwen's vision configs call them ``depth``)."""
+    return int(getattr(config, "num_hidden_layers", None) or config.depth)
+
+
+def describe_sam(config: PretrainedConfig) -> dict[str, Any]:
+    """The sizes of a SAM or SAM 2 config the planner reports."""
+    if is_sam2_config(config):
+        hiera = config.vision_config.backbone_config
+        return {"kind": "sam2", "hiera_widths": list(hiera.embed_dim_per_stage),
+                "blocks_per_stage": list(hiera.blocks_per_stage), "image_size": sam2_input_size(config),
+                "global_attention_blocks": list(hiera.global_attention_blocks)}
+    s = config.vision_config
+    return {"kind": "sam", "hidden": s.hidden_size, "layers": s.num_hidden_layers, "heads": s.num_attention_heads,
+            "image_size": s.image_size, "global_attn_indexes": list(s.global_attn_indexes)}
+
+
+def sam2_input_size(config: PretrainedConfig) -> int:
+    """S of a SAM 2 config (its prompt encoder's image_size)."""
+    size = config.prompt_encoder_config.image_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 # ---------------------------------------------------------------------- configs per source
@@ -110,26 +146,19 @@ def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32
     return dtype if isinstance(dtype, torch.dtype) else default
 
 
-SAM2_UNPLANNED = ("memory planner: a SAM 2 mask decoder (sam_kind: sam2 or a SAM 2 sam_model) is not modelled yet; "
-                  "measure it with `modlisa bench` instead")
-
-
-def sam_config(cfg: TrainingConfig) -> tuple[SamConfig, torch.dtype]:
-    """SAM's config: the tiny random SAM when ``sam_model`` is unset, else the checkpoint's (an original
-    segment-anything ``.pth``: read off its shapes, the file memory-mapped)."""
+def sam_config(cfg: TrainingConfig) -> tuple[PretrainedConfig, torch.dtype]:
+    """SAM's or SAM 2's config: the tiny random one of ``sam_kind`` when ``sam_model`` is unset, else the
+    checkpoint's (an original segment-anything ``.pth``: read off its shapes, the file memory-mapped)."""
     if not cfg.sam_model:
-        if cfg.sam_kind == "sam2":
-            raise ConfigError(SAM2_UNPLANNED)
         with torch.device("meta"):
-            return tiny_sam(cfg.sam_image_size).config, torch.float32
+            sam = tiny_sam2(cfg.sam_image_size) if cfg.sam_kind == "sam2" else tiny_sam(cfg.sam_image_size)
+        return sam.config, torch.float32
     from modlisa.convert import sam_original
 
     if sam_original.is_original_checkpoint(cfg.sam_model):
         path = Path(cfg.sam_model).expanduser()
         return sam_original.sam_config(sam_original.read_original_state(path), str(path))[0], torch.float32
     config = checkpoint_config(cfg.sam_model, "sam_model")
-    if is_sam2_config(config):
-        raise ConfigError(SAM2_UNPLANNED)
     return config, _config_dtype(config)
 
 
@@ -181,14 +210,24 @@ def _llava(cfg: TrainingConfig) -> tuple[PretrainedConfig, PretrainedConfig, dic
                                                                                      "lm": dtype}, "bpe"
 
 
-BUILDERS = {"tiny": _tiny, "smol": _smol, "composite": _composite, "llava": _llava, "lisa-7b": _llava}
+def _vlm(cfg: TrainingConfig) -> tuple[PretrainedConfig, PretrainedConfig, dict, str]:
+    config = checkpoint_config(str(cfg.vlm_model), "vlm_model")
+    family_of(config, str(cfg.vlm_model))
+    vision = copy.deepcopy(config.vision_config)
+    vision.image_size = cfg.img_size  # the run's fixed vision input (Qwen's configs have no image_size)
+    dtype = _config_dtype(config)
+    return vision, config.get_text_config(), {"vision": dtype, "lm": dtype}, "bpe"
+
+
+BUILDERS = {"tiny": _tiny, "smol": _smol, "composite": _composite, "llava": _llava, "lisa-7b": _llava,
+            **dict.fromkeys(VLM_PRESET_NAMES, _vlm)}
 
 
 def architecture_for(cfg: TrainingConfig) -> Architecture:
     """The backbone configs and weight dtypes of ``cfg``'s preset (ConfigError when unreadable)."""
     if cfg.model not in BUILDERS:
         raise ConfigError(f"memory planner: unknown model preset {cfg.model!r}")
-    if cfg.model == "lisa-7b":
+    if cfg.model == "lisa-7b" or cfg.model in VLM_PRESET_NAMES:
         from modlisa.model.factory import apply_preset
 
         cfg = apply_preset(cfg)
@@ -196,9 +235,13 @@ def architecture_for(cfg: TrainingConfig) -> Architecture:
     sam, sam_dtype = sam_config(cfg)
     drop_cls = vision.model_type.startswith("clip")
     source = {"tiny": "tiny random configs", "smol": "SmolLM2-135M + tiny vision/SAM"}.get(
-        cfg.model, ", ".join(str(x) for x in (cfg.llava_model, cfg.vision_model, cfg.language_model,
+        cfg.model, ", ".join(str(x) for x in (cfg.llava_model, cfg.vlm_model, cfg.vision_model, cfg.language_model,
                                                cfg.sam_model) if x))
-    return Architecture(vision, lm, sam, {**dtypes, "sam": sam_dtype}, tokenizer, drop_cls, source)
+    arch = Architecture(vision, lm, sam, {**dtypes, "sam": sam_dtype}, tokenizer, drop_cls, source)
+    if cfg.model in VLM_PRESET_NAMES:
+        arch.vlm = checkpoint_config(str(cfg.vlm_model), "vlm_model")
+        arch.image_tokens = image_tokens_at(arch.vlm, family_of(arch.vlm, str(cfg.vlm_model)), cfg.img_size)
+    return arch
 
 
 # ---------------------------------------------------------------------- meta skeleton
@@ -208,16 +251,36 @@ def _vision_module(config: PretrainedConfig) -> torch.nn.Module:
     return CLIPVisionModel(config)
 
 
+def _vlm_skeleton(arch: Architecture, sam: torch.nn.Module) -> ModifiedLISA:
+    """The vlm preset's ``VLMLISA`` around the whole checkpoint built from its config (call on the meta device)."""
+    from modlisa.model.vlm import VLMLISA
+
+    config = arch.vlm
+    family = family_of(config, arch.source)
+    vlm = AutoModelForImageTextToText.from_config(config)
+    inner = vlm.model
+    vision, projector = (inner.vision_model, inner.connector) if family == "idefics3" else \
+        (inner.visual, torch.nn.Identity())
+    vocab = arch.lm.vocab_size
+    spec = family_spec(config, family, arch.vision.image_size, arch.num_image_tokens)
+    return VLMLISA(vision, projector, vlm, sam, seg_token_id=vocab - 1, image_token_id=vocab - 2,
+                   vision_image_size=arch.vision.image_size, family=spec,
+                   model_image_token_id=config.image_token_id)
+
+
 def build_skeleton(arch: Architecture, cfg: TrainingConfig) -> ModifiedLISA:
     """ModifiedLISA on the meta device with ``cfg``'s adapters applied (quantisation left out)."""
     with torch.device("meta"):
-        vision = _vision_module(arch.vision)
-        lm = AutoModelForCausalLM.from_config(arch.lm)
-        sam = SamModel(arch.sam)
-        projector = VisionProjector(arch.vision.hidden_size, arch.lm.hidden_size)
+        sam = Sam2Model(arch.sam) if is_sam2_config(arch.sam) else SamModel(arch.sam)
         vocab = arch.lm.vocab_size
-        model = ModifiedLISA(vision, projector, lm, sam, seg_token_id=vocab - 1, image_token_id=vocab - 2,
-                             vision_image_size=arch.vision.image_size, drop_cls=arch.drop_cls)
+        if arch.vlm is not None:
+            model = _vlm_skeleton(arch, sam)
+        else:
+            vision = _vision_module(arch.vision)
+            lm = AutoModelForCausalLM.from_config(arch.lm)
+            projector = VisionProjector(arch.vision.hidden_size, arch.lm.hidden_size)
+            model = ModifiedLISA(vision, projector, lm, sam, seg_token_id=vocab - 1, image_token_id=vocab - 2,
+                                 vision_image_size=arch.vision.image_size, drop_cls=arch.drop_cls)
     from modlisa.model.adapters import apply_adapters
 
     adapters_cfg = dataclasses.replace(cfg, use_quantization=False)

@@ -34,8 +34,15 @@ from typing import Any
 
 import torch
 
-from modlisa.bench.architectures import Architecture, architecture_for, build_skeleton
-from modlisa.config import TrainingConfig
+from modlisa.bench.architectures import (
+    Architecture,
+    architecture_for,
+    build_skeleton,
+    sam2_input_size,
+    vision_layers,
+)
+from modlisa.config import ConfigError, TrainingConfig
+from modlisa.model.sam2_decoder import is_sam2_config
 
 logger = logging.getLogger(__name__)
 
@@ -186,19 +193,56 @@ def vision_activations(model: torch.nn.Module, arch: Architecture, w: Workload, 
     if not _needs_graph(model, ("vision_tower", "projector")):
         return 0.0
     v = arch.vision
-    tokens = w.batch_size * (arch.num_image_tokens + 1)
-    return float(tokens * v.num_hidden_layers * _vit_per_token(v.hidden_size, v.intermediate_size, act))
+    tokens = w.batch_size * arch.vision_tokens
+    return float(tokens * vision_layers(v) * _vit_per_token(v.hidden_size, v.intermediate_size, act))
+
+
+@dataclass(frozen=True)
+class SamGeometry:
+    """The sizes the planner reads off a SAM or SAM 2 config: input S, the decoder's (S/16)^2 image tokens and
+    width, the largest global-attention block (heads, tokens), and the floats one cached image holds."""
+
+    image_size: int
+    decoder_tokens: int
+    decoder_dim: int
+    global_heads: int
+    global_tokens: int
+    cache_floats: int
+
+
+def sam_geometry(config: Any) -> SamGeometry:
+    """SAM: ViT at S / patch, global attention over every patch. SAM 2: Hiera, whose global-attention blocks run
+    at their stage's resolution (S / 4 / 2^stage); its cache keeps the three FPN levels the decoder reads
+    (256 x (S/16)^2, 64 x (S/8)^2, 32 x (S/4)^2 floats)."""
+    if is_sam2_config(config):
+        size = sam2_input_size(config)
+        hiera = config.vision_config.backbone_config
+        ends = list(itertools.accumulate(hiera.blocks_per_stage))
+        stages = [next(i for i, end in enumerate(ends) if block < end) for block in hiera.global_attention_blocks]
+        stage = max(stages, key=lambda k: hiera.num_attention_heads_per_stage[k] * (size // 4 // 2**k) ** 4)
+        decoder = config.mask_decoder_config.hidden_size
+        return SamGeometry(size, (size // 16) ** 2, decoder, hiera.num_attention_heads_per_stage[stage],
+                           (size // 4 // 2**stage) ** 2,
+                           decoder * (size // 16) ** 2 + 64 * (size // 8) ** 2 + 32 * (size // 4) ** 2)
+    s = config.vision_config
+    tokens = (s.image_size // s.patch_size) ** 2
+    return SamGeometry(s.image_size, tokens, config.mask_decoder_config.hidden_size, s.num_attention_heads, tokens,
+                       s.output_channels * tokens)
 
 
 def sam_encoder_terms(model: torch.nn.Module, arch: Architecture, cfg: TrainingConfig, w: Workload,
                       act: int) -> dict[str, float]:
     """Saved activations of a trainable SAM encoder, or the transient peak of a frozen, uncached one."""
-    s = arch.sam.vision_config
-    side = s.image_size // s.patch_size
-    tokens = side * side
-    n_global = len(s.global_attn_indexes)
-    attention_global = w.batch_size * s.num_attention_heads * tokens * tokens * (act + 4)
-    if _needs_graph(model, ("sam.vision_encoder",)):
+    g = sam_geometry(arch.sam)
+    attention_global = w.batch_size * g.global_heads * g.global_tokens * g.global_tokens * (act + 4)
+    trainable = _needs_graph(model, ("sam.vision_encoder",))
+    if trainable and is_sam2_config(arch.sam):
+        raise ConfigError("memory planner: a trainable SAM 2 image encoder (freeze_sam: false) is not modelled; "
+                          "measure it with `modlisa bench`")
+    if trainable:
+        s = arch.sam.vision_config
+        tokens = g.decoder_tokens
+        n_global = len(s.global_attn_indexes)
         window = s.window_size * s.window_size
         per_image = tokens * (s.num_hidden_layers * _vit_per_token(s.hidden_size, s.mlp_dim, act)
                               + (s.num_hidden_layers - n_global) * s.num_attention_heads * window * (act + 4))
@@ -208,12 +252,12 @@ def sam_encoder_terms(model: torch.nn.Module, arch: Architecture, cfg: TrainingC
 
 
 def mask_activations(arch: Architecture, w: Workload, act: int) -> float:
-    """SAM decoder, upscaling, and the original-size logits + loss terms of every query of a micro-batch."""
-    s = arch.sam.vision_config
-    tokens = (s.image_size // s.patch_size) ** 2
-    dim = arch.sam.mask_decoder_config.hidden_size
+    """SAM decoder, upscaling, and the original-size logits + loss terms of every query of a micro-batch (SAM 2's
+    decoder is SAM's two-way transformer and upscaling, plus the high-resolution skips: counted as SAM's)."""
+    g = sam_geometry(arch.sam)
+    tokens, dim = g.decoder_tokens, g.decoder_dim
     per_query = (tokens * dim * DECODER_FLOATS * act + tokens * UPSCALE_FLOATS * act
-                 + 2 * s.image_size**2 * 4 + ORIGINAL_FLOATS * 4 * w.image_hw[0] * w.image_hw[1])
+                 + 2 * g.image_size**2 * 4 + ORIGINAL_FLOATS * 4 * w.image_hw[0] * w.image_hw[1])
     masks_uint8 = w.image_hw[0] * w.image_hw[1]
     return float(w.sequences * (per_query + masks_uint8))
 
@@ -228,14 +272,14 @@ def _precision_bytes(cfg: TrainingConfig, arch: Architecture) -> tuple[int, int]
 
 def host_terms(cfg: TrainingConfig, arch: Architecture, w: Workload, act: int) -> dict[str, float]:
     """Host-memory terms: runtime, batch tensors (+ prefetch), SAM cache entries."""
-    s = arch.sam.vision_config.image_size
+    g = sam_geometry(arch.sam)
+    s = g.image_size
     v = arch.vision.image_size
     h, wd = w.image_hw
     batch = w.batch_size * (3 * s * s * 4 + 3 * v * v * 4 + 3 * h * wd + w.queries_per_image * h * wd)
     cache = 0.0
     if cfg.sam_cache and cfg.freeze_sam and not cfg.augment:
-        side = s // arch.sam.vision_config.patch_size
-        cache = float(w.cache_images * arch.sam.vision_config.output_channels * side * side * act)
+        cache = float(w.cache_images * g.cache_floats * act)
     return {"runtime": CPU_RUNTIME_GB * GB, "batches": float(batch * (2 if cfg.num_workers else 1)),
             "sam_cache": cache}
 

@@ -92,12 +92,29 @@ def _render(tokenizer: Any, user: Any, answer: str | None) -> tuple[str, str]:
     return prompt, full
 
 
+def _vlm_image_text(text: str, fmt: ConversationFormat) -> str:
+    """``text`` with the template's image token (its one image item) replaced by the processor's ``image_text``."""
+    return text.replace(fmt.template_image, fmt.image_text, 1)
+
+
+def _vlm_conversation(question: str, answer: str | None, tokenizer: Any, fmt: ConversationFormat
+                      ) -> tuple[str, str]:
+    """A VLM's chat template on image + text content items, its image token replaced by ``fmt.image_text``."""
+    prompt, full = _render(tokenizer, [{"type": "image"}, {"type": "text", "text": question}], answer)
+    if prompt.count(fmt.template_image) != 1 or question.strip() not in prompt:
+        raise ChatTemplateError(f"the chat template does not render one image ({fmt.template_image}) and the "
+                                f"question ({prompt[:160]!r}); the vlm preset needs an image-text chat template")
+    return _vlm_image_text(prompt, fmt), _vlm_image_text(full, fmt)
+
+
 def _chat_template_conversation(question: str, answer: str | None, tokenizer: Any,
                                 fmt: ConversationFormat) -> tuple[str, str]:
     """Render through the chat template: text content first, then llava-hf style content items."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError("use_chat_template is true but the tokenizer has no chat template; set "
                                 "use_chat_template: false (LLaVA v1, LISA's format)")
+    if fmt.template_image:
+        return _vlm_conversation(question, answer, tokenizer, fmt)
     prompt, full = _render(tokenizer, f"{fmt.image_placeholder}\n{question}", answer)
     if IMAGE_TOKEN not in prompt or question.strip() not in prompt:  # e.g. llava-hf: content must be items
         prompt, full = _render(tokenizer, [{"type": "image"}, {"type": "text", "text": question}], answer)
@@ -151,6 +168,8 @@ def _chat_template_turns(turns: Sequence[tuple[str, str]], tokenizer: Any, fmt: 
         if items and fmt.image_start_end:
             prompt = prompt.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
             full = full.replace(IMAGE_TOKEN, fmt.image_placeholder, 1)
+        if fmt.template_image:
+            prompt, full = _vlm_image_text(prompt, fmt), _vlm_image_text(full, fmt)
         out.append((prompt, full))
     return out
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 from torch import Tensor, nn
@@ -106,8 +107,12 @@ def _apply_lora(model: nn.Module, cfg: TrainingConfig) -> None:
     if cfg.use_quantization:
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=cfg.gradient_checkpointing)
         lm.requires_grad_(False)
+    targets: list[str] | str = list(cfg.lora_target_modules)
+    scope = getattr(model, "lora_scope", None)  # the vlm preset: only the text model's modules (not its vision's)
+    if scope:
+        targets = rf"{re.escape(scope)}\..*\.({'|'.join(re.escape(t) for t in targets)})"
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     try:
         model.language_model = get_peft_model(lm, lora)
     except ValueError as exc:
@@ -148,6 +153,9 @@ def apply_adapters(model: nn.Module, cfg: TrainingConfig) -> None:
         model.language_model.requires_grad_(True)
         logger.info("freeze_text_encoder=false: the whole LM trains (train_embeddings=%s is moot)",
                     cfg.train_embeddings)
+        if cfg.freeze_image_encoder:  # a VLM's LM holds its vision tower: that stays frozen
+            model.vision_tower.requires_grad_(False)
+            model.projector.requires_grad_(False)
     else:
         _set_embeddings(model, cfg.train_embeddings)
     total = sum(_logical_numel(p) for p in model.parameters())

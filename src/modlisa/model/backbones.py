@@ -9,6 +9,8 @@ Presets (``TrainingConfig.model``):
   joined by a new LLaVA-1.5 ``mlp2x_gelu`` projector.
 - ``llava`` / ``lisa-7b``: a ``LlavaForConditionalGeneration`` checkpoint split into vision tower,
   projector and a causal-LM view of its language model, + SAM from ``sam_model``.
+- ``vlm`` (and its named presets ``VLM_PRESETS``): any image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL,
+  Qwen3-VL, Idefics3 / SmolVLM) as the whole reasoner (``modlisa.model.vlm``), + SAM / SAM 2 from ``sam_model``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ class Backbones:
     vision_std: tuple[float, float, float]
     vision_feature_layer: int | list[int] = -2
     drop_cls: bool = True
+    vlm: VLMParts | None = None  # the vlm preset's: the language_model is then the whole VLM
+
+
+@dataclass
+class VLMParts:
+    """What the vlm preset adds: its ``VLMFamily`` (image tokens, prompt placeholder), the configured Hugging Face
+    image processor (saved with an export) and the id of the model's own image token."""
+
+    family: Any
+    image_processor: Any
+    model_image_token_id: int
 
 
 class VisionProjector(nn.Module):
@@ -324,12 +337,57 @@ def build_llava(cfg: TrainingConfig) -> Backbones:
                      mean, std, vision_feature_layer=layer, drop_cls=drop_cls)
 
 
+VLM_SKIP_MODULES = ["visual", "vision_model", "connector", "lm_head"]  # never quantised (the vision side, the head)
+
+
+def build_vlm(cfg: TrainingConfig) -> Backbones:
+    """``AutoModelForImageTextToText.from_pretrained(cfg.vlm_model)`` as the whole reasoner, its tokenizer (chat
+    template required) with ``<image>`` / ``[SEG]`` added, its image processor fixed to ``img_size``; SAM / SAM 2
+    from ``sam_model``. ConfigError naming the value for a checkpoint that is not an image-text-to-text model
+    modlisa drives or a tokenizer without a chat template."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText
+
+    from modlisa.model import vlm_family as vlm_module
+    from modlisa.model.tokenizer import single_token_id
+
+    if not cfg.vlm_model:
+        raise ConfigError(f"model={cfg.model} needs vlm_model (e.g. Qwen/Qwen2.5-VL-3B-Instruct or a local folder)")
+    config = load_pretrained("vlm_model", cfg.vlm_model, AutoConfig.from_pretrained)
+    family = vlm_module.family_of(config, cfg.vlm_model)
+    tokenizer = load_pretrained("vlm_model", cfg.vlm_model, AutoTokenizer.from_pretrained)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"vlm_model {cfg.vlm_model!r}: its tokenizer has no chat template (the vlm preset renders "
+                          "prompts with it); give an Instruct checkpoint, or add chat_template.jinja to the folder")
+    image_processor = load_pretrained("vlm_model", cfg.vlm_model, AutoImageProcessor.from_pretrained)
+    model = load_pretrained("vlm_model", cfg.vlm_model, AutoModelForImageTextToText.from_pretrained,
+                            **_load_lm_kwargs(cfg, VLM_SKIP_MODULES))
+    _one_cpu_layout(model)
+    vlm_module.configure_image_processor(image_processor, family, cfg.img_size)
+    described = vlm_module.describe_family(model, image_processor, family, cfg.img_size, repr(cfg.vlm_model))
+    model_image_id = single_token_id(tokenizer, described.template_image)
+    if model_image_id != int(model.config.image_token_id):
+        raise ConfigError(f"vlm_model {cfg.vlm_model!r}: its tokenizer's {described.template_image} is id "
+                          f"{model_image_id} but the model's image_token_id is {model.config.image_token_id}")
+    resize_vocabulary(model, tokenizer)
+    inner = model.model
+    vision, projector = (inner.vision_model, inner.connector) if family == "idefics3" else (inner.visual, nn.Identity())
+    mean = tuple(float(v) for v in image_processor.image_mean)
+    std = tuple(float(v) for v in image_processor.image_std)
+    return Backbones(vision, projector, model, load_sam(cfg), tokenizer, mean, std,
+                     vlm=VLMParts(described, image_processor, model_image_id))
+
+
+# the named vlm presets (factory.VLM_PRESET_FIELDS: their checkpoints and sizes)
+VLM_PRESETS = ("qwen2.5-vl-3b-sam2", "qwen3-vl-4b-sam2", "smolvlm-256m-sam2")
+
 BACKBONE_BUILDERS: dict[str, Callable[[TrainingConfig], Backbones]] = {
     "tiny": build_tiny,
     "smol": build_smol,
     "composite": build_composite,
     "llava": build_llava,
     "lisa-7b": build_llava,
+    "vlm": build_vlm,
+    **dict.fromkeys(VLM_PRESETS, build_vlm),
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modlisa.config import ConfigError, TrainingConfig
+from modlisa.config import VLM_PRESET_NAMES, ConfigError, TrainingConfig
 from modlisa.model.adapters import apply_adapters
 from modlisa.model.backbones import BACKBONE_BUILDERS, Backbones, build_backbones
 from modlisa.model.lisa import ModifiedLISA
@@ -48,6 +48,39 @@ LISA_7B_OVERRIDES: dict[str, Any] = {
 }
 
 
+# The vlm presets' model settings: the published checkpoints (Hugging Face ids) and the sizes they take.
+# img_size: the vision input of a fixed N image tokens (Qwen2.5-VL: (448 / 28)^2 = 256; Qwen3-VL: (512 / 32)^2 = 256;
+# SmolVLM-256M: its SigLIP's 512 -> 64 after the 4x4 pixel shuffle); SAM 2.1 takes 1024 x 1024.
+VLM_PRESET_FIELDS: dict[str, dict[str, Any]] = {
+    "qwen2.5-vl-3b-sam2": {"vlm_model": "Qwen/Qwen2.5-VL-3B-Instruct", "img_size": 448,
+                           "sam_model": "facebook/sam2.1-hiera-large"},
+    "qwen3-vl-4b-sam2": {"vlm_model": "Qwen/Qwen3-VL-4B-Instruct", "img_size": 512,
+                         "sam_model": "facebook/sam2.1-hiera-large"},
+    "smolvlm-256m-sam2": {"vlm_model": "HuggingFaceTB/SmolVLM-256M-Instruct", "img_size": 512,
+                          "sam_model": "facebook/sam2.1-hiera-tiny"},
+}
+SAM2_IMAGE_SIZE = 1024
+# every vlm preset renders prompts with the checkpoint's chat template; the whole LM gets LoRA on q/v
+VLM_OVERRIDES: dict[str, Any] = {"use_chat_template": True, "use_mm_start_end": False}
+
+
+def _vlm_fields(cfg: TrainingConfig) -> dict[str, Any]:
+    """``vlm``: chat template on; a named preset also fills its checkpoints and sizes (a ``vlm_model`` /
+    ``sam_model`` the config gives replaces the checkpoint, which then keeps the config's sizes)."""
+    changes = dict(VLM_OVERRIDES)
+    preset = VLM_PRESET_FIELDS.get(cfg.model)
+    if preset is None:
+        return changes
+    changes["vlm_model"] = cfg.vlm_model or preset["vlm_model"]
+    changes["sam_model"] = cfg.sam_model or preset["sam_model"]
+    changes["sam_kind"] = "sam2"
+    if changes["vlm_model"] == preset["vlm_model"]:
+        changes["img_size"] = preset["img_size"]
+    if changes["sam_model"] == preset["sam_model"]:
+        changes["sam_image_size"] = SAM2_IMAGE_SIZE
+    return changes
+
+
 def fixed_preset_fields(cfg: TrainingConfig) -> dict[str, Any]:
     """The model settings preset ``cfg.model`` (and ``cfg.init_from``) fix ({} for presets without any).
 
@@ -59,6 +92,8 @@ def fixed_preset_fields(cfg: TrainingConfig) -> dict[str, Any]:
     preset on its subfolders, image sizes, projector, prompt format), over any preset's.
     """
     changes = _lisa_7b_fields(cfg) if cfg.model == "lisa-7b" else {}
+    if cfg.model in VLM_PRESET_NAMES:
+        changes = _vlm_fields(cfg)
     if cfg.init_from:
         from modlisa.weights.export_layout import init_fields
 
@@ -96,7 +131,7 @@ def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[Traini
         given = getattr(cfg, name)
         if given != value and sources.get(name) in ("yaml", "cli", "api"):
             who = f"init_from {cfg.init_from} (the export's model)" if name in from_init else \
-                f"{cfg.model} preset (LISA's model)"
+                f"{cfg.model} preset" + (" (LISA's model)" if cfg.model == "lisa-7b" else "")
             logger.warning("%s fixes %s=%r; the %s value %r is not used", who, name, value, sources[name], given)
         if given != value or sources.get(name, "default") == "default":
             sources[name] = "preset"
@@ -131,6 +166,20 @@ def add_image_span_tokens(parts: Backbones) -> None:
                     rows, len(tokenizer))
 
 
+def vlm_model(parts: Backbones, vision_image_size: int) -> ModifiedLISA:
+    """The vlm preset's ``VLMLISA`` from ``build_vlm`` output (``parts.language_model`` is the whole VLM)."""
+    from modlisa.model.vlm import VLMLISA
+    from modlisa.types import IMAGE_TOKEN, SEG_TOKEN
+
+    tok = parts.tokenizer
+    model = VLMLISA(parts.vision_tower, parts.projector, parts.language_model, parts.sam,
+                    seg_token_id=tok.convert_tokens_to_ids(SEG_TOKEN), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                    vision_image_size=vision_image_size, family=parts.vlm.family,
+                    model_image_token_id=parts.vlm.model_image_token_id)
+    model.image_processor = parts.vlm.image_processor
+    return model
+
+
 def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
     """Build the model of preset ``cfg.model``, its tokenizer (with [SEG]/<image>) and image processors."""
     if cfg.model not in model_registry:
@@ -145,8 +194,12 @@ def build_model(cfg: TrainingConfig) -> tuple[ModifiedLISA, Any, Any]:
         parts.projector = nn.Linear(vision_dim, parts.language_model.config.get_text_config().hidden_size)
     if cfg.use_mm_start_end:
         add_image_span_tokens(parts)
-    model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size)
+    model = ModifiedLISA.from_backbones(parts, vision_image_size=cfg.img_size) if parts.vlm is None else \
+        vlm_model(parts, cfg.img_size)
     model.conversation = ConversationFormat.from_config(cfg)
+    if parts.vlm is not None:  # the checkpoint's processor decides how the image reads in the prompt
+        model.conversation = dataclasses.replace(model.conversation, template_image=parts.vlm.family.template_image,
+                                                 image_text=parts.vlm.family.image_text)
     model.random_init_prefixes = random_init_prefixes(cfg)  # frozen random parts are saved with checkpoints
     model.pack_queries = bool(cfg.pack_queries)  # one LM sequence per image in training (model/packing.py)
     if cfg.init_from:  # the export's projector, [SEG] head and vision wiring, before adapters freeze / wrap

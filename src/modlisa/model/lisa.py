@@ -237,20 +237,7 @@ class ModifiedLISA(nn.Module):
         image_of_row = rows_to_images(batch.offsets, num_rows)
         if image_features is None:
             image_features = self.encode_images(batch.vision_images)
-        image_features = image_features[image_of_row]  # (Q, N, h)
-        embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
-                                                       image_features)
-        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, image_features.shape[1],
-                                  batch.attention_mask)
-        plan = self._pack_plan(batch, mask, image_pos, image_features.shape[1]) if self.pack_queries else None
-        unpacked_labels = labels
-        if plan is None:
-            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
-                                      use_cache=False)
-            logits = out.logits  # (Q, L', V)
-            seg_hidden = out.hidden_states[-1][rows, pos]  # (K, h), after the final norm
-        else:
-            logits, labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
+        logits, labels, unpacked_labels, seg_hidden, rows, plan = self._run_lm(batch, image_features[image_of_row])
         seg_counts = torch.bincount(rows, minlength=num_rows)
         if sam_embeddings is None:
             sam_embeddings = self.encode_sam(batch.sam_images)
@@ -264,6 +251,31 @@ class ModifiedLISA(nn.Module):
                           seg_embeddings=seg_hidden, seg_prompts=seg_prompts, unpacked_labels=unpacked_labels,
                           pack_plan=plan)
 
+    def _run_lm(self, batch: Batch, image_features: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor,
+                                                                    Tensor, packing.PackPlan | None]:
+        """The LM over the batch's rows with ``image_features`` (Q, N, h) spliced in: (logits, labels aligned with
+        them, the unpacked (Q, L') labels, the (K, h) [SEG] states, their (K,) rows, the pack plan or None)."""
+        embeds, mask, labels, image_pos = self._splice(batch.input_ids, batch.attention_mask, batch.labels,
+                                                       image_features)
+        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, image_features.shape[1],
+                                  batch.attention_mask)
+        plan = self._pack_plan(batch, mask, image_pos, image_features.shape[1]) if self.pack_queries else None
+        unpacked_labels = labels
+        if plan is None:
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
+                                      use_cache=False)
+            logits = out.logits  # (Q, L', V)
+            seg_hidden = out.hidden_states[-1][rows, pos]  # (K, h), after the final norm
+        else:
+            logits, labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
+        return logits, labels, unpacked_labels, seg_hidden, rows, plan
+
+    def _warn_unpacked(self, reason: str) -> None:
+        """Say once per reason that these queries run unpacked (``pack_queries``)."""
+        if reason not in self._pack_fallbacks:
+            self._pack_fallbacks.add(reason)
+            logger.warning("pack_queries: %s; these queries run unpacked (the same losses, more LM tokens)", reason)
+
     def _pack_plan(self, batch: Batch, mask: Tensor, image_pos: Tensor, n_img: int) -> packing.PackPlan | None:
         """The packing of this batch's expanded rows ``mask`` (Q, L'), or None when it runs unpacked: one query
         per image, or rows packing cannot compute exactly (``packing.pack_blocker``; said once per reason)."""
@@ -273,10 +285,7 @@ class ModifiedLISA(nn.Module):
         reason = packing.pack_blocker(self.language_model.config.get_text_config(), mask.shape[1],
                                       batch.input_ids, image_pos, offsets)
         if reason is not None:
-            if reason not in self._pack_fallbacks:
-                self._pack_fallbacks.add(reason)
-                logger.warning("pack_queries: %s; these queries run unpacked (the same losses, more LM tokens)",
-                               reason)
+            self._warn_unpacked(reason)
             return None
         return packing.plan_packing(mask, image_pos, offsets, n_img)
 

@@ -122,10 +122,13 @@ def pack_blocker(text_config: Any, expanded_length: int, input_ids: Tensor, imag
     """Why these rows cannot be packed exactly (the model then runs them unpacked: same losses, more LM tokens),
     or None when they can.
 
-    Packing needs an attention implementation that honours a custom 4D mask (sdpa or eager; flash attention
-    ignores it), no sliding window the unpacked rows would reach (the block mask has no window), and one
+    Packing needs 1D rotary positions (not Qwen's M-RoPE), an attention implementation that honours a custom 4D
+    mask (sdpa or eager; flash attention ignores it), no sliding window the unpacked rows would reach (the block mask has no window), and one
     shared prompt prefix per image (rows of an image equal up to and including their <image> token).
     """
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("mrope_section"):
+        return "the LM's position ids are multimodal RoPE (M-RoPE, 3 x B x L), which the packed 1D positions do not give"
     impl = getattr(text_config, "_attn_implementation", None) or "eager"
     if impl not in MASK_KINDS:
         return f"the LM's attention implementation is {impl!r}, which ignores a custom 4D mask (sdpa or eager do not)"

@@ -92,6 +92,11 @@ def add_image_span_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]
     return _single_token_ids(tokenizer, IM_START_TOKEN, IM_END_TOKEN)
 
 
+def single_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of ``token``, which must encode to exactly one id; ValueError otherwise."""
+    return _single_token_ids(tokenizer, token, token)[0]
+
+
 def _single_token_ids(tokenizer: PreTrainedTokenizerBase, first: str, second: str) -> tuple[int, int]:
     """The ids of two added tokens; ValueError naming the one the tokenizer splits."""
     ids = []

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from modlisa.config import TrainingConfig
+from modlisa.config import VLM_PRESET_NAMES, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,14 @@ def _hub_id(value: str | None) -> str | None:
 
 
 def base_model_sources(cfg: TrainingConfig) -> dict[str, str]:
-    """Role (language_model, vision_model, sam_model, llava_model) -> the Hub id it was built from."""
+    """Role (language_model, vision_model, sam_model, llava_model, vlm_model) -> the Hub id it was built from."""
     sources = {"language_model": SMOL_SOURCE} if cfg.model == "smol" else {}
     if cfg.model in ("composite",):
         sources.update(language_model=cfg.language_model, vision_model=cfg.vision_model)
     if cfg.model in ("llava", "lisa-7b"):
         sources["llava_model"] = cfg.llava_model
+    if cfg.vlm_model and cfg.model in VLM_PRESET_NAMES:
+        sources["vlm_model"] = cfg.vlm_model
     if cfg.model != "tiny":
         sources["sam_model"] = cfg.sam_model
     return {role: hub for role, value in sources.items() if (hub := _hub_id(value))}

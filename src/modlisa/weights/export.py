@@ -7,7 +7,9 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
       vision_tower/              save_pretrained of the vision tower + preprocessor_config.json (mean/std)
       sam/                       save_pretrained of the SamModel or Sam2Model (trained mask decoder included)
       modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
-      modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false
+      modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false (the vlm
+                                 preset's: model=vlm, vlm_model=language_model/: there the whole VLM, LoRA merged,
+                                 with its image processor fixed to img_size)
       modlisa_export.json        what the config cannot hold: feature layer, CLS, token ids, image stats,
                                  projector kind (and, for an import, its source); the model card's facts
                                  (base models, training summary, dataset, eval results)
@@ -49,6 +51,7 @@ from modlisa.weights.export_layout import (
     EXPORT_PATHS,
     HEADS_FILE,
     HUB_CONFIG_FILE,
+    VLM_EXPORT_PATH,
     apply_export_info,
     check_export_folder,
     exported_config,
@@ -120,8 +123,10 @@ def export_config(cfg: TrainingConfig, model: nn.Module) -> TrainingConfig:
     from modlisa.model.factory import apply_preset
 
     cfg = apply_preset(cfg)
+    is_vlm = hasattr(model, "family")  # the vlm preset: language_model/ is the whole VLM (+ its image processor)
     return dataclasses.replace(
-        cfg, model="composite", llava_model=None, use_lora=False, resume_from_checkpoint=None, init_from=None,
+        cfg, model="vlm" if is_vlm else "composite", vlm_model=VLM_EXPORT_PATH if is_vlm else None,
+        llava_model=None, use_lora=False, resume_from_checkpoint=None, init_from=None,
         projector=projector_kind(model.projector),
         use_quantization=False, quantization_bits=_DEFAULTS["quantization_bits"],  # the export's LM is de-quantised
         # LoRA is merged: its options go back to their defaults (set while use_lora is false = a config error)
@@ -188,6 +193,8 @@ def _write_folder(tmp: Path, out_dir: Path, model: nn.Module, tokenizer: Any, cf
     """Write every file of the export into ``tmp``, its SHA256SUMS last, then rename ``tmp`` to ``out_dir``."""
     language_model.save_pretrained(tmp / "language_model")
     tokenizer.save_pretrained(tmp / "language_model")
+    if getattr(model, "image_processor", None) is not None:  # a VLM's own image processor, fixed to img_size
+        model.image_processor.save_pretrained(tmp / "language_model")
     _save_vision_tower(model, tmp / "vision_tower", mean, std)
     model.sam.save_pretrained(tmp / "sam")
     write_safetensors(heads_state_dict(model), tmp / HEADS_FILE, kind="heads")

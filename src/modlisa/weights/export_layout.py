@@ -28,6 +28,7 @@ HEADS_FILE = "modlisa_heads.safetensors"
 CONFIG_FILE = "modlisa_config.yaml"
 EXPORT_INFO_FILE = "modlisa_export.json"
 EXPORT_PATHS = {"language_model": "language_model", "vision_model": "vision_tower", "sam_model": "sam"}
+VLM_EXPORT_PATH = "language_model"  # the vlm preset's export: vlm_model is the whole VLM in language_model/
 HUB_CONFIG_FILE = "config.json"  # the one-call entry point (``ModifiedLISA.from_pretrained``)
 HUB_MODEL_TYPE = "modlisa"
 HUB_UNREAD = (".gitattributes",)  # a Hub repo's own file: in its snapshot, never read, not in SHA256SUMS
@@ -36,7 +37,8 @@ HUB_FORMAT_VERSION = 1  # of config.json; a newer one is refused with a message
 HUB_POINTERS = {"language_model": "language_model", "vision_tower": "vision_tower", "sam": "sam",
                 "heads": HEADS_FILE, "training_config": CONFIG_FILE, "export_info": EXPORT_INFO_FILE}
 # the model settings an export fixes for ``init_from`` (the rest of a run's config stays the run's)
-INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "sam_kind", "llava_model", "img_size",
+INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "sam_kind", "llava_model", "vlm_model",
+               "img_size",
                "sam_image_size",
                "use_mm_start_end", "use_chat_template", "projector")
 
@@ -134,9 +136,11 @@ def exported_config(folder: Path) -> TrainingConfig:
     """The export's TrainingConfig with its subfolder pointers made absolute."""
     source = folder / CONFIG_FILE
     cfg = config_from_dict(load_yaml(source), source=str(source))
-    if cfg.model != "composite":
-        raise ConfigError(f"{source}: model must be composite in an export, got {cfg.model!r}")
+    if cfg.model not in ("composite", "vlm"):
+        raise ConfigError(f"{source}: model must be composite (or vlm) in an export, got {cfg.model!r}")
     paths = {}
+    if cfg.model == "vlm":
+        paths["vlm_model"] = str(folder / VLM_EXPORT_PATH)
     for field_name in EXPORT_PATHS:
         value = getattr(cfg, field_name)
         if not value:

@@ -1,0 +1,199 @@
+"""The ``vlm`` preset's reasoner: any image-text-to-text checkpoint (Qwen2.5-VL, Qwen3-VL, Idefics3 / SmolVLM).
+
+A run fixes the vision input size V (``img_size``), so every image gives the same N image tokens; the batch then
+stays modlisa's: one ``<image>`` placeholder per token row, ``vision_images`` (B, 3, V, V) stacked. What the
+checkpoint's own processor would do is reproduced per family (``VLMFamily``) and done by transformers' modules:
+
+- Image tokens. The chat template renders the image item (Qwen: ``<|vision_start|><|image_pad|><|vision_end|>``,
+  Idefics3: ``<image>``); the processor's expansion of that one image token, collapsed to ONE ``<image>``, is the
+  prompt's placeholder text (``image_text``: Qwen ``<image>`` inside the template's vision start / end,
+  Idefics3 ``<fake_token_around_image><global-img><image><fake_token_around_image>``: its processor's string for
+  an image without splitting). N comes from the image processor (Qwen: the patch grid / merge^2 of a V x V image
+  with min_pixels = max_pixels = V^2; Idefics3: ``image_seq_len``, splitting off, longest edge V).
+- Pixels. ``vision_images`` (B, 3, V, V) are normalised with the image processor's mean / std; Qwen's flat patch
+  layout is the image processor's ``patchify`` (``qwen_patchify``, checked equal to it in tests/test_vlm.py);
+  Idefics3 takes (B, 1, 3, V, V).
+- Features. The model's own ``get_image_features`` (vision tower + merger / connector; Qwen3-VL's DeepStack
+  features ride along as extra channels of the (B, N, (1 + k) h) tensor).
+- Splice and positions. The placeholder becomes N copies of the model's image token id (``expand_image_ids``: the
+  same index arithmetic as ``seg.expand_image_tokens``, so labels, masks and the [SEG] gather are those of the
+  other presets), and the VLM itself runs on those ids with the precomputed features (``mm_encoder_outputs``): its
+  own splice (``masked_scatter`` / ``inputs_merger``), DeepStack, and the position ids given explicitly: Qwen's
+  M-RoPE (3, Q, L') from ``model.model.get_rope_index``; Idefics3's 1D positions (None: the LM's own).
+- [SEG]: the hidden state one position before each [SEG] of the expanded sequence (``seg.seg_positions``).
+- Query packing: Idefics3 (1D RoPE) packs exactly as the other presets (its own ``inputs_merger`` splices, then
+  ``ModifiedLISA._packed_lm``); Qwen's 3D M-RoPE positions make ``packing.pack_blocker`` fall back to unpacked rows
+  with its one warning.
+
+Shapes: B images, Q rows, L token length, N image tokens, L' = L + N - 1, h LM hidden size, V vision input size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modlisa.model import packing
+from modlisa.model.adapters import unwrap_lm
+from modlisa.model.lisa import ModifiedLISA, _compute_dtype
+from modlisa.model.seg import image_token_positions, seg_positions
+from modlisa.model.vlm_family import VLMFamily, expand_image_ids, qwen_patchify
+
+logger = logging.getLogger(__name__)
+
+PACK_REASON = "the VLM's own forward adds vision features inside the LM (DeepStack), which the packed rows do not drive"
+
+
+class VLMLISA(ModifiedLISA):
+    """ModifiedLISA whose reasoner is a whole image-text-to-text model (``language_model``: the
+    ``*ForConditionalGeneration``, LoRA-wrapped or not). ``vision_tower`` / ``projector`` are ITS vision tower and
+    merger / connector (the same modules, registered again so freezing and ``freeze_image_encoder`` see them;
+    Qwen's merger lives inside its tower: ``projector`` is then an ``nn.Identity``)."""
+
+    def __init__(self, *args: Any, family: VLMFamily, model_image_token_id: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.family = family
+        self.model_image_token_id = int(model_image_token_id)
+        self.lora_scope = family.lm_prefix  # adapters.py: LoRA only inside the text model
+        self.image_processor: Any = None  # the configured HF image processor (saved with an export)
+
+    # ------------------------------------------------------------------ the model's own parts
+    @property
+    def vlm(self) -> nn.Module:
+        """The transformers ``*ForConditionalGeneration`` (inside peft's wrapper when LoRA is on)."""
+        return unwrap_lm(self.language_model)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.family.num_image_tokens
+
+    def encode_images(self, vision_images: Tensor) -> Tensor:
+        """(B, 3, V, V) processor-normalised images -> (B, N, C) features of the model's own
+        ``get_image_features``: C = h, or (1 + k) h for Qwen3-VL (k DeepStack levels after the merged features)."""
+        vlm = self.vlm
+        batch = vision_images.shape[0]
+        if self.family.name == "idefics3":
+            out = vlm.model.get_image_features(vision_images.unsqueeze(1))
+            return torch.stack(list(out.pooler_output))
+        vision = vlm.config.vision_config
+        patches = qwen_patchify(vision_images, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size)
+        grid = self._grid(batch, vision_images.shape[-1], vision_images.device)
+        out = vlm.model.get_image_features(patches, grid)
+        features = [torch.stack(list(out.pooler_output))]
+        for level in getattr(out, "deepstack_features", None) or []:
+            features.append(torch.stack(list(level)))
+        return torch.cat(features, dim=-1)
+
+    def _grid(self, count: int, size: int, device: torch.device) -> Tensor:
+        patch = self.vlm.config.vision_config.patch_size
+        return torch.tensor([[1, size // patch, size // patch]] * count, dtype=torch.int64, device=device)
+
+    def _image_outputs(self, features: Tensor) -> dict[str, Any]:
+        """(Q, N, C) features -> the ``mm_encoder_outputs`` the VLM's forward takes precomputed."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        hidden = self.vlm.config.get_text_config().hidden_size
+        pooled = list(features[..., :hidden])
+        if self.family.name != "qwen3":
+            return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        levels = features.shape[-1] // hidden - 1
+        deepstack = [list(features[..., (i + 1) * hidden:(i + 2) * hidden]) for i in range(levels)]
+        return {"image": BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deepstack)}
+
+    def position_ids(self, ids: Tensor, mask: Tensor) -> Tensor | None:
+        """Position ids of expanded rows ``ids`` / ``mask`` (Q, L'): Qwen's M-RoPE (3, Q, L') from the model's
+        ``get_rope_index`` (image grid = (1, V / patch, V / patch) per row); None for 1D-RoPE families."""
+        if self.family.name == "idefics3":
+            return None
+        vlm = self.vlm
+        token_type = (ids == self.model_image_token_id).int()
+        grid = self._grid(ids.shape[0], self.vision_image_size, ids.device)
+        positions, _ = vlm.model.get_rope_index(ids, mm_token_type_ids=token_type, image_grid_thw=grid,
+                                                attention_mask=mask)
+        return positions
+
+    def _expand(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        image_pos = image_token_positions(input_ids, self.image_token_id)
+        ids, mask, new_labels = expand_image_ids(input_ids, image_pos, attention_mask, labels, self.num_image_tokens,
+                                                 self.model_image_token_id)
+        return ids, mask, new_labels, image_pos
+
+    def _call(self, ids: Tensor, mask: Tensor, features: Tensor | None, positions: Tensor | None,
+              cache: Any = None, use_cache: bool = False) -> Any:
+        extra: dict[str, Any] = {} if features is None else {"mm_encoder_outputs": self._image_outputs(features)}
+        return self.language_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                   use_cache=use_cache, output_hidden_states=True, **extra)
+
+    # ------------------------------------------------------------------ teacher-forced forward
+    def _run_lm(self, batch: Any, image_features: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor,
+                                                                     Tensor, Any]:
+        """The VLM over the expanded rows: (logits (Q, L', V), or (B, Lp, V) packed, their labels, the unpacked
+        (Q, L') labels, [SEG] states (K, h), [SEG] rows (K,), the pack plan (Idefics3 with ``pack_queries``) or
+        None)."""
+        ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels)
+        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, self.num_image_tokens,
+                                  batch.attention_mask)
+        plan = self._vlm_pack_plan(batch, ids, mask, image_pos) if self.pack_queries else None
+        if plan is None:
+            out = self._call(ids, mask, image_features, self.position_ids(ids, mask))
+            seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
+            return out.logits, labels, labels, seg_hidden, rows, None
+        # 1D RoPE (Idefics3): the model's own splice, then the packed rows exactly as the other presets run them
+        embeds = self.vlm.model.inputs_merger(input_ids=ids, inputs_embeds=self._embed(ids),
+                                              image_hidden_states=image_features.reshape(-1, image_features.shape[-1]))
+        logits, packed_labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
+        return logits, packed_labels, labels, seg_hidden, rows, plan
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        """(Q, L') ids -> (Q, L', h) token embeddings in the LM's compute dtype (the [SEG] row's delta included)."""
+        return self.language_model.get_input_embeddings()(ids).to(_compute_dtype(self.language_model))
+
+    def _vlm_pack_plan(self, batch: Any, ids: Tensor, mask: Tensor, image_pos: Tensor) -> packing.PackPlan | None:
+        """The packing of the expanded rows, or None (one warning per reason): Qwen's M-RoPE positions are 3D
+        (``packing.pack_blocker`` says so), Qwen3-VL's DeepStack needs the model's own forward; Idefics3 packs."""
+        if batch.input_ids.shape[0] == batch.num_images:
+            return None
+        reason = packing.pack_blocker(self.vlm.config.get_text_config(), ids.shape[1], batch.input_ids, image_pos,
+                                      batch.offsets.tolist())
+        if reason is None and self.family.name != "idefics3":
+            reason = PACK_REASON
+        if reason is not None:
+            self._warn_unpacked(reason)
+            return None
+        return packing.plan_packing(mask, image_pos, batch.offsets.tolist(), self.num_image_tokens)
+
+    # ------------------------------------------------------------------ generation
+    def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,
+                pad_token_id: int | None) -> tuple[Tensor, Tensor]:
+        """Greedy decoding with the VLM's KV cache: the prompt (1, L) expanded and run once with the image
+        features, then one token a step at the next position (Qwen: max M-RoPE position + 1 + t on all three
+        axes, what its ``rope_deltas`` give; Idefics3: L' + t). Returns new ids (T,) and the (n_seg, h) states that
+        predicted each generated [SEG]. (``pad_token_id``: unused, one prompt is never padded.)"""
+        ids, mask, _, _ = self._expand(input_ids, torch.ones_like(input_ids), None)
+        positions = self.position_ids(ids, mask)
+        out = self._call(ids, mask, image_features, positions, use_cache=True)
+        start = int(positions.max()) + 1 if positions is not None else ids.shape[1]
+        new_ids: list[int] = []
+        seg_states = []
+        for step in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            if token == self.seg_token_id:
+                seg_states.append(out.hidden_states[-1][0, -1])
+            new_ids.append(token)
+            if token == eos_token_id or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            position = torch.full((1, 1), start + step, dtype=torch.int64, device=ids.device)
+            step_positions = position.expand(3, 1, 1) if positions is not None else position
+            out = self._call(torch.tensor([[token]], device=ids.device), mask, None, step_positions, cache=out.cache,
+                             use_cache=True)
+        hidden = self.vlm.config.get_text_config().hidden_size
+        dtype = _compute_dtype(self.language_model)
+        seg_hidden = torch.stack(seg_states) if seg_states else torch.zeros(0, hidden, dtype=dtype, device=ids.device)
+        return torch.tensor(new_ids, dtype=torch.int64, device=ids.device), seg_hidden
