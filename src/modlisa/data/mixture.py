@@ -62,8 +62,8 @@ class MixturePart:
 
 class MixtureDataset(torch.utils.data.Dataset):
     """Items drawn from ``parts`` by sampling rate (module docstring). Exposes what a training split exposes
-    (``set_epoch``, ``set_transforms``, ``problems``, ``num_skipped``, ``load_failures``, ``annotations`` — the
-    ReasonSeg part's, when there is one)."""
+    (``set_epoch``, ``set_transforms``, ``problems``, ``num_skipped``, ``load_failures``, ``annotations`` — those
+    of its ReasonSeg-format folders)."""
 
     def __init__(self, parts: Sequence[MixturePart], *, seed: int, queries_per_image: int) -> None:
         if not parts:
@@ -79,7 +79,6 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.vision_transform: VisionTransformFn | None = None
         self.augmenter: AugmenterFn | None = None
         self.train = True
-        self.reason = next((d for p in parts if p.kind == REASON_SEG for d in p.datasets), None)
         self.reason_sets = [d for p in parts if p.kind == REASON_SEG for d in p.datasets]
 
     # ------------------------------------------------------------------ the training-split interface
@@ -88,19 +87,19 @@ class MixtureDataset(torch.utils.data.Dataset):
 
     @property
     def problems(self) -> list[Any]:
-        return list(self.reason.problems) if self.reason is not None else []
+        return [problem for dataset in self.reason_sets for problem in dataset.problems]
 
     @property
     def num_skipped(self) -> int:
-        return self.reason.num_skipped if self.reason is not None else 0
+        return sum(dataset.num_skipped for dataset in self.reason_sets)
 
     @property
     def load_failures(self) -> dict[str, str]:
-        return self.reason.load_failures if self.reason is not None else {}
+        return {path: reason for dataset in self.reason_sets for path, reason in dataset.load_failures.items()}
 
     @property
     def annotations(self) -> list[Any]:
-        return self.reason.annotations if self.reason is not None else []
+        return [ann for dataset in self.reason_sets for ann in dataset.annotations]
 
     def dataset_names(self) -> list[str]:
         """Every dataset of the mixture, in configuration order."""
