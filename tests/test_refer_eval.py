@@ -91,7 +91,12 @@ def test_refer_eval_equals_an_independent_recomputation(run_dir, refer_root, tmp
     assert written["ciou"] == pytest.approx(expected["ciou"], abs=1e-9)
 
 
-def test_refer_eval_bad_split_and_missing_root_are_one_line_errors(run_dir, refer_root, tmp_path, capsys):
+def test_refer_eval_bad_split_and_missing_root_are_one_line_errors(run_dir, refer_root, tmp_path, capsys,
+                                                                  monkeypatch):
+    def no_model(path):  # the refer files are read before any model is loaded
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(run_eval_module, "load_checkpoint", no_model)
     assert main(["eval", "--checkpoint", str(run_dir), "--dataset", "refcoco", "--split", "testC",
                  "--data_root", str(refer_root), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

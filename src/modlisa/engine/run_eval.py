@@ -249,10 +249,8 @@ def recorded_data_root(root: str, checkpoint: str | Path) -> str:
                       "--data_root")
 
 
-def _refer_dataset(dataset_name: str, split: str, root: str | None, processors: Any, max_samples: int | None
-                   ) -> tuple[str, Any]:
-    """(root, evaluation set) of a refer benchmark: one item per sentence (``refer.refer_annotations``)."""
-    from modlisa.data.dataset import ReasonSegDataset
+def _refer_annotations(dataset_name: str, split: str, root: str | None, max_samples: int | None) -> list[Any]:
+    """The evaluation items of a refer benchmark: one per sentence (``refer.refer_annotations``)."""
     from modlisa.data.refer import DATASETS, refer_annotations
 
     if dataset_name not in DATASETS:
@@ -261,9 +259,7 @@ def _refer_dataset(dataset_name: str, split: str, root: str | None, processors: 
         raise ConfigError(f"--dataset {dataset_name}: give --data_root, the folder holding {dataset_name}/ (LISA's "
                           "dataset/refer_seg, or its parent); the run records no dataset_dir")
     annotations = refer_annotations(root, dataset_name, split)
-    annotations = annotations[:max_samples] if max_samples else annotations
-    return str(root), ReasonSegDataset.from_annotations(annotations, root, f"{dataset_name} {split}", processors.sam,
-                                                        processors.vision)
+    return annotations[:max_samples] if max_samples else annotations
 
 
 def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | None,
@@ -288,6 +284,9 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if save_masks < 0:
         raise ConfigError(f"save_masks must be >= 0, got {save_masks}")
+    refer = None  # a refer benchmark's items, read BEFORE the model when the folder is given (errors in seconds)
+    if dataset_name != "reason_seg" and data_root:
+        refer = _refer_annotations(dataset_name, split, data_root, max_samples)
     model, tokenizer, processors, cfg = load_checkpoint(checkpoint)
     amp, amp_source = eval_precision(precision, cfg)
     apply_dtype_policy(model, amp)  # frozen 16-bit weights in the autocast's 16-bit format
@@ -296,7 +295,10 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         dataset = ReasonSegDataset(root, split, processors.sam, processors.vision, train=False, strict=True,
                                    max_samples=max_samples, verify_images=True)
     else:
-        root, dataset = _refer_dataset(dataset_name, split, data_root or cfg.dataset_dir, processors, max_samples)
+        root = str(data_root or cfg.dataset_dir)
+        refer = refer if refer is not None else _refer_annotations(dataset_name, split, cfg.dataset_dir, max_samples)
+        dataset = ReasonSegDataset.from_annotations(refer, root, f"{dataset_name} {split}", processors.sam,
+                                                    processors.vision)
     accelerator = _make_accelerator(cfg)
     if mode == "generate" and accelerator.num_processes > 1:
         raise ConfigError("eval --mode generate runs in one process; launch it without torchrun/accelerate")
