@@ -66,17 +66,15 @@ def build_datasets(cfg: TrainingConfig) -> tuple[ReasonSegDataset | MixtureDatas
     """The train and val splits, scanned (annotations read, images verified) but without image transforms yet:
     ``build_run`` does this BEFORE building the model, so a data problem stops a run in seconds, not after a
     7B model has loaded. ``attach_transforms`` completes them."""
-    common = {"sam_transform": None, "vision_transform": None, "strict": cfg.data_strict, "verify_images": True}
     kinds = mixture_kinds(cfg.dataset)
     reason = None
     if REASON_SEG in kinds and REASON_SEG in mixture_kinds(cfg.reason_seg_data):
-        reason = ReasonSegDataset(cfg.data_root, "train", train=True, seed=cfg.seed,
-                                  queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
-                                  max_samples=cfg.max_train_samples, **common)
+        reason = _train_split(cfg, cfg.data_root, max_samples=cfg.max_train_samples)
     only_data_root = kinds == [REASON_SEG] and mixture_kinds(cfg.reason_seg_data) == [REASON_SEG]
     train_set = reason if only_data_root else build_mixture(cfg, reason)
     try:
-        val_set = ReasonSegDataset(cfg.data_root, "val", train=False, max_samples=cfg.max_val_samples, **common)
+        val_set = ReasonSegDataset(cfg.data_root, "val", None, None, train=False, max_samples=cfg.max_val_samples,
+                                   strict=cfg.data_strict, verify_images=True)
     except FileNotFoundError:
         logger.warning("no val split under %s: training without validation", cfg.data_root)
         val_set = None
@@ -104,11 +102,16 @@ def build_mixture(cfg: TrainingConfig, reason: ReasonSegDataset | None) -> Mixtu
     return mixture
 
 
+def _train_split(cfg: TrainingConfig, folder: str, *, max_samples: int | None = None) -> ReasonSegDataset:
+    """The train split of a ReasonSeg-format folder, scanned (images verified), without transforms yet."""
+    return ReasonSegDataset(folder, "train", None, None, train=True, seed=cfg.seed,
+                            queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
+                            strict=cfg.data_strict, max_samples=max_samples, verify_images=True)
+
+
 def _reason_folder(cfg: TrainingConfig, folder: str) -> ReasonSegDataset:
     """The train split of another ReasonSeg-format folder of the mixture, named by the folder."""
-    dataset = ReasonSegDataset(folder, "train", None, None, train=True, seed=cfg.seed,
-                               queries_per_image=cfg.queries_per_image, explanatory_prob=cfg.explanatory_prob,
-                               strict=cfg.data_strict, verify_images=True)
+    dataset = _train_split(cfg, folder)
     dataset.name = Path(folder).resolve().name
     return dataset
 

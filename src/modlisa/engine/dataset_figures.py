@@ -42,35 +42,40 @@ def batch_sums(batch: Batch, logits: torch.Tensor, labels: torch.Tensor, pred_ma
     logits (R, T, V) and labels (R, T) as ``compute_losses`` takes them (R = queries, or images when packed);
     pred_masks: B tensors (n_b, H_b, W_b) of logits; batch.masks the matching uint8 targets.
     """
-    sums: dict[str, float] = {}
-
-    def add(name: str, figure: str, value: float) -> None:
-        key = f"{name}/{figure}"
-        sums[key] = sums.get(key, 0.0) + float(value)
-
     sources = batch.sources or ["reason_seg"] * batch.num_images
+    per_image = _per_image_sums(batch, logits, labels, pred_masks)  # figure -> B values, read back once each
     offsets = batch.offsets.tolist()
-    for b, name in enumerate(sources):
-        add(name, "images", 1)
-        add(name, "queries", offsets[b + 1] - offsets[b])
-        gt = batch.masks[b]
+    per_image["images"] = [1.0] * len(sources)
+    per_image["queries"] = [float(offsets[b + 1] - offsets[b]) for b in range(len(sources))]
+    per_image["masks"] = [float(m.shape[0]) for m in batch.masks]
+    sums: dict[str, float] = {}
+    for figure, values in per_image.items():
+        for name, value in zip(sources, values):
+            key = f"{name}/{figure}"
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return sums
+
+
+def _per_image_sums(batch: Batch, logits: torch.Tensor, labels: torch.Tensor, pred_masks: list[torch.Tensor]
+                    ) -> dict[str, list[float]]:
+    """Per image b: summed mask BCE / Dice over its masks, summed token CE and its token count, each figure a (B,)
+    tensor on the logits' device read back with ONE ``tolist`` (no host sync per image on the hot path)."""
+    device, count = logits.device, batch.num_images
+    bce, dice = torch.zeros(count, device=device), torch.zeros(count, device=device)
+    for b, (pred, gt) in enumerate(zip(pred_masks, batch.masks)):
         if gt.shape[0]:
-            y = (gt == 1).to(pred_masks[b].device)
-            add(name, "masks", gt.shape[0])
-            add(name, "mask_bce_sum", per_mask_bce(pred_masks[b], y).sum())
-            add(name, "mask_dice_sum", per_mask_dice(pred_masks[b], y).sum())
+            y = (gt == 1).to(pred.device)
+            bce[b] = per_mask_bce(pred, y).sum()
+            dice[b] = per_mask_dice(pred, y).sum()
+    ce, tokens = torch.zeros(count, device=device), torch.zeros(count, device=device)
     targets = labels[:, 1:]
     counted = targets != IGNORE_INDEX
-    if bool(counted.any()):
-        token_ce = F.cross_entropy(logits[:, :-1][counted].float(), targets[counted], reduction="none")
-        row_of_token = torch.nonzero(counted, as_tuple=True)[0]
-        image_of_row = _row_images(batch, logits.shape[0]).to(row_of_token.device)
-        image_of_token = image_of_row[row_of_token]
-        for b, name in enumerate(sources):
-            mine = image_of_token == b
-            add(name, "ce_sum", token_ce[mine].sum())
-            add(name, "ce_tokens", mine.sum())
-    return sums
+    token_ce = F.cross_entropy(logits[:, :-1][counted].float(), targets[counted], reduction="none")
+    image_of_token = _row_images(batch, logits.shape[0]).to(device)[torch.nonzero(counted, as_tuple=True)[0]]
+    ce.index_add_(0, image_of_token, token_ce)
+    tokens.index_add_(0, image_of_token, torch.ones_like(token_ce))
+    return {"mask_bce_sum": bce.tolist(), "mask_dice_sum": dice.tolist(), "ce_sum": ce.tolist(),
+            "ce_tokens": tokens.tolist()}
 
 
 def summarise(sums: dict[str, float]) -> dict[str, dict[str, Any]]:
