@@ -150,3 +150,23 @@ def fill_mask_logits(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
 def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image).copy()
+
+
+def check_vlm_generation_is_teacher_forcing(predictor, image: np.ndarray) -> None:
+    """A vlm-preset ``predictor`` (image set) scripted to answer "[SEG] [SEG]" by greedy KV-cache steps gives
+    the masks of one teacher-forced pass over the prompt + that answer (``teacher_forced_masks``)."""
+    from modlisa.data import prompts
+
+    model, tokenizer = predictor.model, predictor.tokenizer
+    vlm = model.vlm
+    head = vlm.get_output_embeddings()
+    script = [tokenizer.convert_tokens_to_ids(t) for t in [SEG_TOKEN, "Ġ", SEG_TOKEN, tokenizer.eos_token]]
+    vlm.set_output_embeddings(ScriptedHead(head, script))
+    try:
+        result = predictor.predict("the red circle", is_sentence=False)
+    finally:
+        vlm.set_output_embeddings(head)
+    assert result.text == f"{SEG_TOKEN} {SEG_TOKEN}" and result.logits.shape == (2, *image.shape[:2])
+    masks, counts = teacher_forced_masks(model, tokenizer, predictor.processors, image,
+                                         prompts.eval_question("the red circle", False), result.text)
+    assert counts == [2] and torch.allclose(masks, result.logits, atol=1e-4)

@@ -14,15 +14,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inference_helpers import ScriptedHead, teacher_forced_masks  # noqa: E402
+from inference_helpers import check_vlm_generation_is_teacher_forcing  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
-from modlisa.data import prompts  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
 from modlisa.model.adapters import trainable_parameter_names  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.vlm_family import qwen_patchify  # noqa: E402
 from modlisa.predictor import Predictor  # noqa: E402
-from modlisa.types import SEG_TOKEN, Batch  # noqa: E402
+from modlisa.types import Batch  # noqa: E402
 from test_model import make_samples, toy_loss  # noqa: E402
 from vlm_fixtures import VLM_IMG, VLM_KINDS, save_tiny_vlm  # noqa: E402
 
@@ -227,19 +226,7 @@ def test_teacher_and_generation_agree_with_teacher_forcing(built, kind):
     predictor.set_image(image)
     teacher = predictor.predict("the red circle", is_sentence=False, mode="teacher")
     assert teacher.logits.shape == (1, 45, 61)
-    vlm = model.vlm
-    head = vlm.get_output_embeddings()
-    script = [tokenizer.convert_tokens_to_ids(t) for t in [SEG_TOKEN, "Ġ", SEG_TOKEN, tokenizer.eos_token]]
-    vlm.set_output_embeddings(ScriptedHead(head, script))
-    try:
-        result = predictor.predict("the red circle", is_sentence=False)
-    finally:
-        vlm.set_output_embeddings(head)
-    assert result.text == f"{SEG_TOKEN} {SEG_TOKEN}" and result.logits.shape == (2, 45, 61)
-    # teacher forcing the prompt + the generated answer gives the same masks (KV-cache steps vs one pass)
-    masks, counts = teacher_forced_masks(model, tokenizer, processors, image,
-                                         prompts.eval_question("the red circle", False), result.text)
-    assert counts == [2] and torch.allclose(masks, result.logits, atol=1e-4)
+    check_vlm_generation_is_teacher_forcing(predictor, image)  # KV-cache steps vs one pass
 
 
 def test_bad_vlm_inputs_name_the_value(tmp_path, folders):
@@ -345,6 +332,7 @@ def test_plan_memory_answers_for_the_vlm_presets(capsys):
 
 @pytest.mark.slow
 def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path):
+    """Every command on a tiny Qwen2.5-VL at native resolution (the Qwen presets' default) + a tiny SAM 2."""
     from accelerate.state import AcceleratorState
 
     from modlisa.cli import main
@@ -354,7 +342,7 @@ def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path
     assert main(["make-data", str(data), "--num_train", "4", "--num_val", "2", "--num_test", "1", "--image_size",
                  "64", "--no_progress"]) == 0
     assert main(["train", "--model", "vlm", "--vlm_model", folders["qwen2_5_vl"], "--sam_kind", "sam2",
-                 "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir", str(run),
+                 "--vlm_resolution", "native", "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir", str(run),
                  "--num_epochs", "1", "--stop_after_steps", "3", "--batch_size", "1", "--queries_per_image", "2",
                  "--cpu", "true", "--use_mixed_precision", "false", "--log_every_steps", "1",
                  "--warmup_steps", "1"]) == 0
@@ -375,7 +363,7 @@ def test_cli_train_eval_predict_export_with_tiny_qwen_and_sam2(folders, tmp_path
     assert np.array_equal(first, second)
     assert main(["analyze", str(run)]) == 0
     assert main(["bench", "--model", "vlm", "--vlm_model", folders["qwen2_5_vl"], "--sam_kind", "sam2",
-                 "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir",
+                 "--vlm_resolution", "native", "--img_size", "56", "--sam_image_size", "64", "--data_root", str(data), "--output_dir",
                  str(tmp_path / "bench"), "--warmup", "1", "--steps", "1", "--eval_steps", "1", "--batch_size", "1",
                  "--cpu", "true", "--use_mixed_precision", "false"]) == 0
     assert json.loads((tmp_path / "bench" / "outputs" / "bench.json").read_text())

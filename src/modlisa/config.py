@@ -19,6 +19,7 @@ VLM_PRESET_NAMES = PRESETS[5:]  # the image-text-to-text reasoner (model/vlm.py)
 PROJECTORS = ("mlp2x_gelu", "linear")
 TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
 SAM_KINDS = ("sam", "sam2")
+VLM_RESOLUTIONS = ("fixed", "native")
 MIXED_PRECISION = ("fp16", "bf16")
 
 
@@ -79,6 +80,10 @@ class TrainingConfig:
     llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
     vlm_model: str | None = _f(None, "HF id or folder of an image-text-to-text model: Qwen2.5-VL, Qwen3-VL, Idefics3 / "
                                      "SmolVLM (vlm preset; its processor's chat template and image tokens are used)")
+    vlm_resolution: str = _f("fixed", "vlm preset's image input: fixed (every image img_size x img_size, resize "
+                                      "shortest side + centre crop, N tokens each) | native (Qwen2-VL / 2.5-VL / 3-VL: "
+                                      "the processor's dynamic resolution, aspect ratio kept, at most img_size^2 "
+                                      "pixels, so N varies per image)")
     projector: str = _f("mlp2x_gelu", "vision-to-LM projector of the composite preset: mlp2x_gelu (LLaVA-1.5) | "
                                       "linear (LLaVA-v1, LISA-7B-v1)")
     init_from: str | None = _f(None, "a modlisa export folder (`modlisa export` / `modlisa import-lisa`) to start "
@@ -231,6 +236,8 @@ def _check_choices(cfg: TrainingConfig) -> None:
     if cfg.projector != "mlp2x_gelu" and cfg.model != "composite" and not cfg.init_from:
         raise ConfigError(f"projector={cfg.projector} applies to the composite preset only (model={cfg.model} "
                           "brings its own projector)")
+    if cfg.vlm_resolution not in VLM_RESOLUTIONS:
+        raise ConfigError(f"vlm_resolution must be one of {', '.join(VLM_RESOLUTIONS)}; got {cfg.vlm_resolution!r}")
     if cfg.sam_kind not in SAM_KINDS:
         raise ConfigError(f"sam_kind must be one of {', '.join(SAM_KINDS)}; got {cfg.sam_kind!r}")
     if cfg.train_embeddings not in TRAIN_EMBEDDINGS:
@@ -517,8 +524,8 @@ PRESET_RECIPES: dict[str, dict[str, Any]] = {
 _VLM_RECIPE = {**PRESET_RECIPES["lisa-7b"], "batch_size": 2,
                "gradient_accumulation_steps": 8, "learning_rate": 1e-4, "gradient_checkpointing": True}
 PRESET_RECIPES.update({
-    "qwen2.5-vl-3b-sam2": dict(_VLM_RECIPE),
-    "qwen3-vl-4b-sam2": dict(_VLM_RECIPE),
+    "qwen2.5-vl-3b-sam2": {**_VLM_RECIPE, "vlm_resolution": "native"},
+    "qwen3-vl-4b-sam2": {**_VLM_RECIPE, "vlm_resolution": "native"},
     "smolvlm-256m-sam2": {**_VLM_RECIPE, "batch_size": 8, "gradient_accumulation_steps": 2,
                           "gradient_checkpointing": False},
 })

@@ -107,7 +107,7 @@ class Prediction:
 class _EncodedImage:
     """What ``set_image`` computes once: the transformed inputs and the encoders' outputs, on the model's device.
 
-    sam_image (3, S, S), vision_image (3, V, V), image_features (1, N, h), sam_embeddings: the image's
+    sam_image (3, S, S), vision_image (3, V, V) (native resolution: (3, h', w')), image_features (1, N, h), sam_embeddings: the image's
     ``ImageFeatures`` (SAM: (1, D, S/16, S/16); SAM 2: a tuple of multi-scale tensors).
     """
 
@@ -233,7 +233,8 @@ class Predictor:
         new_ids, masks = self.model.generate(input_ids, image.image_features, image.sam_embeddings, image.resize_hw,
                                              image.original_hw, max_new_tokens=max_new_tokens,
                                              eos_token_id=tokenizer.eos_token_id,
-                                             pad_token_id=tokenizer.pad_token_id)
+                                             pad_token_id=tokenizer.pad_token_id,
+                                             vision_hw=tuple(image.vision_image.shape[-2:]))
         ids = new_ids.tolist()
         text = tokenizer.decode([t for t in ids if t != tokenizer.eos_token_id], skip_special_tokens=False)
         logger.debug("generated %d tokens (%d [SEG]): %r", len(ids), masks.shape[0], text)

@@ -92,7 +92,8 @@ class Sample:
     """One dataset item: one image and its queries (one sequence per query).
 
     sam_image:    (3, S, S) float32, SAM-normalised, resized longest side to S, zero-padded bottom/right.
-    vision_image: (3, V, V) float32, normalised for the vision tower (resize shortest side + centre crop).
+    vision_image: (3, V, V) float32, normalised for the vision tower (resize shortest side + centre crop); with the
+                  vlm preset's native resolution (3, h', w'), the image's own size (``NativeVisionTransform``).
     masks:        (n_m, H, W) uint8 in {0, 1, 255} at the ORIGINAL image resolution (255 = ignore), one per
                   [SEG] of the answers: n_m = n_q, or 0 for a text-only (explanation) item.
     """
@@ -119,7 +120,8 @@ class Batch:
     """A collated batch: B images, Q >= B query sequences.
 
     sam_images:     (B, 3, S, S) float32
-    vision_images:  (B, 3, V, V) float32
+    vision_images:  (B, 3, V, V) float32 (native resolution: (B, 3, max h', max w'), each image zero-padded
+                    bottom/right; its own size is ``vision_hw[b]``)
     input_ids:      (Q, L) int64, right-padded; each row holds exactly one image placeholder token
     attention_mask: (Q, L) int64, 1 for real tokens
     labels:         (Q, L) int64, -100 everywhere except the assistant answer tokens
@@ -141,6 +143,13 @@ class Batch:
     is_sentence: list[bool]  # Q flags
     sample_ids: list[int] = field(default_factory=list)  # B dataset indices (for exact-once evaluation)
     sources: list[str] = field(default_factory=list)  # B dataset names (``Sample.source``)
+    vision_hw: list[tuple[int, int]] = field(default_factory=list)  # B (h', w') inside vision_images; [] = all
+
+    def vision_sizes(self) -> list[tuple[int, int]]:
+        """B (h', w'): each vision image's size inside ``vision_images`` (the whole tensor when not recorded)."""
+        if self.vision_hw:
+            return [(int(h), int(w)) for h, w in self.vision_hw]
+        return [tuple(self.vision_images.shape[-2:])] * self.num_images
 
     @property
     def num_images(self) -> int:

@@ -180,6 +180,19 @@ def _stack_images(samples: Sequence[Sample], attr: str) -> torch.Tensor:
     return torch.stack([getattr(s, attr) for s in samples])
 
 
+def _pad_vision_images(samples: Sequence[Sample]) -> torch.Tensor:
+    """B (3, h', w') vision images -> (B, 3, max h', max w'), zero-padded bottom/right (native resolution gives
+    every image its own size; the model reads each back at ``Batch.vision_hw``)."""
+    images = [s.vision_image for s in samples]
+    if len({tuple(im.shape) for im in images}) == 1:
+        return torch.stack(images)
+    height, width = max(im.shape[-2] for im in images), max(im.shape[-1] for im in images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for b, image in enumerate(images):
+        out[b, :, :image.shape[-2], :image.shape[-1]] = image
+    return out
+
+
 def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512,
                     conversation: ConversationFormat | None = None) -> Batch:
     """Batch B samples into Q >= B token rows; see ``types.Batch`` for the tensor shapes.
@@ -214,7 +227,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
     indices = [s.index for s in samples]
     return Batch(
         sam_images=_stack_images(samples, "sam_image"),
-        vision_images=_stack_images(samples, "vision_image"),
+        vision_images=_pad_vision_images(samples),
         input_ids=input_ids,
         attention_mask=attention_mask,
         labels=_pad(label_rows, IGNORE_INDEX),
@@ -227,6 +240,7 @@ def collate_samples(samples: list[Sample], tokenizer: Any, max_length: int = 512
         is_sentence=is_sentence,
         sample_ids=indices if all(i >= 0 for i in indices) else [],
         sources=[s.source for s in samples],
+        vision_hw=[(int(s.vision_image.shape[-2]), int(s.vision_image.shape[-1])) for s in samples],
     )
 
 

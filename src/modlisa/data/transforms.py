@@ -11,6 +11,10 @@
   PIL bicubic (long side ``int(V * long / short)``), centre crop V x V (top/left offsets
   ``(size - V) // 2``), scale to [0, 1], normalise. Same result as transformers'
   ``CLIPImageProcessorPil``.
+- Native vision branch (``NativeVisionTransform``, the vlm preset's ``vlm_resolution: native``): what Qwen2-VL's
+  image processor does: resize the whole image (aspect ratio kept, no crop) to transformers' ``smart_resize`` size
+  (sides multiples of patch x merge, pixel count within [min_pixels, max_pixels]) with PIL bicubic, scale to
+  [0, 1], normalise. The output's size varies per image.
 - ``Augmenter``: photometric jitter and a horizontal flip that is skipped for left/right queries.
 """
 
@@ -152,6 +156,36 @@ class VisionTransform:
         return _normalise(crop, self.mean, self.std)
 
 
+class NativeVisionTransform:
+    """Dynamic-resolution vision input: (H, W, 3) uint8 RGB -> (3, h', w') float32, (h', w') = transformers'
+    ``smart_resize(H, W, factor, min_pixels, max_pixels)``: Qwen2-VL / Qwen2.5-VL / Qwen3-VL's preprocessing."""
+
+    def __init__(self, factor: int, min_pixels: int, max_pixels: int, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        if factor <= 0 or min_pixels <= 0 or max_pixels < min_pixels or max_pixels < factor * factor:
+            raise ValueError(f"NativeVisionTransform: need factor > 0 and factor^2 <= max_pixels >= min_pixels > 0, "
+                             f"got factor={factor}, min_pixels={min_pixels}, max_pixels={max_pixels}")
+        self.factor, self.min_pixels, self.max_pixels = int(factor), int(min_pixels), int(max_pixels)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h', w') of an H x W image: sides multiples of ``factor``, aspect ratio kept as closely as can be."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        try:
+            return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+        except ValueError as err:  # an aspect ratio over 200
+            raise ValueError(f"NativeVisionTransform: a {height} x {width} image: {err}") from None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """Resize to ``output_shape`` (PIL bicubic), /255, normalise -> (3, h', w')."""
+        _check_rgb_uint8(image, "NativeVisionTransform")
+        new_h, new_w = self.output_shape(image.shape[0], image.shape[1])
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        return _normalise(resized.astype(np.float32) / 255.0, self.mean, self.std)
+
+
 def mentions_left_or_right(text: str) -> bool:
     """True when a word of ``text`` starts with "left" or "right" (case-insensitive)."""
     return _LEFT_RIGHT.search(text) is not None
@@ -208,7 +242,7 @@ class ImageProcessors:
     """The transforms of one model: SAM (or SAM 2) branch, vision branch, optional training augmentation."""
 
     sam: SamTransform | Sam2Transform
-    vision: VisionTransform
+    vision: VisionTransform | NativeVisionTransform
     augmenter: Augmenter | None = None
 
     @property

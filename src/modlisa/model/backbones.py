@@ -362,7 +362,7 @@ def build_vlm(cfg: TrainingConfig) -> Backbones:
     model = load_pretrained("vlm_model", cfg.vlm_model, AutoModelForImageTextToText.from_pretrained,
                             **_load_lm_kwargs(cfg, VLM_SKIP_MODULES))
     _one_cpu_layout(model)
-    vlm_module.configure_image_processor(image_processor, family, cfg.img_size)
+    vlm_module.configure_image_processor(image_processor, family, cfg.img_size, cfg.vlm_resolution)
     described = vlm_module.describe_family(model, image_processor, family, cfg.img_size, repr(cfg.vlm_model))
     model_image_id = single_token_id(tokenizer, described.template_image)
     if model_image_id != int(model.config.image_token_id):

@@ -140,15 +140,18 @@ def resolve_preset(cfg: TrainingConfig, sources: dict[str, str]) -> tuple[Traini
 
 def build_processors(cfg: TrainingConfig, parts: Backbones) -> Any:
     """``ImageProcessors``: SAM branch at ``sam_image_size`` (``SamTransform``, or ``Sam2Transform`` for a SAM 2
-    decoder), vision branch at ``img_size`` with the tower's stats."""
-    from modlisa.data.transforms import Augmenter, ImageProcessors, VisionTransform
+    decoder), vision branch at ``img_size`` with the tower's stats (the vlm preset's ``vlm_resolution: native``:
+    ``NativeVisionTransform`` within the configured image processor's pixel bounds)."""
+    from modlisa.data.transforms import Augmenter, ImageProcessors, NativeVisionTransform, VisionTransform
     from modlisa.model.mask_decoder import decoder_for
 
-    return ImageProcessors(
-        sam=decoder_for(parts.sam).transform(cfg.sam_image_size),
-        vision=VisionTransform(cfg.img_size, mean=parts.vision_mean, std=parts.vision_std),
-        augmenter=Augmenter() if cfg.augment else None,
-    )
+    vision: Any = VisionTransform(cfg.img_size, mean=parts.vision_mean, std=parts.vision_std)
+    if parts.vlm is not None and cfg.vlm_resolution == "native":  # the image processor's own bounds (backbones)
+        size = parts.vlm.image_processor.size
+        vision = NativeVisionTransform(parts.vlm.family.size_multiple, int(size["shortest_edge"]),
+                                       int(size["longest_edge"]), mean=parts.vision_mean, std=parts.vision_std)
+    return ImageProcessors(sam=decoder_for(parts.sam).transform(cfg.sam_image_size), vision=vision,
+                           augmenter=Augmenter() if cfg.augment else None)
 
 
 def add_image_span_tokens(parts: Backbones) -> None:

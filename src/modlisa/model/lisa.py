@@ -192,6 +192,11 @@ class ModifiedLISA(nn.Module):
             features = features[:, 1:]
         return self.projector(features.to(_dtype(self.projector)))
 
+    def encode_batch_images(self, batch: Batch) -> Tensor:
+        """(B, N, h) features of ``batch.vision_images`` (the vlm preset reads each image at its
+        ``Batch.vision_hw`` size)."""
+        return self.encode_images(batch.vision_images)
+
     def encode_sam(self, sam_images: Tensor) -> ImageFeatures:
         """(B, 3, S, S) SAM-normalised images -> their ``ImageFeatures``: SAM's (B, D, S/16, S/16) image
         embeddings, or SAM 2's tuple of multi-scale features (``model/sam2_decoder.py``)."""
@@ -236,7 +241,7 @@ class ModifiedLISA(nn.Module):
         num_rows = batch.input_ids.shape[0]
         image_of_row = rows_to_images(batch.offsets, num_rows)
         if image_features is None:
-            image_features = self.encode_images(batch.vision_images)
+            image_features = self.encode_batch_images(batch)
         logits, labels, unpacked_labels, seg_hidden, rows, plan = self._run_lm(batch, image_features[image_of_row])
         seg_counts = torch.bincount(rows, minlength=num_rows)
         if sam_embeddings is None:
@@ -327,27 +332,31 @@ class ModifiedLISA(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, image_features: Tensor, sam_embeddings: ImageFeatures,
                  resize_hw: tuple[int, int], original_hw: tuple[int, int], *, max_new_tokens: int = 32,
-                 eos_token_id: int | None = None, pad_token_id: int | None = None) -> tuple[Tensor, Tensor]:
+                 eos_token_id: int | None = None, pad_token_id: int | None = None,
+                 vision_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """Answer one prompt about one image by greedy decoding; decode one mask per generated [SEG].
 
         input_ids:      (1, L) int64 prompt holding one image token, ending where the answer starts.
         image_features: (1, N, h) ``encode_images`` of the image's (1, 3, V, V) vision input.
         sam_embeddings: ``encode_sam`` of the image's (1, 3, S, S) SAM input (SAM: (1, D, S/16, S/16)).
         resize_hw:      (h', w') of the image inside the SAM input, before padding; original_hw: (H, W).
+        vision_hw:      (h', w') of the image's vision input: the vlm preset's native resolution, where N depends
+                        on it (None: V x V; the other presets always are).
         Returns ``(new_ids, masks)``: new_ids (T,) int64, the generated tokens (the EOS included when reached,
         T <= max_new_tokens); masks (n, H, W) float32 logits, n = the number of [SEG] in new_ids. Call in eval
         mode (``modlisa.predictor.Predictor`` does).
         """
-        new_ids, seg_hidden = self._greedy(input_ids, image_features, max_new_tokens, eos_token_id, pad_token_id)
+        new_ids, seg_hidden = self._greedy(input_ids, image_features, max_new_tokens, eos_token_id, pad_token_id,
+                                           vision_hw)
         masks = self.seg_decoder.decode(self.sam, self.project_seg(seg_hidden), features_at(sam_embeddings, 0),
                                     tuple(resize_hw), tuple(original_hw))
         return new_ids, masks
 
     def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,
-                pad_token_id: int | None) -> tuple[Tensor, Tensor]:
+                pad_token_id: int | None, vision_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding over spliced ``inputs_embeds`` with the LM's KV cache.
 
-        input_ids (1, L), image_features (1, N, h). Returns the new token ids (T,) and (n_seg, h) hidden states
+        input_ids (1, L), image_features (1, N, h) (``vision_hw``: unused, N is fixed). Returns the new token ids (T,) and (n_seg, h) hidden states
         that predicted each generated [SEG] (last layer, after the final norm).
         """
         embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, image_features)

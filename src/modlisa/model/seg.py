@@ -42,19 +42,25 @@ def expand_image_tokens(
     image_pos: Tensor,
     attention_mask: Tensor,
     labels: Tensor | None = None,
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Replace each row's ``<image>`` token by its N image embeddings.
+    """Replace each row's ``<image>`` token by its image embeddings.
 
     text_embeds (Q,L,h), image_embeds (Q,N,h) (one image per row), image_pos (Q,), attention_mask (Q,L),
-    labels (Q,L) or None. Returns inputs_embeds (Q,L',h), attention_mask (Q,L') with 1 on the image span,
-    labels (Q,L') with IGNORE_INDEX (-100) on the image span (or None).
+    labels (Q,L) or None; counts (Q,) int64: row q takes only its first ``counts[q]`` <= N image embeddings (images
+    of different token counts, the vlm preset's native resolution; None: all N). Returns inputs_embeds (Q,L',h),
+    attention_mask (Q,L') with 1 on the image span, labels (Q,L') with IGNORE_INDEX (-100) on the image span (or
+    None); L' = L + N - 1, a row with fewer image tokens ends in N - counts[q] more padding (mask 0, label -100).
     """
     num_rows, length, _ = text_embeds.shape
     n_img = image_embeds.shape[1]
+    n_row = torch.full_like(image_pos, n_img) if counts is None else counts.to(image_pos.device)
     t = torch.arange(length + n_img - 1, device=text_embeds.device).unsqueeze(0)  # (1, L')
     start = image_pos.unsqueeze(1)  # (Q, 1)
-    in_image = (t >= start) & (t < start + n_img)  # (Q, L')
-    text_idx = torch.where(t < start, t, t - n_img + 1).clamp(0, length - 1)
+    span = n_row.unsqueeze(1)  # (Q, 1)
+    in_image = (t >= start) & (t < start + span)  # (Q, L')
+    in_row = t < length + span - 1  # (Q, L'): False on the extra padding of rows with fewer image tokens
+    text_idx = torch.where(t < start, t, t - span + 1).clamp(0, length - 1)
     image_idx = (t - start).clamp(0, n_img - 1)
 
     def take(source: Tensor, index: Tensor) -> Tensor:
@@ -63,10 +69,10 @@ def expand_image_tokens(
     embeds = torch.where(in_image.unsqueeze(-1), take(image_embeds.to(text_embeds.dtype), image_idx),
                          take(text_embeds, text_idx))
     mask = torch.where(in_image, torch.ones_like(in_image, dtype=attention_mask.dtype),
-                       torch.gather(attention_mask, 1, text_idx))
+                       torch.gather(attention_mask, 1, text_idx) * in_row)
     new_labels = None
     if labels is not None:
-        new_labels = torch.where(in_image, torch.full_like(text_idx, IGNORE_INDEX, dtype=labels.dtype),
+        new_labels = torch.where(in_image | ~in_row, torch.full_like(text_idx, IGNORE_INDEX, dtype=labels.dtype),
                                  torch.gather(labels, 1, text_idx))
     return embeds, mask, new_labels
 
@@ -75,14 +81,15 @@ def seg_positions(
     input_ids: Tensor,
     seg_id: int,
     image_pos: Tensor,
-    n_img: int,
+    n_img: int | Tensor,
     attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Where the [SEG] embeddings are read in the EXPANDED sequence (docs/LISA.md §2).
 
     For a [SEG] at index j of ``input_ids`` (Q, L), its expanded index is j + N - 1 when it follows the
     image token (j otherwise); the embedding is the hidden state one position before, i.e. the state
-    whose logits predict [SEG]: (j - 1) + (N - 1) after the image, as LISA computes it.
+    whose logits predict [SEG]: (j - 1) + (N - 1) after the image, as LISA computes it. ``n_img``: N, or (Q,)
+    image-token counts per row (images of different sizes).
     Returns (rows (K,), positions (K,)) sorted by row, then by position (K = total [SEG] count).
     """
     is_seg = input_ids == seg_id
@@ -91,7 +98,8 @@ def seg_positions(
     rows, cols = torch.nonzero(is_seg, as_tuple=True)
     if bool((cols == 0).any()):
         raise ValueError("a [SEG] token at position 0 has no preceding hidden state")
-    expanded = cols + (cols > image_pos[rows]).long() * (n_img - 1)
+    n_row = n_img[rows] if isinstance(n_img, Tensor) else n_img
+    expanded = cols + (cols > image_pos[rows]).long() * (n_row - 1)
     return rows, expanded - 1
 
 

@@ -1,18 +1,22 @@
 """The ``vlm`` preset's reasoner: any image-text-to-text checkpoint (Qwen2.5-VL, Qwen3-VL, Idefics3 / SmolVLM).
 
-A run fixes the vision input size V (``img_size``), so every image gives the same N image tokens; the batch then
-stays modlisa's: one ``<image>`` placeholder per token row, ``vision_images`` (B, 3, V, V) stacked. What the
-checkpoint's own processor would do is reproduced per family (``VLMFamily``) and done by transformers' modules:
+The batch stays modlisa's: one ``<image>`` placeholder per token row, ``vision_images`` stacked. With
+``vlm_resolution: fixed`` every image is V x V (``img_size``) and gives the same N image tokens; with ``native``
+(Qwen) each image keeps its aspect ratio (``NativeVisionTransform``: at most V^2 pixels), the batch holds them
+zero-padded to (B, 3, max h', max w') with their sizes in ``Batch.vision_hw``, and image b gives N_b tokens
+(``VLMFamily.image_token_counts``): rows are expanded to L' = L + max N_b - 1, shorter ones padded at the end.
+What the checkpoint's own processor would do is reproduced per family (``VLMFamily``) and done by transformers'
+modules:
 
 - Image tokens. The chat template renders the image item (Qwen: ``<|vision_start|><|image_pad|><|vision_end|>``,
   Idefics3: ``<image>``); the processor's expansion of that one image token, collapsed to ONE ``<image>``, is the
   prompt's placeholder text (``image_text``: Qwen ``<image>`` inside the template's vision start / end,
   Idefics3 ``<fake_token_around_image><global-img><image><fake_token_around_image>``: its processor's string for
-  an image without splitting). N comes from the image processor (Qwen: the patch grid / merge^2 of a V x V image
-  with min_pixels = max_pixels = V^2; Idefics3: ``image_seq_len``, splitting off, longest edge V).
-- Pixels. ``vision_images`` (B, 3, V, V) are normalised with the image processor's mean / std; Qwen's flat patch
-  layout is the image processor's ``patchify`` (``qwen_patchify``, checked equal to it in tests/test_vlm.py);
-  Idefics3 takes (B, 1, 3, V, V).
+  an image without splitting). N comes from the image processor (Qwen: the patch grid / merge^2 of each image's
+  (h', w'); Idefics3: ``image_seq_len``, splitting off, longest edge V).
+- Pixels. ``vision_images`` are normalised with the image processor's mean / std; Qwen's flat patch layout is the
+  image processor's ``patchify`` (``qwen_patchify`` of each image at its own size, concatenated, with the
+  (B, 3) ``image_grid_thw``; checked equal to the processor's in tests/test_vlm.py); Idefics3 takes (B, 1, 3, V, V).
 - Features. The model's own ``get_image_features`` (vision tower + merger / connector; Qwen3-VL's DeepStack
   features ride along as extra channels of the (B, N, (1 + k) h) tensor).
 - Splice and positions. The placeholder becomes N copies of the model's image token id (``expand_image_ids``: the
@@ -25,7 +29,8 @@ checkpoint's own processor would do is reproduced per family (``VLMFamily``) and
   ``ModifiedLISA._packed_lm``); Qwen's 3D M-RoPE positions make ``packing.pack_blocker`` fall back to unpacked rows
   with its one warning.
 
-Shapes: B images, Q rows, L token length, N image tokens, L' = L + N - 1, h LM hidden size, V vision input size.
+Shapes: B images, Q rows, L token length, N image tokens (N_b per image, N = max), L' = L + N - 1, h LM hidden
+size, V vision input size, (h', w') one image's native vision input size.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from torch import Tensor, nn
 from modlisa.model import packing
 from modlisa.model.adapters import unwrap_lm
 from modlisa.model.lisa import ModifiedLISA, _compute_dtype
-from modlisa.model.seg import image_token_positions, seg_positions
+from modlisa.model.seg import image_token_positions, rows_to_images, seg_positions
 from modlisa.model.vlm_family import VLMFamily, expand_image_ids, qwen_patchify
 
 logger = logging.getLogger(__name__)
@@ -70,63 +75,74 @@ class VLMLISA(ModifiedLISA):
     def num_image_tokens(self) -> int:
         return self.family.num_image_tokens
 
-    def encode_images(self, vision_images: Tensor) -> Tensor:
-        """(B, 3, V, V) processor-normalised images -> (B, N, C) features of the model's own
-        ``get_image_features``: C = h, or (1 + k) h for Qwen3-VL (k DeepStack levels after the merged features)."""
+    def encode_images(self, vision_images: Tensor, vision_hw: list[tuple[int, int]] | None = None) -> Tensor:
+        """(B, 3, V, V) processor-normalised images (native resolution: image b in the top-left ``vision_hw[b]``
+        of a zero-padded (B, 3, h'max, w'max)) -> (B, N, C) features of the model's own ``get_image_features``,
+        image b's N_b in its first rows (the rest zero): C = h, or (1 + k) h for Qwen3-VL (k DeepStack levels
+        after the merged features)."""
         vlm = self.vlm
-        batch = vision_images.shape[0]
         if self.family.name == "idefics3":
             out = vlm.model.get_image_features(vision_images.unsqueeze(1))
             return torch.stack(list(out.pooler_output))
+        sizes = vision_hw or [tuple(vision_images.shape[-2:])] * vision_images.shape[0]
         vision = vlm.config.vision_config
-        patches = qwen_patchify(vision_images, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size)
-        grid = self._grid(batch, vision_images.shape[-1], vision_images.device)
-        out = vlm.model.get_image_features(patches, grid)
-        features = [torch.stack(list(out.pooler_output))]
-        for level in getattr(out, "deepstack_features", None) or []:
-            features.append(torch.stack(list(level)))
-        return torch.cat(features, dim=-1)
+        patches = torch.cat([qwen_patchify(image[None, :, :h, :w], vision.patch_size, vision.spatial_merge_size,
+                                           vision.temporal_patch_size) for image, (h, w) in zip(vision_images, sizes)])
+        out = vlm.model.get_image_features(patches, self.family.grid(sizes, vision_images.device))
+        levels = [out.pooler_output, *(getattr(out, "deepstack_features", None) or [])]
+        return torch.cat([nn.utils.rnn.pad_sequence(list(level), batch_first=True) for level in levels], dim=-1)
 
-    def _grid(self, count: int, size: int, device: torch.device) -> Tensor:
-        patch = self.vlm.config.vision_config.patch_size
-        return torch.tensor([[1, size // patch, size // patch]] * count, dtype=torch.int64, device=device)
+    def encode_batch_images(self, batch: Any) -> Tensor:
+        """(B, N, C) ``encode_images`` of the batch's images, each at its ``Batch.vision_hw`` size."""
+        return self.encode_images(batch.vision_images, batch.vision_sizes())
 
-    def _image_outputs(self, features: Tensor) -> dict[str, Any]:
-        """(Q, N, C) features -> the ``mm_encoder_outputs`` the VLM's forward takes precomputed."""
+    def _row_counts(self, batch: Any) -> Tensor:
+        """(Q,) image tokens of each row's image."""
+        counts = self.family.image_token_counts(batch.vision_sizes(), batch.input_ids.device)
+        return counts[rows_to_images(batch.offsets, batch.input_ids.shape[0])]
+
+    def _image_outputs(self, features: Tensor, counts: Tensor) -> dict[str, Any]:
+        """(Q, N, C) features, row q's first ``counts[q]`` real -> the ``mm_encoder_outputs`` the VLM's forward
+        takes precomputed (one (N_q, h) tensor per row)."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         hidden = self.vlm.config.get_text_config().hidden_size
-        pooled = list(features[..., :hidden])
+        rows = [row[:n] for row, n in zip(features, counts.tolist())]
+        pooled = [row[:, :hidden] for row in rows]
         if self.family.name != "qwen3":
             return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         levels = features.shape[-1] // hidden - 1
-        deepstack = [list(features[..., (i + 1) * hidden:(i + 2) * hidden]) for i in range(levels)]
+        deepstack = [[row[:, (i + 1) * hidden:(i + 2) * hidden] for row in rows] for i in range(levels)]
         return {"image": BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deepstack)}
 
-    def position_ids(self, ids: Tensor, mask: Tensor) -> Tensor | None:
+    def position_ids(self, ids: Tensor, mask: Tensor, vision_hw: list[tuple[int, int]] | None = None
+                     ) -> Tensor | None:
         """Position ids of expanded rows ``ids`` / ``mask`` (Q, L'): Qwen's M-RoPE (3, Q, L') from the model's
-        ``get_rope_index`` (image grid = (1, V / patch, V / patch) per row); None for 1D-RoPE families."""
+        ``get_rope_index`` (row q's image grid (1, h' / patch, w' / patch) from ``vision_hw[q]``, default V x V);
+        None for 1D-RoPE families."""
         if self.family.name == "idefics3":
             return None
-        vlm = self.vlm
         token_type = (ids == self.model_image_token_id).int()
-        grid = self._grid(ids.shape[0], self.vision_image_size, ids.device)
-        positions, _ = vlm.model.get_rope_index(ids, mm_token_type_ids=token_type, image_grid_thw=grid,
-                                                attention_mask=mask)
+        sizes = vision_hw or [(self.vision_image_size, self.vision_image_size)] * ids.shape[0]
+        positions, _ = self.vlm.model.get_rope_index(ids, mm_token_type_ids=token_type,
+                                                     image_grid_thw=self.family.grid(sizes, ids.device),
+                                                     attention_mask=mask)
         return positions
 
-    def _expand(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None
+    def _expand(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None, counts: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         image_pos = image_token_positions(input_ids, self.image_token_id)
-        ids, mask, new_labels = expand_image_ids(input_ids, image_pos, attention_mask, labels, self.num_image_tokens,
+        ids, mask, new_labels = expand_image_ids(input_ids, image_pos, attention_mask, labels, counts,
                                                  self.model_image_token_id)
         return ids, mask, new_labels, image_pos
 
     def _call(self, ids: Tensor, mask: Tensor, features: Tensor | None, positions: Tensor | None,
-              cache: Any = None, use_cache: bool = False) -> Any:
-        extra: dict[str, Any] = {} if features is None else {"mm_encoder_outputs": self._image_outputs(features)}
+              counts: Tensor | None = None, cache: Any = None, use_cache: bool = False) -> Any:
+        extra: dict[str, Any] = {}
+        if features is not None:
+            extra["mm_encoder_outputs"] = self._image_outputs(features, counts)
         return self.language_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                    use_cache=use_cache, output_hidden_states=True, **extra)
 
@@ -136,12 +152,14 @@ class VLMLISA(ModifiedLISA):
         """The VLM over the expanded rows: (logits (Q, L', V), or (B, Lp, V) packed, their labels, the unpacked
         (Q, L') labels, [SEG] states (K, h), [SEG] rows (K,), the pack plan (Idefics3 with ``pack_queries``) or
         None)."""
-        ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels)
-        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, self.num_image_tokens,
-                                  batch.attention_mask)
+        counts = self._row_counts(batch)
+        ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels, counts)
+        rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, counts, batch.attention_mask)
         plan = self._vlm_pack_plan(batch, ids, mask, image_pos) if self.pack_queries else None
         if plan is None:
-            out = self._call(ids, mask, image_features, self.position_ids(ids, mask))
+            sizes = batch.vision_sizes()
+            row_hw = [sizes[b] for b in rows_to_images(batch.offsets, ids.shape[0]).tolist()]
+            out = self._call(ids, mask, image_features, self.position_ids(ids, mask, row_hw), counts)
             seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
             return out.logits, labels, labels, seg_hidden, rows, None
         # 1D RoPE (Idefics3): the model's own splice, then the packed rows exactly as the other presets run them
@@ -170,14 +188,17 @@ class VLMLISA(ModifiedLISA):
 
     # ------------------------------------------------------------------ generation
     def _greedy(self, input_ids: Tensor, image_features: Tensor, max_new_tokens: int, eos_token_id: int | None,
-                pad_token_id: int | None) -> tuple[Tensor, Tensor]:
+                pad_token_id: int | None, vision_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding with the VLM's KV cache: the prompt (1, L) expanded and run once with the image
         features, then one token a step at the next position (Qwen: max M-RoPE position + 1 + t on all three
         axes, what its ``rope_deltas`` give; Idefics3: L' + t). Returns new ids (T,) and the (n_seg, h) states that
-        predicted each generated [SEG]. (``pad_token_id``: unused, one prompt is never padded.)"""
-        ids, mask, _, _ = self._expand(input_ids, torch.ones_like(input_ids), None)
-        positions = self.position_ids(ids, mask)
-        out = self._call(ids, mask, image_features, positions, use_cache=True)
+        predicted each generated [SEG]. ``vision_hw``: the image's (h', w') (native resolution; None: V x V).
+        (``pad_token_id``: unused, one prompt is never padded.)"""
+        sizes = [vision_hw or (self.vision_image_size, self.vision_image_size)]
+        counts = self.family.image_token_counts(sizes, input_ids.device)
+        ids, mask, _, _ = self._expand(input_ids, torch.ones_like(input_ids), None, counts)
+        positions = self.position_ids(ids, mask, sizes)
+        out = self._call(ids, mask, image_features, positions, counts, use_cache=True)
         start = int(positions.max()) + 1 if positions is not None else ids.shape[1]
         new_ids: list[int] = []
         seg_states = []

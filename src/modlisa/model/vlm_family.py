@@ -1,4 +1,8 @@
-"""What an image-text-to-text checkpoint's processor does, for one fixed vision input size (the ``vlm`` preset).
+"""What an image-text-to-text checkpoint's processor does at the run's vision input budget (the ``vlm`` preset).
+
+``vlm_resolution: fixed``: every image V x V, N tokens. ``native`` (Qwen families): the processor's dynamic
+resolution, each image h' x w' (aspect ratio kept, at most V^2 pixels, sides multiples of patch x merge), so N varies
+per image: ``image_token_counts`` gives it from the (h', w') of each image.
 
 Per family (Qwen2-VL / Qwen2.5-VL: ``qwen``; Qwen3-VL: ``qwen3``; Idefics3 / SmolVLM: ``idefics3``): the vision input
 multiple, N image tokens per V x V image, the image token the chat template writes and the placeholder text around
@@ -9,6 +13,7 @@ runs the model; ``model/backbones.py`` loads it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +43,20 @@ class VLMFamily:
     size_multiple: int  # V must be a multiple (Qwen: patch * merge; Idefics3: V = the tower's image_size)
     template_image: str  # what the chat template writes for an image item
     image_text: str  # what replaces it in modlisa's prompts (holds one IMAGE_TOKEN)
-    num_image_tokens: int  # N at the run's V
+    num_image_tokens: int  # N at the run's V (native resolution: the most one image can have)
+    patch_size: int = 0  # Qwen: the vision patch (a (h', w') image has (h' / patch) x (w' / patch) patches)
+    merge_size: int = 1  # Qwen: patches merged per side into one token
+
+    def grid(self, hw: Sequence[tuple[int, int]], device: torch.device | None = None) -> Tensor:
+        """(n, 3) int64 ``image_grid_thw`` of n Qwen images of sizes ``hw``: (1, h' / patch, w' / patch)."""
+        rows = [[1, int(h) // self.patch_size, int(w) // self.patch_size] for h, w in hw]
+        return torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, 3)
+
+    def image_token_counts(self, hw: Sequence[tuple[int, int]], device: torch.device | None = None) -> Tensor:
+        """(n,) int64 image tokens of n images of vision input sizes ``hw`` (Idefics3: always N)."""
+        if self.patch_size == 0:
+            return torch.full((len(hw),), self.num_image_tokens, dtype=torch.int64, device=device)
+        return self.grid(hw, device)[:, 1:].prod(dim=1) // self.merge_size ** 2
 
 
 def family_of(config: Any, name: str) -> str:
@@ -61,10 +79,18 @@ def image_tokens_at(config: Any, family: str, size: int) -> int:
     return int((size // int(vision.patch_size)) ** 2 / int(config.scale_factor) ** 2)
 
 
-def configure_image_processor(image_processor: Any, family: str, size: int) -> None:
-    """Fix the image processor to one V x V image -> N tokens (in place; saved with an export)."""
+def configure_image_processor(image_processor: Any, family: str, size: int, resolution: str = "fixed") -> None:
+    """Set the image processor to the run's input (in place; saved with an export): ``fixed``, one V x V image ->
+    N tokens; ``native`` (Qwen), at most V^2 pixels and at least the checkpoint's own minimum (capped at V^2).
+    ConfigError for ``native`` with a family whose processor has no dynamic resolution of one image."""
+    if resolution == "native" and family not in ("qwen", "qwen3"):
+        raise ConfigError("vlm_resolution: native needs a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; Idefics3 / "
+                          "SmolVLM split large images into tiles instead: use vlm_resolution: fixed")
     if family in ("qwen", "qwen3"):
-        image_processor.size = {"shortest_edge": size * size, "longest_edge": size * size}
+        least = size * size
+        if resolution == "native":
+            least = min(int(image_processor.size["shortest_edge"]), size * size)
+        image_processor.size = {"shortest_edge": least, "longest_edge": size * size}
     else:
         image_processor.do_image_splitting = False
         image_processor.size = {"longest_edge": size}
@@ -98,13 +124,13 @@ def family_spec(config: Any, family: str, size: int, tokens: int) -> VLMFamily:
     if family in ("qwen", "qwen3"):
         multiple = int(config.vision_config.patch_size) * int(config.vision_config.spatial_merge_size)
         return VLMFamily(family, config.model_type, "model.language_model", multiple, "<|image_pad|>", IMAGE_TOKEN,
-                         tokens)
+                         tokens, int(config.vision_config.patch_size), int(config.vision_config.spatial_merge_size))
     return VLMFamily(family, config.model_type, "model.text_model", size, IMAGE_TOKEN,
                      f"{IDEFICS3_FAKE}{IDEFICS3_GLOBAL}{IMAGE_TOKEN}{IDEFICS3_FAKE}", tokens)
 
 
 def qwen_patchify(images: Tensor, patch: int, merge: int, temporal: int) -> Tensor:
-    """(B, 3, V, V) -> (B * g * g, 3 * temporal * patch^2) with g = V / patch: Qwen2-VL's image processor's flat
+    """(B, 3, h', w') -> (B * gh * gw, 3 * temporal * patch^2) with (gh, gw) = (h', w') / patch: Qwen2-VL's image processor's flat
     patch layout (``Qwen2VLImageProcessorPil.patchify``: merge-window order, the frame repeated ``temporal`` times)."""
     batch, channel, height, width = images.shape
     gh, gw = height // patch, width // patch
@@ -115,9 +141,12 @@ def qwen_patchify(images: Tensor, patch: int, merge: int, temporal: int) -> Tens
 
 
 def expand_image_ids(input_ids: Tensor, image_pos: Tensor, attention_mask: Tensor, labels: Tensor | None,
-                     n_img: int, model_image_id: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(Q, L) ids with one placeholder per row -> (Q, L') ids with N ``model_image_id`` there, the (Q, L') mask
-    and labels (-100 on the image span): ``seg.expand_image_tokens`` on ids viewed as 1-channel embeddings."""
-    image = torch.full((input_ids.shape[0], n_img, 1), model_image_id, dtype=input_ids.dtype, device=input_ids.device)
-    ids, mask, new_labels = expand_image_tokens(input_ids.unsqueeze(-1), image, image_pos, attention_mask, labels)
+                     counts: Tensor, model_image_id: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(Q, L) ids with one placeholder per row -> (Q, L') ids with ``counts[q]`` ``model_image_id`` there
+    (L' = L + max(counts) - 1), the (Q, L') mask and labels (-100 on the image span and on the padding of rows with
+    fewer image tokens): ``seg.expand_image_tokens`` on ids viewed as 1-channel embeddings."""
+    n_max = int(counts.max())
+    image = torch.full((input_ids.shape[0], n_max, 1), model_image_id, dtype=input_ids.dtype, device=input_ids.device)
+    ids, mask, new_labels = expand_image_tokens(input_ids.unsqueeze(-1), image, image_pos, attention_mask, labels,
+                                                counts)
     return ids[..., 0], mask, new_labels

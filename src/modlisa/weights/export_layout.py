@@ -38,7 +38,7 @@ HUB_POINTERS = {"language_model": "language_model", "vision_tower": "vision_towe
                 "heads": HEADS_FILE, "training_config": CONFIG_FILE, "export_info": EXPORT_INFO_FILE}
 # the model settings an export fixes for ``init_from`` (the rest of a run's config stays the run's)
 INIT_FIELDS = ("model", "vision_model", "language_model", "sam_model", "sam_kind", "llava_model", "vlm_model",
-               "img_size",
+               "img_size", "vlm_resolution",
                "sam_image_size",
                "use_mm_start_end", "use_chat_template", "projector")
 
