@@ -62,7 +62,7 @@ def _native(model, kind: str, ids: torch.Tensor, mask: torch.Tensor, crops: list
     """The checkpoint's own pipeline, no modlisa code: its image processor's pixels, its forward's splice and
     (Qwen) its own M-RoPE positions from mm_token_type_ids + image_grid_thw."""
     vlm = model.vlm
-    if kind == "idefics3":
+    if kind in ("idefics3", "smolvlm"):
         pixels = model.image_processor(images=[[c] for c in crops], return_tensors="pt")
         return vlm(input_ids=ids, attention_mask=mask, pixel_values=pixels["pixel_values"],
                    pixel_attention_mask=pixels["pixel_attention_mask"], output_hidden_states=True, use_cache=False)
@@ -126,7 +126,7 @@ def test_seg_gather_is_the_state_before_each_seg_and_equals_the_models_own_pipel
     # the state read is the one whose logits predict [SEG]
     head = model.vlm.get_output_embeddings()
     assert torch.allclose(head(ours.seg_embeddings), ours.logits[read_rows, read_pos], atol=1e-5)
-    if kind != "idefics3":  # M-RoPE: modlisa's explicit positions are the model's own
+    if model.family.name != "idefics3":  # M-RoPE: modlisa's explicit positions are the model's own
         token_type = (expanded == model.model_image_token_id).int()
         side = size // model.vlm.config.vision_config.patch_size
         grid = torch.tensor([[1, side, side]] * 3)  # what the image processor gives for a V x V image
@@ -208,7 +208,7 @@ def test_pack_queries_qwen_falls_back_with_one_warning_idefics3_packs_exactly(bu
             model.pack_queries = True
         model.train()
         warnings = [r.getMessage() for r in caplog.records if "pack_queries" in r.getMessage()]
-        if kind == "idefics3":  # 1D RoPE: one sequence per image, the same numbers as one per query
+        if model.family.name == "idefics3":  # 1D RoPE (Idefics3, SmolVLM2): one sequence per image, the same numbers as one per query
             assert not warnings and packed.pack_plan is not None and packed.logits.shape[0] == 2
             assert torch.allclose(packed.unpacked_logits(), unpacked.logits, atol=1e-5)
             assert torch.allclose(packed.seg_embeddings, unpacked.seg_embeddings, atol=1e-5)

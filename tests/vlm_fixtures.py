@@ -15,8 +15,8 @@ import torch
 
 from modlisa.model.tokenizer import build_byte_tokenizer
 
-VLM_KINDS = ("qwen2_5_vl", "qwen3_vl", "idefics3")
-VLM_IMG = {"qwen2_5_vl": 56, "qwen3_vl": 64, "idefics3": 64}  # vision input sizes: N = 4 image tokens each
+VLM_KINDS = ("qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm")  # smolvlm: SmolVLM2's model_type
+VLM_IMG = {"qwen2_5_vl": 56, "qwen3_vl": 64, "idefics3": 64, "smolvlm": 64}  # vision input sizes: N = 4 tokens each
 
 # Qwen2.5-VL-Instruct's chat template (chat_template.json), the video branch and add_vision_id dropped
 QWEN2_5_VL_TEMPLATE = (
@@ -101,28 +101,39 @@ def _qwen(kind: str, folder: Path, dtype: torch.dtype) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _idefics3(folder: Path, dtype: torch.dtype) -> None:
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
+def _idefics3(folder: Path, dtype: torch.dtype, smolvlm: bool = False) -> None:
+    """Idefics3 (SmolVLM-256M/500M/2.2B-Instruct) or, ``smolvlm``, SmolVLM2's ``smolvlm`` classes (the same
+    architecture and image tokens; its template adds a video item, unused here). SmolVLM2's processor class needs a
+    video processor (torchvision): the image processor and tokenizer are saved, as for Qwen."""
+    from transformers import Idefics3Processor
+
+    if smolvlm:
+        from transformers import SmolVLMConfig as Config
+        from transformers import SmolVLMForConditionalGeneration as Model
+        from transformers import SmolVLMImageProcessorPil as ImageProcessor
+    else:
+        from transformers import Idefics3Config as Config
+        from transformers import Idefics3ForConditionalGeneration as Model
+        from transformers import Idefics3ImageProcessorPil as ImageProcessor
 
     tokenizer = _tokenizer(IDEFICS3_TOKENS, "<end_of_utterance>", IDEFICS3_TEMPLATE, bos="<|im_start|>")
     img, patch, scale = VLM_IMG["idefics3"], 16, 2
-    config = Idefics3Config(
+    config = Config(
         text_config={**TEXT, "vocab_size": len(tokenizer), "model_type": "llama", "max_position_embeddings": 512},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "image_size": img, "patch_size": patch},
         scale_factor=scale, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
-    model = Idefics3ForConditionalGeneration(config)
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * img}, max_image_size={"longest_edge": img},
-                                                do_image_splitting=True)
+    model = Model(config)
+    image_processor = ImageProcessor(size={"longest_edge": 2 * img}, max_image_size={"longest_edge": img},
+                                     do_image_splitting=True)
+    model.to(dtype).save_pretrained(folder)
+    if smolvlm:
+        image_processor.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return
     seq_len = (img // patch) ** 2 // scale**2
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
                                   chat_template=tokenizer.chat_template)
-    model.to(dtype).save_pretrained(folder)
     processor.save_pretrained(folder)
 
 
@@ -130,8 +141,8 @@ def save_tiny_vlm(kind: str, folder: Path, *, dtype: torch.dtype = torch.float32
     """Write a random tiny ``kind`` (one of ``VLM_KINDS``) checkpoint + processor to ``folder``; returns it."""
     torch.manual_seed(seed)
     folder = Path(folder)
-    if kind == "idefics3":
-        _idefics3(folder, dtype)
+    if kind in ("idefics3", "smolvlm"):
+        _idefics3(folder, dtype, smolvlm=kind == "smolvlm")
     else:
         _qwen(kind, folder, dtype)
     return str(folder)

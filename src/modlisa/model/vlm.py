@@ -1,4 +1,5 @@
-"""The ``vlm`` preset's reasoner: any image-text-to-text checkpoint (Qwen2.5-VL, Qwen3-VL, Idefics3 / SmolVLM).
+"""The ``vlm`` preset's reasoner: any image-text-to-text checkpoint (Qwen2.5-VL, Qwen3-VL, Idefics3 / SmolVLM,
+SmolVLM2).
 
 The batch stays modlisa's: one ``<image>`` placeholder per token row, ``vision_images`` stacked. With
 ``vlm_resolution: fixed`` every image is V x V (``img_size``) and gives the same N image tokens; with ``native``
@@ -162,11 +163,20 @@ class VLMLISA(ModifiedLISA):
             out = self._call(ids, mask, image_features, self.position_ids(ids, mask, row_hw), counts)
             seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
             return out.logits, labels, labels, seg_hidden, rows, None
-        # 1D RoPE (Idefics3): the model's own splice, then the packed rows exactly as the other presets run them
-        embeds = self.vlm.model.inputs_merger(input_ids=ids, inputs_embeds=self._embed(ids),
-                                              image_hidden_states=image_features.reshape(-1, image_features.shape[-1]))
+        # 1D RoPE (Idefics3, SmolVLM2): the model's own splice, then the packed rows as the other presets run them
+        embeds = self._splice_features(ids, image_features.reshape(-1, image_features.shape[-1]))
         logits, packed_labels, seg_hidden = self._packed_lm(embeds, mask, labels, plan, rows, pos)
         return logits, packed_labels, labels, seg_hidden, rows, plan
+
+    def _splice_features(self, ids: Tensor, features: Tensor) -> Tensor:
+        """(Q, L') expanded ids, (Q * N, h) image features -> (Q, L', h) embeddings with the features at the image
+        tokens, by the model's own splice (Idefics3's ``inputs_merger``; SmolVLM2's ``get_placeholder_mask`` +
+        ``masked_scatter``, what its forward does)."""
+        inner, embeds = self.vlm.model, self._embed(ids)
+        if hasattr(inner, "inputs_merger"):
+            return inner.inputs_merger(input_ids=ids, inputs_embeds=embeds, image_hidden_states=features)
+        where = inner.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
+        return embeds.masked_scatter(where, features.to(embeds.dtype))
 
     def _embed(self, ids: Tensor) -> Tensor:
         """(Q, L') ids -> (Q, L', h) token embeddings in the LM's compute dtype (the [SEG] row's delta included)."""
