@@ -18,7 +18,7 @@ PRESETS = ("tiny", "smol", "composite", "llava", "lisa-7b", "vlm", "qwen2.5-vl-3
 VLM_PRESET_NAMES = PRESETS[5:]  # the image-text-to-text reasoner (model/vlm.py)
 PROJECTORS = ("mlp2x_gelu", "linear")
 TRAIN_EMBEDDINGS = ("seg_row", "full", "none")
-SAM_KINDS = ("sam", "sam2")
+SAM_KINDS = ("sam", "sam_hq", "sam2")
 VLM_RESOLUTIONS = ("fixed", "native")
 MIXED_PRECISION = ("fp16", "bf16")
 
@@ -72,11 +72,12 @@ class TrainingConfig:
                             "qwen3-vl-4b-sam2 | smolvlm-256m-sam2 (docs/TRAINING_GUIDE.md)")
     vision_model: str | None = _f(None, "HF id or folder of a CLIP / SigLIP vision tower (composite preset)")
     language_model: str | None = _f(None, "HF id or folder of any causal LM (composite preset)")
-    sam_model: str | None = _f(None, "HF id or folder of a SamModel or a Sam2Model (e.g. "
-                                     "facebook/sam2.1-hiera-large), or an original segment-anything checkpoint "
+    sam_model: str | None = _f(None, "HF id or folder of a SamModel, SamHQModel or Sam2Model (e.g. "
+                                     "syscv-community/sam-hq-vit-base, facebook/sam2.1-hiera-large), or an "
+                                     "original segment-anything checkpoint "
                                      "file (sam_vit_b/l/h_*.pth, converted on load) (default: a random tiny SAM)")
     sam_kind: str = _f("sam", "mask decoder family of the random tiny decoder built when sam_model is not set: "
-                              "sam | sam2 (a sam_model checkpoint's own model_type decides: sam or sam2)")
+                              "sam | sam_hq | sam2 (a sam_model checkpoint's own model_type decides)")
     llava_model: str | None = _f(None, "HF id or folder of a LlavaForConditionalGeneration (llava preset)")
     vlm_model: str | None = _f(None, "HF id or folder of an image-text-to-text model: Qwen2.5-VL, Qwen3-VL, Idefics3 / "
                                      "SmolVLM (vlm preset; its processor's chat template and image tokens are used)")

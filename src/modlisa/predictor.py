@@ -107,8 +107,9 @@ class Prediction:
 class _EncodedImage:
     """What ``set_image`` computes once: the transformed inputs and the encoders' outputs, on the model's device.
 
-    sam_image (3, S, S), vision_image (3, V, V) (native resolution: (3, h', w')), image_features (1, N, h), sam_embeddings: the image's
-    ``ImageFeatures`` (SAM: (1, D, S/16, S/16); SAM 2: a tuple of multi-scale tensors).
+    sam_image (3, S, S), vision_image (3, V, V) (native resolution: (3, h', w')), image_features (1, N, h),
+    sam_embeddings: the image's ``ImageFeatures`` (SAM: (1, D, S/16, S/16); SAM-HQ: (embedding, early ViT block);
+    SAM 2: a tuple of multi-scale tensors).
     """
 
     original_hw: tuple[int, int]

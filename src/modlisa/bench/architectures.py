@@ -28,15 +28,17 @@ from transformers import (
     CLIPVisionModel,
     PretrainedConfig,
     Sam2Model,
+    SamHQModel,
     SamModel,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 
 from modlisa.config import VLM_PRESET_NAMES, ConfigError, TrainingConfig
-from modlisa.model.backbones import VisionProjector, tiny_language_model, tiny_sam, tiny_vision_tower
+from modlisa.model.backbones import VisionProjector, random_sam, tiny_language_model, tiny_vision_tower
 from modlisa.model.lisa import ModifiedLISA
-from modlisa.model.sam2_decoder import is_sam2_config, tiny_sam2
+from modlisa.model.sam2_decoder import is_sam2_config
+from modlisa.model.sam_hq_decoder import is_sam_hq_config
 from modlisa.model.vlm_family import family_of, family_spec, image_tokens_at
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Architecture:
 
     vision: PretrainedConfig
     lm: PretrainedConfig
-    sam: PretrainedConfig  # SamConfig or Sam2Config
+    sam: PretrainedConfig  # SamConfig, SamHQConfig or Sam2Config
     dtypes: dict[str, torch.dtype]
     tokenizer: str  # "byte" (a byte-level tokenizer) or "bpe" (the tiny preset's word-level BPE, real LMs)
     drop_cls: bool = True
@@ -98,15 +100,16 @@ def vision_layers(config: PretrainedConfig) -> int:
 
 
 def describe_sam(config: PretrainedConfig) -> dict[str, Any]:
-    """The sizes of a SAM or SAM 2 config the planner reports."""
+    """The sizes of a SAM, SAM-HQ or SAM 2 config the planner reports."""
     if is_sam2_config(config):
         hiera = config.vision_config.backbone_config
         return {"kind": "sam2", "hiera_widths": list(hiera.embed_dim_per_stage),
                 "blocks_per_stage": list(hiera.blocks_per_stage), "image_size": sam2_input_size(config),
                 "global_attention_blocks": list(hiera.global_attention_blocks)}
     s = config.vision_config
-    return {"kind": "sam", "hidden": s.hidden_size, "layers": s.num_hidden_layers, "heads": s.num_attention_heads,
-            "image_size": s.image_size, "global_attn_indexes": list(s.global_attn_indexes)}
+    return {"kind": "sam_hq" if is_sam_hq_config(config) else "sam", "hidden": s.hidden_size,
+            "layers": s.num_hidden_layers, "heads": s.num_attention_heads, "image_size": s.image_size,
+            "global_attn_indexes": list(s.global_attn_indexes)}
 
 
 def sam2_input_size(config: PretrainedConfig) -> int:
@@ -147,11 +150,11 @@ def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32
 
 
 def sam_config(cfg: TrainingConfig) -> tuple[PretrainedConfig, torch.dtype]:
-    """SAM's or SAM 2's config: the tiny random one of ``sam_kind`` when ``sam_model`` is unset, else the
+    """SAM's, SAM-HQ's or SAM 2's config: the tiny random one of ``sam_kind`` when ``sam_model`` is unset, else the
     checkpoint's (an original segment-anything ``.pth``: read off its shapes, the file memory-mapped)."""
     if not cfg.sam_model:
         with torch.device("meta"):
-            sam = tiny_sam2(cfg.sam_image_size) if cfg.sam_kind == "sam2" else tiny_sam(cfg.sam_image_size)
+            sam = random_sam(cfg)
         return sam.config, torch.float32
     from modlisa.convert import sam_original
 
@@ -268,10 +271,17 @@ def _vlm_skeleton(arch: Architecture, sam: torch.nn.Module) -> ModifiedLISA:
                    model_image_token_id=config.image_token_id)
 
 
+def sam_skeleton(config: PretrainedConfig) -> torch.nn.Module:
+    """The ``Sam2Model`` / ``SamHQModel`` / ``SamModel`` of ``config`` (built on the caller's device)."""
+    if is_sam2_config(config):
+        return Sam2Model(config)
+    return SamHQModel(config) if is_sam_hq_config(config) else SamModel(config)
+
+
 def build_skeleton(arch: Architecture, cfg: TrainingConfig) -> ModifiedLISA:
     """ModifiedLISA on the meta device with ``cfg``'s adapters applied (quantisation left out)."""
     with torch.device("meta"):
-        sam = Sam2Model(arch.sam) if is_sam2_config(arch.sam) else SamModel(arch.sam)
+        sam = sam_skeleton(arch.sam)
         vocab = arch.lm.vocab_size
         if arch.vlm is not None:
             model = _vlm_skeleton(arch, sam)

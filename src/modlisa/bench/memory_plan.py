@@ -43,6 +43,7 @@ from modlisa.bench.architectures import (
 )
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.sam2_decoder import is_sam2_config
+from modlisa.model.sam_hq_decoder import is_sam_hq_config
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ class SamGeometry:
 
 
 def sam_geometry(config: Any) -> SamGeometry:
-    """SAM: ViT at S / patch, global attention over every patch. SAM 2: Hiera, whose global-attention blocks run
+    """SAM: ViT at S / patch, global attention over every patch. SAM-HQ: the same ViT; its cache also keeps the
+    first global block's output (ViT width x (S/16)^2 floats). SAM 2: Hiera, whose global-attention blocks run
     at their stage's resolution (S / 4 / 2^stage); its cache keeps the three FPN levels the decoder reads
     (256 x (S/16)^2, 64 x (S/8)^2, 32 x (S/4)^2 floats)."""
     if is_sam2_config(config):
@@ -226,8 +228,9 @@ def sam_geometry(config: Any) -> SamGeometry:
                            decoder * (size // 16) ** 2 + 64 * (size // 8) ** 2 + 32 * (size // 4) ** 2)
     s = config.vision_config
     tokens = (s.image_size // s.patch_size) ** 2
+    cached = s.output_channels + (s.hidden_size if is_sam_hq_config(config) else 0)
     return SamGeometry(s.image_size, tokens, config.mask_decoder_config.hidden_size, s.num_attention_heads, tokens,
-                       s.output_channels * tokens)
+                       cached * tokens)
 
 
 def sam_encoder_terms(model: torch.nn.Module, arch: Architecture, cfg: TrainingConfig, w: Workload,
@@ -253,7 +256,8 @@ def sam_encoder_terms(model: torch.nn.Module, arch: Architecture, cfg: TrainingC
 
 def mask_activations(arch: Architecture, w: Workload, act: int) -> float:
     """SAM decoder, upscaling, and the original-size logits + loss terms of every query of a micro-batch (SAM 2's
-    decoder is SAM's two-way transformer and upscaling, plus the high-resolution skips: counted as SAM's)."""
+    decoder is SAM's two-way transformer and upscaling, plus the high-resolution skips; SAM-HQ's adds an HQ token
+    and its fused (D/8, S/4, S/4) mask features per query: both counted as SAM's)."""
     g = sam_geometry(arch.sam)
     tokens, dim = g.decoder_tokens, g.decoder_dim
     per_query = (tokens * dim * DECODER_FLOATS * act + tokens * UPSCALE_FLOATS * act

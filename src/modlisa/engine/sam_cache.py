@@ -2,12 +2,14 @@
 
 When the SAM image encoder is frozen and SAM's input is not augmented, the encoder output of an image is
 the same every epoch, and the encoder is most of a step at ``sam_image_size`` 1024. The cache keeps each
-image's ``ImageFeatures`` (``model/mask_decoder.py``: SAM's (D, S/16, S/16) embedding, or SAM 2's tuple of
-multi-scale features) in memory (and optionally on disk), keyed by
+image's ``ImageFeatures`` (``model/mask_decoder.py``: SAM's (D, S/16, S/16) embedding, or the tuple of SAM-HQ
+(embedding, early ViT block) or of SAM 2 (multi-scale features)) in memory (and optionally on disk), keyed by
 
 - the SHA-256 of the image FILE content (a changed image never hits a stale entry),
 - the SAM preprocessing (transform class, ``sam_image_size``, its mean/std, a format version),
 - a fingerprint of the encoder weights (``model.sam_image_encoder``; another SAM checkpoint never hits),
+- the decoder kind (``model.seg_decoder.kind``: SAM-HQ's ViT is SAM's, same weights and names, but SAM-HQ's entries
+  also hold the early ViT feature),
 - how the encoder runs (device type, weight dtype, autocast dtype).
 
 It lives in the main process of each rank (DataLoader workers never see it): the key is computed from
@@ -110,7 +112,7 @@ class CacheStats:
 
 class SamEmbeddingCache:
     """Memory (+ optional disk) cache of SAM image features, one entry per image key: a (D, h, w) tensor (SAM)
-    or a tuple of per-level tensors (SAM 2), the batch dimension dropped.
+    or a tuple of tensors (SAM-HQ, SAM 2), the batch dimension dropped.
 
     Args:
         model: the (unwrapped) ModifiedLISA; its ``sam_image_encoder`` must be frozen.
@@ -124,7 +126,8 @@ class SamEmbeddingCache:
         encoder = model.sam_image_encoder
         if any(p.requires_grad for p in encoder.parameters()):
             raise ValueError("SamEmbeddingCache needs a frozen SAM image encoder (freeze_sam: true)")
-        self._static = f"{preprocessing_signature(sam_transform)}|enc={encoder_fingerprint(encoder)}"
+        self._static = (f"{preprocessing_signature(sam_transform)}|enc={encoder_fingerprint(encoder)}|"
+                        f"kind={model.seg_decoder.kind}")
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self.store_device = torch.device(store_device)
         self.stats = CacheStats()
@@ -215,7 +218,7 @@ class SamEmbeddingCache:
         if not first:
             return
         rows = list(first.values())
-        features = model.encode_sam(batch.sam_images[rows])  # SAM: (m, D, h, w); SAM 2: a tuple of (m, ...)
+        features = model.encode_sam(batch.sam_images[rows])  # SAM: (m, D, h, w); SAM-HQ, SAM 2: a tuple of (m, ...)
         for j, (key, b) in enumerate(first.items()):
             embedding = map_features(lambda t, j=j: t[j], features)
             self._store(key, embedding)

@@ -2,15 +2,16 @@
 
 Presets (``TrainingConfig.model``):
 
-- ``tiny``: random-initialised CLIP vision tower, Llama LM and SAM (or SAM 2 with ``sam_kind: sam2``) from small
-  configs (offline, seconds).
+- ``tiny``: random-initialised CLIP vision tower, Llama LM and SAM (or SAM-HQ / SAM 2 with ``sam_kind: sam_hq``
+  / ``sam2``) from small configs (offline, seconds).
 - ``smol``: the real SmolLM2-135M LM (``modlisa.model.smol``) with the tiny vision tower and SAM.
 - ``composite``: any CLIP/SigLIP vision model + any causal LM + SAM, by Hugging Face id or local folder,
   joined by a new LLaVA-1.5 ``mlp2x_gelu`` projector.
 - ``llava`` / ``lisa-7b``: a ``LlavaForConditionalGeneration`` checkpoint split into vision tower,
   projector and a causal-LM view of its language model, + SAM from ``sam_model``.
 - ``vlm`` (and its named presets ``VLM_PRESETS``): any image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL,
-  Qwen3-VL, Idefics3 / SmolVLM) as the whole reasoner (``modlisa.model.vlm``), + SAM / SAM 2 from ``sam_model``.
+  Qwen3-VL, Idefics3 / SmolVLM) as the whole reasoner (``modlisa.model.vlm``), + SAM / SAM-HQ / SAM 2 from
+  ``sam_model``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     Sam2Model,
     SamConfig,
+    SamHQModel,
     SamMaskDecoderConfig,
     SamModel,
     SamPromptEncoderConfig,
@@ -44,7 +46,8 @@ from transformers import (
 
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.random_init import torch_default_init
-from modlisa.model.sam2_decoder import is_sam2_config, sam2_image_size, single_mask_output, tiny_sam2
+from modlisa.model.sam2_decoder import SAM2_MODEL_TYPES, single_mask_output, tiny_sam2
+from modlisa.model.sam_hq_decoder import SAM_HQ_MODEL_TYPE, tiny_sam_hq
 from modlisa.model.tokenizer import add_special_tokens, build_word_tokenizer
 from modlisa.types import CLIP_MEAN, CLIP_STD
 
@@ -70,13 +73,14 @@ class Backbones:
     vision_tower:  (B,3,V,V) -> hidden_states; layer ``vision_feature_layer`` is used, CLS dropped if ``drop_cls``.
     projector:     (B,N,Cv) -> (B,N,h), h = LM hidden size.
     language_model: a causal LM (accepts ``inputs_embeds``), vocabulary resized to the tokenizer.
-    sam:           Hugging Face ``SamModel`` or ``Sam2Model`` (image encoder, prompt encoder, mask decoder).
+    sam:           Hugging Face ``SamModel``, ``SamHQModel`` or ``Sam2Model`` (image encoder, prompt encoder, mask
+                   decoder).
     """
 
     vision_tower: PreTrainedModel
     projector: nn.Module
     language_model: PreTrainedModel
-    sam: SamModel | Sam2Model
+    sam: SamModel | SamHQModel | Sam2Model
     tokenizer: PreTrainedTokenizerBase
     vision_mean: tuple[float, float, float]
     vision_std: tuple[float, float, float]
@@ -177,36 +181,57 @@ def load_pretrained(field: str, name: str, loader: Any, **kwargs: Any) -> Any:
         ) from exc
 
 
-def checkpoint_is_sam2(name: str) -> bool:
-    """True when the ``sam_model`` folder / HF id ``name`` holds a SAM 2 config (model_type sam2 / sam2_video)."""
-    return is_sam2_config(load_pretrained("sam_model", name, AutoConfig.from_pretrained))
+SAM_KIND_BUILDERS: dict[str, Callable[[int], nn.Module]] = {"sam": tiny_sam, "sam_hq": tiny_sam_hq,
+                                                             "sam2": tiny_sam2}  # sam_kind -> tiny random decoder
 
 
-def random_sam(cfg: TrainingConfig) -> SamModel | Sam2Model:
-    """The tiny random mask decoder of ``cfg.sam_kind`` (sam | sam2) at ``cfg.sam_image_size``."""
-    return tiny_sam2(cfg.sam_image_size) if cfg.sam_kind == "sam2" else tiny_sam(cfg.sam_image_size)
+def checkpoint_model_type(name: str) -> str:
+    """The model_type of the config in the ``sam_model`` folder / HF id ``name`` (ConfigError when unreadable)."""
+    return str(getattr(load_pretrained("sam_model", name, AutoConfig.from_pretrained), "model_type", ""))
 
 
-def load_sam(cfg: TrainingConfig) -> SamModel | Sam2Model:
+def random_sam(cfg: TrainingConfig) -> SamModel | SamHQModel | Sam2Model:
+    """The tiny random mask decoder of ``cfg.sam_kind`` (sam | sam_hq | sam2) at ``cfg.sam_image_size``."""
+    builder = SAM_KIND_BUILDERS.get(cfg.sam_kind)
+    if builder is None:
+        raise ConfigError(f"sam_kind must be one of {', '.join(SAM_KIND_BUILDERS)}; got {cfg.sam_kind!r}")
+    return builder(cfg.sam_image_size)
+
+
+def pretrained_sam(name: str) -> SamModel | SamHQModel | Sam2Model:
+    """The class the config of ``name`` names: ``SamModel`` (model_type sam), ``SamHQModel`` (sam_hq) or
+    ``Sam2Model`` (sam2, or sam2_video as the Hub's SAM 2.1 folders say); ConfigError for any other model."""
+    model_type = checkpoint_model_type(name)
+    if model_type in SAM2_MODEL_TYPES:
+        return single_mask_output(load_pretrained("sam_model", name, Sam2Model.from_pretrained))
+    if model_type == SAM_HQ_MODEL_TYPE:
+        return load_pretrained("sam_model", name, SamHQModel.from_pretrained)
+    if model_type == "sam":
+        return load_pretrained("sam_model", name, SamModel.from_pretrained)
+    raise ConfigError(f"sam_model={name!r} is a {model_type or 'model_type-less'!r} checkpoint, not a mask decoder: "
+                      f"give a SAM (model_type sam), SAM-HQ (sam_hq) or SAM 2 ({' / '.join(SAM2_MODEL_TYPES)}) "
+                      "folder / HF id, or an original segment-anything .pth")
+
+
+def load_sam(cfg: TrainingConfig) -> SamModel | SamHQModel | Sam2Model:
     """The mask decoder's model from ``cfg.sam_model``: a ``SamModel`` (HF id or folder, or an original
-    segment-anything ``.pth`` converted on load by ``modlisa.convert.sam_original``) or a ``Sam2Model`` (a folder
-    / HF id whose config's model_type is sam2 or sam2_video); the tiny random one of ``cfg.sam_kind`` when it is
-    None."""
+    segment-anything ``.pth`` converted on load by ``modlisa.convert.sam_original``), a ``SamHQModel`` or a
+    ``Sam2Model`` (by the model_type of the folder's config: ``pretrained_sam``); the tiny random one of
+    ``cfg.sam_kind`` when it is None."""
     if not cfg.sam_model:
         return random_sam(cfg)
     from modlisa.convert.sam_original import is_original_checkpoint, load_original_sam
+    from modlisa.model.mask_decoder import decoder_for
 
     if is_original_checkpoint(cfg.sam_model):
         sam = load_original_sam(Path(cfg.sam_model).expanduser())
-    elif checkpoint_is_sam2(cfg.sam_model):
-        sam = single_mask_output(load_pretrained("sam_model", cfg.sam_model, Sam2Model.from_pretrained))
     else:
-        sam = load_pretrained("sam_model", cfg.sam_model, SamModel.from_pretrained)
-    kind = "sam2" if isinstance(sam, Sam2Model) else "sam"
-    if kind != cfg.sam_kind:
+        sam = pretrained_sam(cfg.sam_model)
+    decoder = decoder_for(sam)
+    if decoder.kind != cfg.sam_kind:
         logger.info("sam_model %s is a %s checkpoint: using the %s decoder (sam_kind only picks the random tiny "
-                    "decoder)", cfg.sam_model, kind.upper(), kind.upper())
-    expected = sam2_image_size(sam) if kind == "sam2" else sam.config.vision_config.image_size
+                    "decoder)", cfg.sam_model, decoder.kind, decoder.kind)
+    expected = decoder.image_size(sam)
     if expected != cfg.sam_image_size:
         raise ConfigError(f"sam_image_size={cfg.sam_image_size} but SAM model {cfg.sam_model!r} takes "
                           f"{expected}x{expected} inputs; set sam_image_size: {expected}")

@@ -4,9 +4,10 @@ Tensors in, tensors out: prompts, tokenisation and image transforms live outside
 training and evaluation, ``modlisa.predictor.Predictor`` for inference on raw images). The model returns
 outputs, never losses. Shapes: B images, Q >= B sequences, L padded token length,
 N image tokens, L' = L + N - 1, h = LM hidden size, D = SAM prompt dim, V = vision input size,
-S = SAM input size, (H, W) original image size. The mask decoder is SAM or SAM 2 behind one interface
+S = SAM input size, (H, W) original image size. The mask decoder is SAM, SAM-HQ or SAM 2 behind one interface
 (``model/mask_decoder.py``): ``encode_sam`` gives an image's ``ImageFeatures`` (SAM: a (B, D, S/16, S/16) tensor;
-SAM 2: a tuple of multi-scale tensors), the decoder turns prompts + one image's features into masks.
+SAM-HQ: that and an early ViT block; SAM 2: a tuple of multi-scale tensors), the decoder turns prompts + one
+image's features into masks.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class ModifiedLISA(nn.Module):
         vision_tower: CLIP/SigLIP vision model; hidden state ``vision_feature_layer`` feeds the projector.
         projector: (B, N, Cv) -> (B, N, h).
         language_model: causal LM accepting ``inputs_embeds`` (possibly wrapped by peft later).
-        sam: Hugging Face ``SamModel`` or ``Sam2Model``: the mask decoder (its kind: ``self.seg_decoder``).
+        sam: Hugging Face ``SamModel``, ``SamHQModel`` or ``Sam2Model``: the mask decoder (its kind:
+            ``self.seg_decoder``).
         seg_token_id, image_token_id: ids of ``[SEG]`` and ``<image>`` in the tokenizer.
         vision_image_size: V, the vision tower's input size (positions are interpolated when it differs
             from the tower's own size).
@@ -199,7 +201,8 @@ class ModifiedLISA(nn.Module):
 
     def encode_sam(self, sam_images: Tensor) -> ImageFeatures:
         """(B, 3, S, S) SAM-normalised images -> their ``ImageFeatures``: SAM's (B, D, S/16, S/16) image
-        embeddings, or SAM 2's tuple of multi-scale features (``model/sam2_decoder.py``)."""
+        embeddings, SAM-HQ's (embeddings, early ViT block) tuple (``model/sam_hq_decoder.py``), or SAM 2's tuple of
+        multi-scale features (``model/sam2_decoder.py``)."""
         return self.seg_decoder.encode(self.sam, sam_images)
 
     @property

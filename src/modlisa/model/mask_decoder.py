@@ -1,16 +1,17 @@
-"""The mask-decoder interface ``ModifiedLISA`` calls: SAM (``model/seg.py``) or SAM 2 (``model/sam2_decoder.py``).
+"""The mask-decoder interface ``ModifiedLISA`` calls: SAM (``model/seg.py``), SAM-HQ (``model/sam_hq_decoder.py``)
+or SAM 2 (``model/sam2_decoder.py``).
 
 A decoder kind is a stateless object; every method takes the Hugging Face model (``ModifiedLISA.sam``: a
-``SamModel`` or a ``Sam2Model``) so its weights keep their names in checkpoints and exports::
+``SamModel``, ``SamHQModel`` or ``Sam2Model``) so its weights keep their names in checkpoints and exports::
 
     features = decoder.encode(sam, images)              # (B, 3, S, S) -> ImageFeatures (cacheable)
     masks = decoder.decode(sam, prompts, features_at(features, b), resize_hw, original_hw)   # (n, H, W)
 
 ``ImageFeatures`` is what the frozen image encoder makes of a batch and what the SAM cache stores: one
-(B, D, S/16, S/16) tensor for SAM, a tuple of B-first tensors for SAM 2 (its high-resolution levels and
-image embedding). The helpers below index, stack and move either form.
+(B, D, S/16, S/16) tensor for SAM, a tuple of B-first tensors for SAM-HQ (image embedding, early ViT block)
+and SAM 2 (its high-resolution levels and image embedding). The helpers below index, stack and move either form.
 
-Kinds: ``sam`` (LISA's) and ``sam2``; ``decoder_for(sam)`` picks by the model's class.
+Kinds: ``sam`` (LISA's), ``sam_hq`` and ``sam2``; ``decoder_for(sam)`` picks by the model's class.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any, Protocol, Union
 
 import torch
 from torch import Tensor, nn
-from transformers import Sam2Model, SamModel
+from transformers import Sam2Model, SamHQModel, SamModel
 
 from modlisa.model.sam2_decoder import Sam2Decoder
+from modlisa.model.sam_hq_decoder import SamHQDecoder
 from modlisa.model.seg import decode_masks
 
 ImageFeatures = Union[Tensor, tuple[Tensor, ...]]  # noqa: UP007 (a runtime alias)
@@ -84,12 +86,16 @@ class SamDecoder:
 
 
 def decoder_for(sam: nn.Module) -> SegDecoder:
-    """The decoder kind of a Hugging Face ``SamModel`` / ``Sam2Model``; TypeError for anything else."""
+    """The decoder kind of a Hugging Face ``SamModel`` / ``SamHQModel`` / ``Sam2Model``; TypeError for anything
+    else. (None of the three subclasses another; the most specific classes are still tested first.)"""
     if isinstance(sam, Sam2Model):
         return Sam2Decoder()
+    if isinstance(sam, SamHQModel):
+        return SamHQDecoder()
     if isinstance(sam, SamModel):
         return SamDecoder()
-    raise TypeError(f"the mask decoder must be a transformers SamModel or Sam2Model, got {type(sam).__name__}")
+    raise TypeError("the mask decoder must be a transformers SamModel, SamHQModel or Sam2Model, got "
+                    f"{type(sam).__name__}")
 
 
 # ---------------------------------------------------------------------- ImageFeatures helpers

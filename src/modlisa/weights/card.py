@@ -281,7 +281,7 @@ modlisa eval --checkpoint {folder} --data_root <ReasonSeg folder> --split val
 | `config.json` | `model_type: modlisa`, the modlisa version, pointers to the parts below |
 | `language_model/` | causal LM + tokenizer (`[SEG]`, `<image>` included): `AutoModelForCausalLM.from_pretrained` |
 | `vision_tower/` | vision tower + `preprocessor_config.json` (mean/std used in training) |
-| `sam/` | `SamModel` (or `Sam2Model`) with the trained mask decoder |
+| `sam/` | `SamModel` (or `SamHQModel`, `Sam2Model`) with the trained mask decoder |
 | `modlisa_heads.safetensors` | projector and `text_hidden_fcs` (the [SEG] projection) |
 | `modlisa_config.yaml` | the run's `TrainingConfig`, `model: composite`, paths relative to this folder |
 | `modlisa_export.json` | vision feature layer, CLS handling, token ids, image statistics, the facts of this card |

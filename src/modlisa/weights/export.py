@@ -5,7 +5,7 @@ Export layout (``export_merged``), loadable offline by ``load_exported`` or by h
     out_dir/
       language_model/            save_pretrained of the LM, LoRA merged, [SEG] rows folded, + tokenizer
       vision_tower/              save_pretrained of the vision tower + preprocessor_config.json (mean/std)
-      sam/                       save_pretrained of the SamModel or Sam2Model (trained mask decoder included)
+      sam/                       save_pretrained of the SamModel, SamHQModel or Sam2Model (trained decoder included)
       modlisa_heads.safetensors  every other weight: projector.*, text_hidden_fcs.*
       modlisa_config.yaml        TrainingConfig: model=composite, subfolder pointers, use_lora=false (the vlm
                                  preset's: model=vlm, vlm_model=language_model/: there the whole VLM, LoRA merged,
