@@ -167,6 +167,16 @@ def test_offline_fallback_keeps_the_lisa7b_figures(monkeypatch, caplog):
     assert LLAVA in lines[0] and SAM_H in lines[1]
 
 
+def test_a_dtype_named_only_in_text_config_is_the_weights_dtype(tmp_path):
+    # Qwen3-VL-4B-Instruct's published config.json names its dtype in text_config only (known_configs/README.md)
+    builtin = A.builtin_config("Qwen/Qwen3-VL-4B-Instruct")
+    assert builtin.dtype is None and builtin.text_config.dtype == torch.bfloat16
+    assert A._config_dtype(builtin) == torch.bfloat16
+    arch = A.architecture_for(preset("qwen3_vl_4b_sam2.yaml", vlm_model=save(builtin, tmp_path / "qwen3vl")))
+    assert arch.describe()["weight_dtypes"] == {"vision": "bfloat16", "lm": "bfloat16", "sam": "float32"}
+    assert A._config_dtype(CLIPVisionConfig()) == torch.float32  # no dtype anywhere: the default
+
+
 def test_tiny_sizes_come_from_the_tiny_builders():
     from modlisa.model.backbones import tiny_language_model, tiny_sam, tiny_vision_tower
     from modlisa.model.tokenizer import build_word_tokenizer

@@ -143,7 +143,14 @@ def checkpoint_config(name: str, what: str) -> PretrainedConfig:
 
 
 def _config_dtype(config: PretrainedConfig, default: torch.dtype = torch.float32) -> torch.dtype:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    """The stored weight dtype a config names; a composite config that names none at its top level (Qwen3-VL's
+    published config.json: ``text_config.dtype`` only) gives its text config's."""
+    def named(c: PretrainedConfig) -> Any:  # torch_dtype read only where set (a property on recent transformers)
+        return getattr(c, "dtype", None) or vars(c).get("torch_dtype")
+
+    dtype = named(config)
+    if dtype is None and (text := config.get_text_config()) is not config:
+        dtype = named(text)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else default
