@@ -280,6 +280,40 @@ def test_export_and_from_pretrained_give_identical_predictions(built, folders, k
     model.train()
 
 
+def test_four_bit_qwen_trains_through_lora_and_exports_dequantized(folders, tmp_path):
+    """use_quantization with the vlm preset: only the text model is 4-bit (vision tower, merger, head are skipped),
+    a step trains LoRA, and the export holds the de-quantised LM predicting the same masks."""
+    pytest.importorskip("bitsandbytes", reason="the quant extra: pip install 'modlisa[quant]'")
+    from modlisa.model.lisa import ModifiedLISA
+    from modlisa.model.quantization import is_quantized
+
+    cfg = vlm_cfg(folders["qwen2_5_vl"], "qwen2_5_vl", use_quantization=True, quantization_bits=4, lora_r=4,
+                  lora_alpha=8)
+    model, tokenizer, processors = build_model(cfg)
+    four_bit = [n for n, m in model.vlm.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert four_bit and all(n.startswith(model.family.lm_prefix + ".") for n in four_bit)
+    assert is_quantized(model.language_model) and not is_quantized(model.vision_tower)
+    batch = collate_samples(make_samples(processors), tokenizer, 512, model.conversation)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    loss = toy_loss(model(batch), batch)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and any(not torch.equal(p, lora_b[n]) for n, p in model.named_parameters()
+                                        if n in lora_b)
+    image = np.random.default_rng(6).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    before = Predictor(model, tokenizer, processors)
+    before.set_image(image)
+    folder = model.save_pretrained(tmp_path / "export", tokenizer=tokenizer, processors=processors, config=cfg)
+    loaded = ModifiedLISA.from_pretrained(folder)
+    assert not is_quantized(loaded.language_model) and loaded.pretrained.config.use_quantization is False
+    after = Predictor(loaded, loaded.pretrained.tokenizer, loaded.pretrained.processors)
+    after.set_image(image)
+    a = before.predict("the red circle", is_sentence=False, mode="teacher").logits
+    b = after.predict("the red circle", is_sentence=False, mode="teacher").logits
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), float((a - b).abs().max())
+
+
 # ---------------------------------------------------------------------- presets, planner, the commands
 def test_named_presets_fix_checkpoints_sizes_and_chat_template():
     from modlisa.config import resolve_config

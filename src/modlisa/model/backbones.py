@@ -362,7 +362,9 @@ def build_llava(cfg: TrainingConfig) -> Backbones:
                      mean, std, vision_feature_layer=layer, drop_cls=drop_cls)
 
 
-VLM_SKIP_MODULES = ["visual", "vision_model", "connector", "lm_head"]  # never quantised (the vision side, the head)
+# never quantised: the vision side and the head. transformers matches these from the start of a module's full name
+# (or as its suffix): "visual" alone does not match Qwen's "model.visual.blocks.0.attn.qkv", so the full prefixes
+VLM_SKIP_MODULES = ["model.visual", "model.vision_model", "model.connector", "lm_head"]
 
 
 def build_vlm(cfg: TrainingConfig) -> Backbones:

@@ -135,15 +135,16 @@ def _dequantized_state(base: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def dequantized_merged_lm(base: nn.Module) -> nn.Module:
-    """A plain float32 transformers LM from ``base`` (a quantised transformers LM, LoRA layers injected by peft
-    in place, i.e. ``adapters.unwrap_lm`` of a peft model): its quantised weights de-quantised, LoRA merged into
-    them (exactly W + BA * scaling, not re-quantised). Every other weight is copied as it is."""
+    """A plain float32 transformers model of ``base``'s class from ``base`` (a quantised causal LM or image-text-to-
+    text model, LoRA layers injected by peft in place, i.e. ``adapters.unwrap_lm`` of a peft model): its quantised
+    weights de-quantised, LoRA merged into them (exactly W + BA * scaling, not re-quantised). Every other weight is
+    copied as it is."""
     merged = _dequantized_state(base)
     config = base.config.__class__.from_dict(base.config.to_dict())
     for key in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, key):
             delattr(config, key)
-    plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    plain = type(base)._from_config(config, dtype=torch.float32)  # its own class: a causal LM or a whole VLM
     names = set(plain.state_dict())
     rest = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items()
             if "lora_" not in k and k.replace(".base_layer", "") in names and k.replace(".base_layer", "") not in merged}
