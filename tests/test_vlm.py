@@ -23,7 +23,7 @@ from modlisa.model.vlm_family import qwen_patchify  # noqa: E402
 from modlisa.predictor import Predictor  # noqa: E402
 from modlisa.types import Batch  # noqa: E402
 from test_model import make_samples, toy_loss  # noqa: E402
-from vlm_fixtures import VLM_IMG, VLM_KINDS, save_tiny_vlm  # noqa: E402
+from vlm_fixtures import QWEN2_5_VL_TEMPLATE, VLM_IMG, VLM_KINDS, save_tiny_vlm  # noqa: E402
 
 SAM = 64
 
@@ -243,7 +243,14 @@ def test_bad_vlm_inputs_name_the_value(tmp_path, folders):
     values = json.loads((bare / "tokenizer_config.json").read_text())
     values.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(values))
-    with pytest.raises(ConfigError, match="no chat template"):
+    with pytest.raises(ConfigError, match="neither its tokenizer nor its processor has a chat template"):
+        build_model(vlm_cfg(str(bare), "qwen2_5_vl"))
+    # a template kept only in the processor's legacy chat_template.json (AutoTokenizer does not read it) is used
+    (bare / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_TEMPLATE}))
+    model, tokenizer, _ = build_model(vlm_cfg(str(bare), "qwen2_5_vl"))
+    assert tokenizer.chat_template == QWEN2_5_VL_TEMPLATE
+    (bare / "chat_template.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="chat_template.json is not a readable chat template file"):
         build_model(vlm_cfg(str(bare), "qwen2_5_vl"))
     with pytest.raises(ConfigError, match="model=vlm needs vlm_model"):
         TrainingConfig(model="vlm").validate(check_paths=False)

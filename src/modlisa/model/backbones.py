@@ -16,6 +16,7 @@ Presets (``TrainingConfig.model``):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -362,6 +363,24 @@ def build_llava(cfg: TrainingConfig) -> Backbones:
                      mean, std, vision_feature_layer=layer, drop_cls=drop_cls)
 
 
+def processor_chat_template(name: str) -> str | None:
+    """The chat template of the processor of checkpoint ``name`` (folder or HF id in the cache): its legacy
+    ``chat_template.json`` ({"chat_template": ...}), which ``AutoTokenizer`` does not read (it reads
+    ``chat_template.jinja`` and ``tokenizer_config.json``); None when there is none. Some image-text-to-text
+    checkpoints keep their template only there."""
+    from transformers.utils import cached_file
+
+    path = cached_file(name, "chat_template.json", _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    if path is None:
+        return None
+    try:
+        template = json.loads(Path(path).read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"vlm_model {name!r}: {path} is not a readable chat template file ({err})") from None
+    return template if isinstance(template, str) and template else None
+
+
 # never quantised: the vision side and the head. transformers matches these from the start of a module's full name
 # (or as its suffix): "visual" alone does not match Qwen's "model.visual.blocks.0.attn.qkv", so the full prefixes
 VLM_SKIP_MODULES = ["model.visual", "model.vision_model", "model.connector", "lm_head"]
@@ -382,9 +401,11 @@ def build_vlm(cfg: TrainingConfig) -> Backbones:
     config = load_pretrained("vlm_model", cfg.vlm_model, AutoConfig.from_pretrained)
     family = vlm_module.family_of(config, cfg.vlm_model)
     tokenizer = load_pretrained("vlm_model", cfg.vlm_model, AutoTokenizer.from_pretrained)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"vlm_model {cfg.vlm_model!r}: its tokenizer has no chat template (the vlm preset renders "
-                          "prompts with it); give an Instruct checkpoint, or add chat_template.jinja to the folder")
+    tokenizer.chat_template = tokenizer.chat_template or processor_chat_template(cfg.vlm_model)
+    if not tokenizer.chat_template:
+        raise ConfigError(f"vlm_model {cfg.vlm_model!r}: neither its tokenizer nor its processor has a chat template "
+                          "(the vlm preset renders prompts with it); give an Instruct checkpoint, or add "
+                          "chat_template.jinja to the folder")
     image_processor = load_pretrained("vlm_model", cfg.vlm_model, AutoImageProcessor.from_pretrained)
     model = load_pretrained("vlm_model", cfg.vlm_model, AutoModelForImageTextToText.from_pretrained,
                             **_load_lm_kwargs(cfg, VLM_SKIP_MODULES))
