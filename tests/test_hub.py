@@ -228,6 +228,35 @@ def test_a_hub_repo_id_loads_from_the_cache_offline_and_fails_clearly_when_absen
     assert ModifiedLISA.from_pretrained("someone/older", cache_dir=cache).pretrained.folder == old
 
 
+@pytest.mark.slow
+def test_cli_commands_take_a_hub_repo_id_from_the_cache(hub_run, tmp_path, monkeypatch, capsys):
+    """`modlisa predict / eval --checkpoint owner/name`: the export in the Hugging Face cache (HF_HUB_CACHE),
+    offline; the same masks as the export folder; an absent repo id is one clear line, exit 2."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    _cache_repo(hub_run["export"], cache, "someone/tiny-lisa")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    image = sorted((hub_run["data"] / "val").glob("*.jpg"))[0]
+    masks = []
+    for source, out in (("someone/tiny-lisa", tmp_path / "p_hub"), (str(hub_run["export"]), tmp_path / "p_dir")):
+        assert main(["predict", "--checkpoint", source, "--image", str(image), "--query", "the red shape",
+                     "--mode", "teacher", "--out", str(out)]) == 0
+        masks.append(np.asarray(Image.open(next(out.glob("*_mask.png")))))
+    assert np.array_equal(masks[0], masks[1])
+    assert main(["eval", "--checkpoint", "someone/tiny-lisa", "--data_root", str(hub_run["data"]), "--split", "val",
+                 "--out", str(tmp_path / "eval")]) == 0
+    hub_eval = json.loads((tmp_path / "eval" / "eval_val.json").read_text())
+    assert hub_eval["checkpoint"] == "someone/tiny-lisa" and hub_eval["num_queries"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "someone/tiny-lisa", "--data_root", str(hub_run["data"])]) == 2
+    assert "is a Hub repo id" in capsys.readouterr().err  # no run folder to write into: --out is needed
+    assert main(["predict", "--checkpoint", "someone/absent", "--image", str(image), "--query", "x",
+                 "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "'someone/absent' is not a local folder" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------- config.json and the model card
 @pytest.mark.slow
 def test_config_json_states_the_format(hub_run):

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from modlisa.config import ConfigError
 
 CHECKPOINT_HELP = ("a run folder (its best model), best_model_epoch_N.json (or .safetensors, or a legacy .pt), "
-                   "checkpoints/last or an exported / imported folder")
+                   "checkpoints/last, an exported / imported folder, or a Hugging Face Hub repo id owner/name "
+                   "holding an export (fetched into the Hugging Face cache; offline: read from it)")
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:

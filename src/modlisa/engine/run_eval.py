@@ -29,6 +29,7 @@ from modlisa.metrics import IoUAccumulator, intersection_union
 from modlisa.overlay import overlay_masks, write_png
 from modlisa.predictor import Predictor
 from modlisa.weights import load_checkpoint
+from modlisa.weights.hub import is_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,9 @@ def run_eval(checkpoint: str, data_root: str | None, split: str, out_dir: str | 
         raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if save_masks < 0:
         raise ConfigError(f"save_masks must be >= 0, got {save_masks}")
+    if out_dir is None and is_repo_id(str(checkpoint)):  # its recorded output_dir is the trainer's machine's
+        raise ConfigError(f"--checkpoint {checkpoint} is a Hub repo id: there is no run folder to write the eval "
+                          "files into; pass --out DIR")
     refer = None  # a refer benchmark's items, read BEFORE the model when the folder is given (errors in seconds)
     if dataset_name != "reason_seg" and data_root:
         refer = _refer_annotations(dataset_name, split, data_root, max_samples)

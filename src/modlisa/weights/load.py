@@ -30,6 +30,7 @@ from modlisa.weights.files import (
     read_safetensors,
     verify_folder,
 )
+from modlisa.weights.hub import is_repo_id, resolve_pretrained
 from modlisa.weights.trainable import load_state_into
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,14 @@ def _config_near(folder: Path) -> dict[str, Any] | None:
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
-    """(kind, path) of what ``path`` names: ``export``, ``best`` (a file) or ``last`` (a folder)."""
+    """(kind, path) of what ``path`` names: ``export``, ``best`` (a file) or ``last`` (a folder); a Hugging Face
+    Hub repo id (``owner/name`` that is no local path) is an export, fetched into (or read from, offline) the
+    Hugging Face cache (``weights.hub``: HF_HUB_CACHE / HF_TOKEN apply)."""
+    if isinstance(path, str) and is_repo_id(path):
+        return "export", resolve_pretrained(path)
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"checkpoint {path} does not exist (nor is it a Hub repo id owner/name)")
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return "export", path
     if path.is_dir() and (path / TRAINER_STATE).is_file():
