@@ -248,6 +248,8 @@ def test_cli_commands_take_a_hub_repo_id_from_the_cache(hub_run, tmp_path, monke
                  "--out", str(tmp_path / "eval")]) == 0
     hub_eval = json.loads((tmp_path / "eval" / "eval_val.json").read_text())
     assert hub_eval["checkpoint"] == "someone/tiny-lisa" and hub_eval["num_queries"] > 0
+    assert main(["export", "--checkpoint", "someone/tiny-lisa", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "config.json").is_file()
     capsys.readouterr()
     assert main(["eval", "--checkpoint", "someone/tiny-lisa", "--data_root", str(hub_run["data"])]) == 2
     assert "is a Hub repo id" in capsys.readouterr().err  # no run folder to write into: --out is needed

@@ -155,6 +155,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: boo
     The model card gets the ``modlisa eval`` results found in the run's ``outputs/`` (``eval_*.json`` of this
     checkpoint); re-exporting an export keeps its card's facts and results.
     """
+    if isinstance(checkpoint, str) and is_repo_id(checkpoint):  # an export on the Hub: its cached snapshot
+        checkpoint = resolve_pretrained(checkpoint)
     source, target = Path(checkpoint), Path(out)
     check_out_dir(source, target, overwrite=overwrite)
     carried, eval_results = _card_sources(source)
