@@ -12,24 +12,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inference_helpers import SEG_ANSWER, scripted_answers  # noqa: E402
+from decoder_kind_checks import (  # noqa: E402
+    check_cache_round_trip,
+    check_export_round_trip,
+    check_training_with_cache_equals_without,
+)
 from make_sam2_golden import GOLDEN, IMAGE_CASES, MASK_SIZES, golden_inputs, processor_outputs  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
 from modlisa.data.dataset import ReasonSegDataset  # noqa: E402
 from modlisa.data.transforms import Sam2Transform  # noqa: E402
-from modlisa.engine.sam_cache import SamEmbeddingCache  # noqa: E402
 from modlisa.model.backbones import load_sam  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
-from modlisa.model.lisa import ModifiedLISA  # noqa: E402
 from modlisa.model.mask_decoder import decoder_for, features_at  # noqa: E402
 from modlisa.model.sam2_decoder import Sam2Decoder, postprocess_masks, tiny_sam2  # noqa: E402
-from modlisa.predictor import Predictor  # noqa: E402
 from modlisa.synthetic import make_dataset  # noqa: E402
 
 SIZE = 64  # vision and SAM 2 input sizes: SAM 2 features (32, 16, 16), (64, 8, 8), (256, 4, 4)
@@ -163,82 +162,17 @@ def test_teacher_forced_evaluation_shapes(built):
 # ---------------------------------------------------------------------- frozen-SAM cache
 def test_cached_run_equals_uncached_and_disk_entries_round_trip(built, tmp_path):
     model, _, processors, batch = built
-    model.eval()
-    cache = SamEmbeddingCache(model, processors.sam, disk_dir=tmp_path / "cache")
-    with torch.no_grad():
-        cached = cache.lookup(model, batch)
-        assert isinstance(cached, tuple) and [tuple(f.shape) for f in cached] == [
-            (2, 32, 16, 16), (2, 64, 8, 8), (2, 256, 4, 4)]
-        plain = model(batch).pred_masks
-        from_cache = model(batch, sam_embeddings=cached).pred_masks
-        again = SamEmbeddingCache(model, processors.sam, disk_dir=tmp_path / "cache")
-        from_disk = model(batch, sam_embeddings=again.lookup(model, batch)).pred_masks
-    assert (again.stats.disk_hits, again.stats.misses) == (2, 0)
-    assert cache.memory_bytes == 2 * 4 * (32 * 16 * 16 + 64 * 8 * 8 + 256 * 4 * 4)
-    for a, b, c in zip(plain, from_cache, from_disk):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    cached, memory_bytes = check_cache_round_trip(model, processors, batch, tmp_path / "cache")
+    assert [tuple(f.shape) for f in cached] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 256, 4, 4)]
+    assert memory_bytes == 2 * 4 * (32 * 16 * 16 + 64 * 8 * 8 + 256 * 4 * 4)
 
 
 def test_training_with_the_cache_equals_training_without(data_root, tmp_path, monkeypatch):
-    import json
-
-    from modlisa.engine.train import train
-
-    served = []
-    lookup = SamEmbeddingCache.lookup
-    monkeypatch.setattr(SamEmbeddingCache, "lookup", lambda self, *a, **k: served.append(1) or lookup(self, *a, **k))
-    for name, cached in (("plain", False), ("cached", True)):
-        train(sam2_cfg(data_root, tmp_path / name, stop_after_steps=2, max_val_samples=1, sam_cache=cached).validate())
-    logs = [[json.loads(line) for line in (tmp_path / name / "outputs" / "train_log.jsonl").read_text().splitlines()]
-            for name in ("plain", "cached")]
-    assert len(logs[0]) == len(logs[1]) == 2 and len(served) >= 2  # the cached run's batches came from the cache
-    for a, b in zip(*logs):
-        assert all(a[key] == b[key] for key in ("loss", "ce", "mask_bce", "mask_dice", "grad_norm"))
-    weights = [load_file(str(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
-               for name in ("plain", "cached")]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    check_training_with_cache_equals_without(sam2_cfg, data_root, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------- export and reload
-def _teacher_masks(model: ModifiedLISA, batch) -> list[torch.Tensor]:
-    model.eval()
-    with torch.no_grad():
-        return model.predict_teacher_forced(batch).pred_masks
-
-
 def test_run_checkpoint_export_and_save_pretrained_round_trip(data_root, tmp_path):
-    from modlisa.cli import main
-    from modlisa.engine.train import train
-    from modlisa.weights import load_checkpoint
-
-    torch.set_num_threads(1)
-    run = tmp_path / "run"
-    train(sam2_cfg(data_root, run, stop_after_steps=1, max_val_samples=1).validate())
-    trained, tokenizer, processors, cfg = load_checkpoint(run)
-    assert type(trained.sam).__name__ == "Sam2Model"
-    ds = ReasonSegDataset(data_root, "val", processors.sam, processors.vision, train=False)
-    batch = collate_samples([ds[0], ds[1]], tokenizer)
-    expected = _teacher_masks(trained, batch)
-    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 0
-    exported = ModifiedLISA.from_pretrained(tmp_path / "export")
+    exported = check_export_round_trip(sam2_cfg, data_root, tmp_path, "Sam2Model")
     assert exported.pretrained.config.sam_kind == "sam2" and isinstance(exported.pretrained.processors.sam,
                                                                         Sam2Transform)
-    saved = ModifiedLISA.from_pretrained(exported.save_pretrained(tmp_path / "again"))
-    for model in (exported, saved):
-        for a, b in zip(expected, _teacher_masks(model, batch)):
-            assert torch.equal(a, b)
-    # the Predictor (image encoded once, SAM 2 features kept) in both modes, generation scripted to say [SEG]
-    image = np.asarray(Image.open(sorted((data_root / "val").glob("*.jpg"))[0]).convert("RGB"))
-    answers = [_predictor_masks(Predictor(trained, tokenizer, processors), image),
-               _predictor_masks(Predictor.from_pretrained(tmp_path / "again"), image)]
-    assert answers[0][0].shape == (1, *image.shape[:2])
-    assert all(torch.equal(a, b) for a, b in zip(*answers))
-
-
-def _predictor_masks(predictor: Predictor, image: np.ndarray) -> list[torch.Tensor]:
-    predictor.set_image(image)
-    with scripted_answers(predictor.model, predictor.tokenizer, [SEG_ANSWER]):
-        generated = predictor.predict("the red shape", is_sentence=False, mode="generate", max_new_tokens=4)
-    assert generated.seg_count == 1
-    return [generated.logits, predictor.predict("the red shape", is_sentence=False, mode="teacher").logits]

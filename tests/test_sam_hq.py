@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +25,11 @@ from transformers import (  # noqa: E402
 )
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 
-from inference_helpers import SEG_ANSWER, scripted_answers  # noqa: E402
+from decoder_kind_checks import (  # noqa: E402
+    check_cache_round_trip,
+    check_export_round_trip,
+    check_training_with_cache_equals_without,
+)
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
 from modlisa.data.collate import collate_samples  # noqa: E402
 from modlisa.data.dataset import ReasonSegDataset  # noqa: E402
@@ -38,7 +40,6 @@ from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.lisa import ModifiedLISA  # noqa: E402
 from modlisa.model.mask_decoder import decoder_for, features_at  # noqa: E402
 from modlisa.model.sam_hq_decoder import TINY_VIT, SamHQDecoder, tiny_sam_hq  # noqa: E402
-from modlisa.predictor import Predictor  # noqa: E402
 from modlisa.synthetic import make_dataset  # noqa: E402
 
 SIZE = 64  # vision and SAM-HQ input sizes: features (256, 4, 4) and the early ViT block (4, 4, 64)
@@ -176,19 +177,9 @@ def test_one_training_step_reaches_the_hq_decoder_and_the_seg_projection(built):
 
 def test_cached_run_equals_uncached_and_sam_entries_are_not_served_to_sam_hq(built, tmp_path):
     model, _, processors, batch = built
-    model.eval()
-    cache = SamEmbeddingCache(model, processors.sam, disk_dir=tmp_path / "cache")
-    with torch.no_grad():
-        cached = cache.lookup(model, batch)
-        assert isinstance(cached, tuple) and [tuple(f.shape) for f in cached] == [(2, *s) for s in FEATURE_SHAPES]
-        plain = model(batch).pred_masks
-        from_cache = model(batch, sam_embeddings=cached).pred_masks
-        again = SamEmbeddingCache(model, processors.sam, disk_dir=tmp_path / "cache")
-        from_disk = model(batch, sam_embeddings=again.lookup(model, batch)).pred_masks
-    assert (again.stats.disk_hits, again.stats.misses) == (2, 0)
-    assert cache.memory_bytes == 2 * 4 * (256 * 4 * 4 + 4 * 4 * 64)
-    for a, b, c in zip(plain, from_cache, from_disk):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    cached, memory_bytes = check_cache_round_trip(model, processors, batch, tmp_path / "cache")
+    assert [tuple(f.shape) for f in cached] == [(2, *s) for s in FEATURE_SHAPES]
+    assert memory_bytes == 2 * 4 * (256 * 4 * 4 + 4 * 4 * 64)
     # a SAM holding the same ViT weights (as SAM-HQ checkpoints do: SAM's ViT, frozen) has the same encoder
     # fingerprint; the decoder kind in the key keeps its single-tensor entries from being served to SAM-HQ
     sam = SamModel(SamConfig(vision_config=SamVisionConfig(image_size=SIZE, output_channels=256, **TINY_VIT),
@@ -199,27 +190,13 @@ def test_cached_run_equals_uncached_and_sam_entries_are_not_served_to_sam_hq(bui
                              seg_token_id=model.seg_token_id, image_token_id=model.image_token_id,
                              vision_image_size=SIZE)
     path = batch.image_paths[0]
+    cache = SamEmbeddingCache(model, processors.sam)
     assert SamEmbeddingCache(sam_model, processors.sam).key(path, "r") != cache.key(path, "r")
 
 
 def test_training_with_the_cache_equals_training_without(data_root, tmp_path, monkeypatch):
-    from modlisa.engine.train import train
-
-    served = []
-    lookup = SamEmbeddingCache.lookup
-    monkeypatch.setattr(SamEmbeddingCache, "lookup", lambda self, *a, **k: served.append(1) or lookup(self, *a, **k))
-    for name, cached in (("plain", False), ("cached", True)):
-        train(hq_cfg(data_root, tmp_path / name, stop_after_steps=2, max_val_samples=1, sam_cache=cached).validate())
-    logs = [[json.loads(line) for line in (tmp_path / name / "outputs" / "train_log.jsonl").read_text().splitlines()]
-            for name in ("plain", "cached")]
-    assert len(logs[0]) == len(logs[1]) == 2 and len(served) >= 2
-    for a, b in zip(*logs):
-        assert all(a[key] == b[key] for key in ("loss", "ce", "mask_bce", "mask_dice", "grad_norm"))
-    weights = [load_file(str(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
-               for name in ("plain", "cached")]
-    assert weights[0].keys() == weights[1].keys()
-    assert any(k.startswith("sam.mask_decoder.hq_") for k in weights[0])
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    weights = check_training_with_cache_equals_without(hq_cfg, data_root, tmp_path, monkeypatch)
+    assert any(k.startswith("sam.mask_decoder.hq_") for k in weights)
 
 
 def test_memory_planner_builds_the_sam_hq_skeleton_and_counts_its_cache(built):
@@ -239,45 +216,7 @@ def test_memory_planner_builds_the_sam_hq_skeleton_and_counts_its_cache(built):
 
 
 # ---------------------------------------------------------------------- export and reload
-def _teacher_masks(model: ModifiedLISA, batch) -> list[torch.Tensor]:
-    model.eval()
-    with torch.no_grad():
-        return model.predict_teacher_forced(batch).pred_masks
-
-
 def test_run_checkpoint_export_and_save_pretrained_round_trip(data_root, tmp_path):
-    from modlisa.cli import main
-    from modlisa.engine.train import train
-    from modlisa.weights import load_checkpoint
-
-    torch.set_num_threads(1)
-    run = tmp_path / "run"
-    train(hq_cfg(data_root, run, stop_after_steps=1, max_val_samples=1).validate())
-    trained, tokenizer, processors, _ = load_checkpoint(run)
-    assert type(trained.sam).__name__ == "SamHQModel"
-    ds = ReasonSegDataset(data_root, "val", processors.sam, processors.vision, train=False)
-    batch = collate_samples([ds[0], ds[1]], tokenizer)
-    expected = _teacher_masks(trained, batch)
-    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 0
+    exported = check_export_round_trip(hq_cfg, data_root, tmp_path, "SamHQModel")
     assert json.loads((tmp_path / "export" / "sam" / "config.json").read_text())["model_type"] == "sam_hq"
-    exported = ModifiedLISA.from_pretrained(tmp_path / "export")
-    assert exported.pretrained.config.sam_kind == "sam_hq" and type(exported.sam).__name__ == "SamHQModel"
-    saved = ModifiedLISA.from_pretrained(exported.save_pretrained(tmp_path / "again"))
-    for model in (exported, saved):
-        for a, b in zip(expected, _teacher_masks(model, batch)):
-            assert torch.equal(a, b)
-    # the Predictor (image encoded once, both SAM-HQ features kept), in the trained and the reloaded model
-    image = np.asarray(Image.open(sorted((data_root / "val").glob("*.jpg"))[0]).convert("RGB"))
-    answers = [_predictor_masks(Predictor(trained, tokenizer, processors), image),
-               _predictor_masks(Predictor.from_pretrained(tmp_path / "again"), image)]
-    assert answers[0][0].shape == (1, *image.shape[:2])
-    assert all(torch.equal(a, b) for a, b in zip(*answers))
-
-
-def _predictor_masks(predictor: Predictor, image: np.ndarray) -> list[torch.Tensor]:
-    predictor.set_image(image)
-    assert isinstance(predictor._image.sam_embeddings, tuple)
-    with scripted_answers(predictor.model, predictor.tokenizer, [SEG_ANSWER]):
-        generated = predictor.predict("the red shape", is_sentence=False, mode="generate", max_new_tokens=4)
-    assert generated.seg_count == 1
-    return [generated.logits, predictor.predict("the red shape", is_sentence=False, mode="teacher").logits]
+    assert exported.pretrained.config.sam_kind == "sam_hq"
