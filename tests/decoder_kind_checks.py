@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,35 @@ from modlisa.data.dataset import ReasonSegDataset
 from modlisa.engine.sam_cache import SamEmbeddingCache
 from modlisa.model.lisa import ModifiedLISA
 from modlisa.predictor import Predictor
+from modlisa.synthetic import make_dataset
 
 ConfigFn = Callable[..., TrainingConfig]  # (data_root, out, **overrides) -> the kind's run config
+
+
+def decoder_run_cfg(kind: str, size: int, data_root: Path | str, out: Path | str, **overrides) -> TrainingConfig:
+    """The tiny preset with a random ``kind`` decoder (``sam_kind``) at ``size`` (vision and SAM input), a short
+    CPU run; ``overrides`` replace any field."""
+    cfg = TrainingConfig(data_root=str(data_root), output_dir=str(out), model="tiny", sam_kind=kind,
+                         img_size=size, sam_image_size=size, batch_size=2, num_epochs=1, learning_rate=1e-3,
+                         warmup_steps=1, use_mixed_precision=False, cpu=True, log_every_steps=1, seed=3,
+                         queries_per_image=2, use_lora=False)
+    return replace(cfg, **overrides)
+
+
+def make_decoder_data(root: Path, size: int) -> Path:
+    """Synthetic ReasonSeg data at ``size``: 4 train, 2 val, 1 test images."""
+    make_dataset(root, seed=0, num_train=4, num_val=2, num_test=1, image_size=size, progress=False)
+    return root
+
+
+def build_with_batch(cfg: TrainingConfig) -> tuple[ModifiedLISA, object, object, object]:
+    """(model, tokenizer, processors, batch of 2 train images with 2 queries each) of ``cfg``."""
+    from modlisa.model.factory import build_model
+
+    torch.set_num_threads(1)
+    model, tokenizer, processors = build_model(cfg)
+    ds = ReasonSegDataset(cfg.data_root, "train", processors.sam, processors.vision, train=True, seed=0)
+    return model, tokenizer, processors, collate_samples([ds[0], ds[1]], tokenizer)
 
 
 def check_cache_round_trip(model: ModifiedLISA, processors, batch, disk_dir: Path

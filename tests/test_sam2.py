@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,48 +15,38 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from decoder_kind_checks import (  # noqa: E402
+    build_with_batch,
     check_cache_round_trip,
     check_export_round_trip,
     check_training_with_cache_equals_without,
+    decoder_run_cfg,
+    make_decoder_data,
 )
 from make_sam2_golden import GOLDEN, IMAGE_CASES, MASK_SIZES, golden_inputs, processor_outputs  # noqa: E402
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
-from modlisa.data.collate import collate_samples  # noqa: E402
-from modlisa.data.dataset import ReasonSegDataset  # noqa: E402
 from modlisa.data.transforms import Sam2Transform  # noqa: E402
 from modlisa.model.backbones import load_sam  # noqa: E402
 from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.mask_decoder import decoder_for, features_at  # noqa: E402
 from modlisa.model.sam2_decoder import Sam2Decoder, postprocess_masks, tiny_sam2  # noqa: E402
-from modlisa.synthetic import make_dataset  # noqa: E402
 
 SIZE = 64  # vision and SAM 2 input sizes: SAM 2 features (32, 16, 16), (64, 8, 8), (256, 4, 4)
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
 def sam2_cfg(data_root: Path | str = "unused", out: Path | str = "unused", **overrides) -> TrainingConfig:
-    cfg = TrainingConfig(data_root=str(data_root), output_dir=str(out), model="tiny", sam_kind="sam2",
-                         img_size=SIZE, sam_image_size=SIZE, batch_size=2, num_epochs=1, learning_rate=1e-3,
-                         warmup_steps=1, use_mixed_precision=False, cpu=True, log_every_steps=1, seed=3,
-                         queries_per_image=2, use_lora=False)
-    return replace(cfg, **overrides)
+    return decoder_run_cfg("sam2", SIZE, data_root, out, **overrides)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sam2data")
-    make_dataset(root, seed=0, num_train=4, num_val=2, num_test=1, image_size=SIZE, progress=False)
-    return root
+    return make_decoder_data(tmp_path_factory.mktemp("sam2data"), SIZE)
 
 
 @pytest.fixture(scope="module")
 def built(data_root):
     """(model, tokenizer, processors, batch of 2 train images with 2 queries each) of the tiny SAM 2 preset."""
-    torch.set_num_threads(1)
-    model, tokenizer, processors = build_model(sam2_cfg(data_root))
-    ds = ReasonSegDataset(data_root, "train", processors.sam, processors.vision, train=True, seed=0)
-    batch = collate_samples([ds[0], ds[1]], tokenizer)
-    return model, tokenizer, processors, batch
+    return build_with_batch(sam2_cfg(data_root))
 
 
 # ---------------------------------------------------------------------- against transformers' processor

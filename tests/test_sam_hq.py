@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,14 @@ from transformers import (  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 
 from decoder_kind_checks import (  # noqa: E402
+    build_with_batch,
     check_cache_round_trip,
     check_export_round_trip,
     check_training_with_cache_equals_without,
+    decoder_run_cfg,
+    make_decoder_data,
 )
 from modlisa.config import ConfigError, TrainingConfig  # noqa: E402
-from modlisa.data.collate import collate_samples  # noqa: E402
-from modlisa.data.dataset import ReasonSegDataset  # noqa: E402
 from modlisa.data.transforms import SamTransform  # noqa: E402
 from modlisa.engine.sam_cache import SamEmbeddingCache, encoder_fingerprint  # noqa: E402
 from modlisa.model.backbones import load_sam, tiny_sam  # noqa: E402
@@ -40,18 +40,13 @@ from modlisa.model.factory import build_model  # noqa: E402
 from modlisa.model.lisa import ModifiedLISA  # noqa: E402
 from modlisa.model.mask_decoder import decoder_for, features_at  # noqa: E402
 from modlisa.model.sam_hq_decoder import TINY_VIT, SamHQDecoder, tiny_sam_hq  # noqa: E402
-from modlisa.synthetic import make_dataset  # noqa: E402
 
 SIZE = 64  # vision and SAM-HQ input sizes: features (256, 4, 4) and the early ViT block (4, 4, 64)
 FEATURE_SHAPES = [(256, 4, 4), (4, 4, 64)]
 
 
 def hq_cfg(data_root: Path | str = "unused", out: Path | str = "unused", **overrides) -> TrainingConfig:
-    cfg = TrainingConfig(data_root=str(data_root), output_dir=str(out), model="tiny", sam_kind="sam_hq",
-                         img_size=SIZE, sam_image_size=SIZE, batch_size=2, num_epochs=1, learning_rate=1e-3,
-                         warmup_steps=1, use_mixed_precision=False, cpu=True, log_every_steps=1, seed=3,
-                         queries_per_image=2, use_lora=False)
-    return replace(cfg, **overrides)
+    return decoder_run_cfg("sam_hq", SIZE, data_root, out, **overrides)
 
 
 def hq_processor(size: int) -> SamHQProcessor:
@@ -61,19 +56,13 @@ def hq_processor(size: int) -> SamHQProcessor:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("samhqdata")
-    make_dataset(root, seed=0, num_train=4, num_val=2, num_test=1, image_size=SIZE, progress=False)
-    return root
+    return make_decoder_data(tmp_path_factory.mktemp("samhqdata"), SIZE)
 
 
 @pytest.fixture(scope="module")
 def built(data_root):
     """(model, tokenizer, processors, batch of 2 train images with 2 queries each) of the tiny SAM-HQ preset."""
-    torch.set_num_threads(1)
-    model, tokenizer, processors = build_model(hq_cfg(data_root))
-    ds = ReasonSegDataset(data_root, "train", processors.sam, processors.vision, train=True, seed=0)
-    batch = collate_samples([ds[0], ds[1]], tokenizer)
-    return model, tokenizer, processors, batch
+    return build_with_batch(hq_cfg(data_root))
 
 
 # ---------------------------------------------------------------------- the decoder path = SamHQModel + processor

@@ -44,7 +44,7 @@ from transformers import (
 
 from modlisa.config import ConfigError
 from modlisa.model.random_init import torch_default_init
-from modlisa.model.seg import postprocess_masks
+from modlisa.model.seg import mask_decoder_inputs, postprocess_masks
 
 SAM_HQ_MODEL_TYPE = "sam_hq"
 SAM_HQ_PROMPT_DIM = 256  # D of every released SAM-HQ (SAM's)
@@ -121,18 +121,10 @@ class SamHQDecoder:
         ``features``: one image's ``SamHQFeatures`` without the batch dimension.
         """
         embeddings, early_vit = features
-        dtype = sam.mask_decoder.iou_token.weight.dtype
-        height, width = embeddings.shape[-2:]
-        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
-        low_res, _ = sam.mask_decoder(
-            image_embeddings=embeddings.unsqueeze(0).to(dtype),
-            image_positional_embeddings=sam.get_image_wide_positional_embeddings().to(dtype),
-            sparse_prompt_embeddings=sparse.unsqueeze(0).to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=False,
-            hq_token_only=HQ_TOKEN_ONLY,
-            intermediate_embeddings=[early_vit.unsqueeze(0).to(dtype)],
-        )  # (1, n, 1, S/4, S/4)
+        inputs = mask_decoder_inputs(sam, embeddings, sparse)  # SAM's, then the HQ decoder's early ViT feature
+        early = early_vit.unsqueeze(0).to(inputs["image_embeddings"].dtype)
+        low_res, _ = sam.mask_decoder(**inputs, multimask_output=False, hq_token_only=HQ_TOKEN_ONLY,
+                                      intermediate_embeddings=[early])  # (1, n, 1, S/4, S/4)
         return low_res[0]
 
     def decode(self, sam: SamHQModel, prompts: Tensor, features: SamHQFeatures, resize_hw: tuple[int, int],

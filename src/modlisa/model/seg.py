@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import SamModel
 
 from modlisa.types import IGNORE_INDEX
@@ -134,14 +134,18 @@ def decode_masks(
     num, dim = seg_prompts.shape
     if num == 0:
         return image_embeddings.new_zeros((0, *original_hw), dtype=torch.float32)
-    decoder_dtype = sam.mask_decoder.iou_token.weight.dtype
+    inputs = mask_decoder_inputs(sam, image_embeddings, seg_prompts.reshape(num, 1, dim))
+    low_res, _ = sam.mask_decoder(**inputs, multimask_output=False)  # (1, n, 1, 4h', 4w')
+    return postprocess_masks(low_res[0], resize_hw, original_hw, sam_input_size)
+
+
+def mask_decoder_inputs(sam: nn.Module, image_embeddings: Tensor, sparse: Tensor) -> dict[str, Tensor]:
+    """What SAM's (and SAM-HQ's) mask decoder takes for ONE image, in the decoder's dtype: its (D, h', w')
+    embedding, the image-wide positional embedding, the (n, T, D) sparse prompts as the point-batch dimension (n
+    queries, T tokens each) and SAM's "no mask" embedding as the dense prompt."""
+    dtype = sam.mask_decoder.iou_token.weight.dtype
     height, width = image_embeddings.shape[-2:]
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
-    low_res, _ = sam.mask_decoder(
-        image_embeddings=image_embeddings.unsqueeze(0).to(decoder_dtype),
-        image_positional_embeddings=sam.get_image_wide_positional_embeddings().to(decoder_dtype),
-        sparse_prompt_embeddings=seg_prompts.reshape(1, num, 1, dim).to(decoder_dtype),
-        dense_prompt_embeddings=dense.to(decoder_dtype),
-        multimask_output=False,
-    )  # (1, n, 1, 4h', 4w')
-    return postprocess_masks(low_res[0], resize_hw, original_hw, sam_input_size)
+    return {"image_embeddings": image_embeddings.unsqueeze(0).to(dtype),
+            "image_positional_embeddings": sam.get_image_wide_positional_embeddings().to(dtype),
+            "sparse_prompt_embeddings": sparse.unsqueeze(0).to(dtype), "dense_prompt_embeddings": dense.to(dtype)}
