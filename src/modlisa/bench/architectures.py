@@ -27,8 +27,6 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPVisionModel,
     PretrainedConfig,
-    Sam2Model,
-    SamHQModel,
     SamModel,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -37,6 +35,7 @@ from transformers import (
 from modlisa.config import VLM_PRESET_NAMES, ConfigError, TrainingConfig
 from modlisa.model.backbones import VisionProjector, random_sam, tiny_language_model, tiny_vision_tower
 from modlisa.model.lisa import ModifiedLISA
+from modlisa.model.mask_decoder import sam_class
 from modlisa.model.sam2_decoder import is_sam2_config
 from modlisa.model.sam_hq_decoder import is_sam_hq_config
 from modlisa.model.vlm_family import family_of, family_spec, image_tokens_at
@@ -280,9 +279,7 @@ def _vlm_skeleton(arch: Architecture, sam: torch.nn.Module) -> ModifiedLISA:
 
 def sam_skeleton(config: PretrainedConfig) -> torch.nn.Module:
     """The ``Sam2Model`` / ``SamHQModel`` / ``SamModel`` of ``config`` (built on the caller's device)."""
-    if is_sam2_config(config):
-        return Sam2Model(config)
-    return SamHQModel(config) if is_sam_hq_config(config) else SamModel(config)
+    return (sam_class(config.model_type) or SamModel)(config)
 
 
 def build_skeleton(arch: Architecture, cfg: TrainingConfig) -> ModifiedLISA:

@@ -48,7 +48,7 @@ from transformers import (
 from modlisa.config import ConfigError, TrainingConfig
 from modlisa.model.random_init import torch_default_init
 from modlisa.model.sam2_decoder import SAM2_MODEL_TYPES, single_mask_output, tiny_sam2
-from modlisa.model.sam_hq_decoder import SAM_HQ_MODEL_TYPE, tiny_sam_hq
+from modlisa.model.sam_hq_decoder import tiny_sam_hq
 from modlisa.model.tokenizer import add_special_tokens, build_word_tokenizer
 from modlisa.types import CLIP_MEAN, CLIP_STD
 
@@ -202,13 +202,13 @@ def random_sam(cfg: TrainingConfig) -> SamModel | SamHQModel | Sam2Model:
 def pretrained_sam(name: str) -> SamModel | SamHQModel | Sam2Model:
     """The class the config of ``name`` names: ``SamModel`` (model_type sam), ``SamHQModel`` (sam_hq) or
     ``Sam2Model`` (sam2, or sam2_video as the Hub's SAM 2.1 folders say); ConfigError for any other model."""
+    from modlisa.model.mask_decoder import sam_class
+
     model_type = checkpoint_model_type(name)
-    if model_type in SAM2_MODEL_TYPES:
-        return single_mask_output(load_pretrained("sam_model", name, Sam2Model.from_pretrained))
-    if model_type == SAM_HQ_MODEL_TYPE:
-        return load_pretrained("sam_model", name, SamHQModel.from_pretrained)
-    if model_type == "sam":
-        return load_pretrained("sam_model", name, SamModel.from_pretrained)
+    cls = sam_class(model_type)
+    if cls is not None:
+        sam = load_pretrained("sam_model", name, cls.from_pretrained)
+        return single_mask_output(sam) if isinstance(sam, Sam2Model) else sam
     raise ConfigError(f"sam_model={name!r} is a {model_type or 'model_type-less'!r} checkpoint, not a mask decoder: "
                       f"give a SAM (model_type sam), SAM-HQ (sam_hq) or SAM 2 ({' / '.join(SAM2_MODEL_TYPES)}) "
                       "folder / HF id, or an original segment-anything .pth")

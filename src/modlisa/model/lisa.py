@@ -359,8 +359,8 @@ class ModifiedLISA(nn.Module):
                 pad_token_id: int | None, vision_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding over spliced ``inputs_embeds`` with the LM's KV cache.
 
-        input_ids (1, L), image_features (1, N, h) (``vision_hw``: unused, N is fixed). Returns the new token ids (T,) and (n_seg, h) hidden states
-        that predicted each generated [SEG] (last layer, after the final norm).
+        input_ids (1, L), image_features (1, N, h) (``vision_hw``: unused, N is fixed). Returns the new token ids
+        (T,) and (n_seg, h) hidden states that predicted each generated [SEG] (last layer, after the final norm).
         """
         embeds, mask, _, _ = self._splice(input_ids, torch.ones_like(input_ids), None, image_features)
         # an explicit config: a checkpoint's sampling settings (temperature, repetition penalty…) never apply

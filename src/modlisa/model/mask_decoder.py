@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from transformers import Sam2Model, SamHQModel, SamModel
 
-from modlisa.model.sam2_decoder import Sam2Decoder
-from modlisa.model.sam_hq_decoder import SamHQDecoder
+from modlisa.model.sam2_decoder import SAM2_MODEL_TYPES, Sam2Decoder
+from modlisa.model.sam_hq_decoder import SAM_HQ_MODEL_TYPE, SamHQDecoder
 from modlisa.model.seg import decode_masks
 
 ImageFeatures = Union[Tensor, tuple[Tensor, ...]]  # noqa: UP007 (a runtime alias)
@@ -83,6 +83,14 @@ class SamDecoder:
     def decode(self, sam: SamModel, prompts: Tensor, features: Tensor, resize_hw: tuple[int, int],
                original_hw: tuple[int, int]) -> Tensor:
         return decode_masks(sam, prompts, features, resize_hw, original_hw, self.image_size(sam))
+
+
+def sam_class(model_type: str) -> type[nn.Module] | None:
+    """The transformers class of a mask-decoder checkpoint's config ``model_type`` (sam, sam_hq, sam2 or the Hub's
+    sam2_video), None for any other."""
+    if model_type in SAM2_MODEL_TYPES:
+        return Sam2Model
+    return {SAM_HQ_MODEL_TYPE: SamHQModel, "sam": SamModel}.get(model_type)
 
 
 def decoder_for(sam: nn.Module) -> SegDecoder:

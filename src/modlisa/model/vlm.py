@@ -97,10 +97,11 @@ class VLMLISA(ModifiedLISA):
         """(B, N, C) ``encode_images`` of the batch's images, each at its ``Batch.vision_hw`` size."""
         return self.encode_images(batch.vision_images, batch.vision_sizes())
 
-    def _row_counts(self, batch: Any) -> Tensor:
-        """(Q,) image tokens of each row's image."""
-        counts = self.family.image_token_counts(batch.vision_sizes(), batch.input_ids.device)
-        return counts[rows_to_images(batch.offsets, batch.input_ids.shape[0])]
+    def _row_images(self, batch: Any) -> tuple[Tensor, list[tuple[int, int]]]:
+        """(Q,) image tokens of each row's image and the Q (h', w') vision input sizes of the rows' images."""
+        sizes = batch.vision_sizes()
+        row_hw = [sizes[b] for b in rows_to_images(batch.offsets, batch.input_ids.shape[0]).tolist()]
+        return self.family.image_token_counts(row_hw, batch.input_ids.device), row_hw
 
     def _image_outputs(self, features: Tensor, counts: Tensor) -> dict[str, Any]:
         """(Q, N, C) features, row q's first ``counts[q]`` real -> the ``mm_encoder_outputs`` the VLM's forward
@@ -153,13 +154,11 @@ class VLMLISA(ModifiedLISA):
         """The VLM over the expanded rows: (logits (Q, L', V), or (B, Lp, V) packed, their labels, the unpacked
         (Q, L') labels, [SEG] states (K, h), [SEG] rows (K,), the pack plan (Idefics3 with ``pack_queries``) or
         None)."""
-        counts = self._row_counts(batch)
+        counts, row_hw = self._row_images(batch)
         ids, mask, labels, image_pos = self._expand(batch.input_ids, batch.attention_mask, batch.labels, counts)
         rows, pos = seg_positions(batch.input_ids, self.seg_token_id, image_pos, counts, batch.attention_mask)
         plan = self._vlm_pack_plan(batch, ids, mask, image_pos) if self.pack_queries else None
         if plan is None:
-            sizes = batch.vision_sizes()
-            row_hw = [sizes[b] for b in rows_to_images(batch.offsets, ids.shape[0]).tolist()]
             out = self._call(ids, mask, image_features, self.position_ids(ids, mask, row_hw), counts)
             seg_hidden = out.hidden_states[-1][rows, pos]  # after the final norm
             return out.logits, labels, labels, seg_hidden, rows, None
